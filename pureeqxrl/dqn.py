@@ -1,0 +1,384 @@
+"""DQN (Mnih et al., 2015) in Equinox: PureJaxRL's `dqn.py`, one `jax.jit` per training run.
+
+Read top to bottom: the config (PureJaxRL's defaults), the Q-network, the replay buffer, the loss,
+then `make_train`, whose `train(key)` collects experience with epsilon-greedy actions, stores it,
+learns from uniform replay, and copies the online network into the target network.
+
+Where this differs from PureJaxRL, on purpose:
+
+- each seed's key really is used (the reference overwrites it with a fixed key, so vmapped seeds
+  were identical runs);
+- transitions store the pre-reset next observation and the *terminated* flag, so a truncated episode
+  is bootstrapped from where it stopped, while a terminated one is not;
+- metrics are one row per `log_interval` updates, not one per environment step;
+- "every N steps" triggers whenever N is crossed, so any `num_envs` works (same schedule as the
+  reference whenever `num_envs` divides N).
+
+The network library is a parameter (`QFunction`): `pureeqxrl.linen.dqn` runs this same algorithm with
+a Flax Linen network, which is the control group of the benchmarks.
+"""
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from pureeqxrl.envs import VecEnv, episode_stats, make_env
+from pureeqxrl.metrics import LogCallback, scan_logged
+from pureeqxrl.nets import MLP
+
+
+@dataclass(frozen=True)
+class DQNConfig:
+    """DQN hyperparameters; defaults are PureJaxRL's CartPole-v1 settings."""
+
+    env: str = "CartPole-v1"
+    """gymnax environment id (or a `pureeqxrl.probes` name)."""
+    max_episode_steps: int | None = None
+    """Override the environment's time limit; episodes are truncated (and bootstrapped) there."""
+    total_timesteps: int = 500_000
+    """Environment steps over all parallel environments."""
+    num_envs: int = 10
+    """Parallel environments; one update steps each of them once."""
+    buffer_size: int = 10_000
+    """Replay capacity in transitions."""
+    batch_size: int = 128
+    """Transitions per gradient step."""
+    learning_rate: float = 2.5e-4
+    lr_linear_decay: bool = False
+    """Anneal the learning rate linearly to zero over the run."""
+    gamma: float = 0.99
+    epsilon_start: float = 1.0
+    epsilon_finish: float = 0.05
+    epsilon_anneal_time: int = 250_000
+    """Environment steps over which epsilon goes linearly from start to finish."""
+    learning_starts: int = 10_000
+    """Environment steps of pure collection before the first gradient step."""
+    training_interval: int = 10
+    """One gradient step every this many environment steps."""
+    target_update_interval: int = 500
+    """Environment steps between target-network updates."""
+    tau: float = 1.0
+    """Target update rate (1.0 = hard copy)."""
+    hidden_sizes: tuple[int, ...] = (120, 84)
+    log_interval: int = 500
+    """Updates per logged metrics row."""
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // self.num_envs
+
+    def validate(self) -> None:
+        """Raise `ValueError` for settings that cannot train, before anything is compiled."""
+        positive = (
+            "total_timesteps num_envs buffer_size batch_size epsilon_anneal_time "
+            "training_interval target_update_interval log_interval"
+        ).split()
+        errors = [f"{name} must be positive, got {getattr(self, name)}" for name in positive
+                  if getattr(self, name) <= 0]
+        if not self.learning_rate > 0:
+            errors.append(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0 <= self.gamma <= 1:
+            errors.append(f"gamma must be in [0, 1], got {self.gamma}")
+        if not 0 < self.tau <= 1:
+            errors.append(f"tau must be in (0, 1], got {self.tau}")
+        for name in ("epsilon_start", "epsilon_finish"):
+            if not 0 <= getattr(self, name) <= 1:
+                errors.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.learning_starts < 0:
+            errors.append(f"learning_starts must be >= 0, got {self.learning_starts}")
+        if any(size <= 0 for size in self.hidden_sizes):
+            errors.append(f"hidden_sizes must be positive, got {self.hidden_sizes}")
+        if self.batch_size > self.buffer_size:
+            errors.append(
+                f"batch_size ({self.batch_size}) is larger than buffer_size ({self.buffer_size})"
+            )
+        if self.num_envs > self.buffer_size:
+            errors.append(
+                f"num_envs ({self.num_envs}) is larger than buffer_size ({self.buffer_size}): "
+                "one step would overwrite itself"
+            )
+        if self.total_timesteps < self.num_envs:
+            errors.append(
+                f"total_timesteps ({self.total_timesteps}) is smaller than num_envs "
+                f"({self.num_envs}): not one update"
+            )
+        elif self.learning_starts >= self.num_updates * self.num_envs:
+            errors.append(
+                f"learning_starts ({self.learning_starts}) leaves no step to learn in "
+                f"{self.num_updates * self.num_envs} environment steps"
+            )
+        if errors:
+            raise ValueError("Invalid DQNConfig: " + "; ".join(errors))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# NETWORK
+
+
+class QNetwork(eqx.Module):
+    """MLP from a (flattened) observation to one Q-value per action, Flax Dense init."""
+
+    mlp: MLP
+
+    def __init__(self, obs_size: int, num_actions: int, hidden_sizes, *, key: PRNGKeyArray):
+        self.mlp = MLP(obs_size, hidden_sizes, num_actions, key=key, activation=jax.nn.relu)
+
+    def __call__(self, obs: Float[Array, "..."]) -> Float[Array, " num_actions"]:
+        return self.mlp(obs.reshape(-1))
+
+
+class QFunction(NamedTuple):
+    """How the algorithm sees its network, whatever library it comes from.
+
+    `init(key) -> params` and `apply(params, obs_batch) -> q_batch`. For Equinox the params *are*
+    the `QNetwork` Module; for Linen they are its variables dict.
+    """
+
+    init: Callable[[PRNGKeyArray], Any]
+    apply: Callable[[Any, Array], Float[Array, "batch num_actions"]]
+
+
+def equinox_q_function(config: DQNConfig, env: VecEnv) -> QFunction:
+    obs_size = int(np.prod(env.observation_shape))
+
+    def init(key: PRNGKeyArray) -> QNetwork:
+        return QNetwork(obs_size, env.num_actions, config.hidden_sizes, key=key)
+
+    return QFunction(init=init, apply=lambda network, obs: jax.vmap(network)(obs))
+
+
+# REPLAY BUFFER
+
+
+class Transition(eqx.Module):
+    obs: Float[Array, "..."]
+    action: Int[Array, "*batch"]
+    reward: Float[Array, "*batch"]
+    next_obs: Float[Array, "..."]
+    """Observation the step led to, before any auto-reset."""
+    terminated: Bool[Array, "*batch"]
+    """True only for real terminal states; truncations stay False and are bootstrapped."""
+
+
+class ReplayBuffer(eqx.Module):
+    """Fixed-capacity circular buffer of transitions with uniform sampling."""
+
+    data: Transition
+    position: Int[Array, ""]
+    size: Int[Array, ""]
+
+    @staticmethod
+    def empty(example: Transition, capacity: int) -> "ReplayBuffer":
+        data = jax.tree.map(lambda x: jnp.zeros((capacity, *x.shape), x.dtype), example)
+        return ReplayBuffer(data, jnp.array(0), jnp.array(0))
+
+    def add(self, batch: Transition) -> "ReplayBuffer":
+        capacity, count = self.data.reward.shape[0], batch.reward.shape[0]
+        index = (self.position + jnp.arange(count)) % capacity
+        data = jax.tree.map(lambda stored, new: stored.at[index].set(new), self.data, batch)
+        return ReplayBuffer(
+            data, (self.position + count) % capacity, jnp.minimum(self.size + count, capacity)
+        )
+
+    def sample(self, key: PRNGKeyArray, batch_size: int) -> Transition:
+        index = jax.random.randint(key, (batch_size,), 0, self.size)
+        return jax.tree.map(lambda stored: stored[index], self.data)
+
+
+# LOSS
+
+
+def td_target(
+    next_q_target: Float[Array, "batch num_actions"],
+    reward: Float[Array, " batch"],
+    terminated: Bool[Array, " batch"],
+    gamma: float,
+) -> Float[Array, " batch"]:
+    """One-step Q-learning target; bootstraps unless the episode *terminated* at this step."""
+    return reward + gamma * (1.0 - terminated) * next_q_target.max(axis=-1)
+
+
+def q_loss(
+    apply: Callable[[Any, Array], Array],
+    params: Any,
+    target_params: Any,
+    batch: Transition,
+    gamma: float,
+) -> tuple[Float[Array, ""], Float[Array, ""]]:
+    """Mean squared TD error (as the reference: no Huber, no 1/2). Returns (loss, mean chosen Q)."""
+    target = td_target(apply(target_params, batch.next_obs), batch.reward, batch.terminated, gamma)
+    q = apply(params, batch.obs)
+    chosen_q = jnp.take_along_axis(q, batch.action[:, None], axis=-1)[:, 0]
+    return jnp.mean((chosen_q - jax.lax.stop_gradient(target)) ** 2), chosen_q.mean()
+
+
+# ACTING
+
+
+def epsilon_at(config: DQNConfig, timesteps: Int[Array, ""]) -> Float[Array, ""]:
+    fraction = jnp.minimum(timesteps / config.epsilon_anneal_time, 1.0)
+    return config.epsilon_start + fraction * (config.epsilon_finish - config.epsilon_start)
+
+
+def epsilon_greedy(
+    key: PRNGKeyArray, q: Float[Array, "batch num_actions"], epsilon: Float[Array, ""]
+) -> Int[Array, " batch"]:
+    explore_key, action_key = jax.random.split(key)
+    greedy = q.argmax(axis=-1)
+    random = jax.random.randint(action_key, greedy.shape, 0, q.shape[-1])
+    return jnp.where(jax.random.uniform(explore_key, greedy.shape) < epsilon, random, greedy)
+
+
+def _crossed(timesteps: Int[Array, ""], step: int, interval: int) -> Bool[Array, ""]:
+    """Whether the last `step` environment steps crossed a multiple of `interval`."""
+    return timesteps // interval != (timesteps - step) // interval
+
+
+# TRAINING
+
+
+class DQNState(eqx.Module):
+    params: Any
+    target_params: Any
+    opt_state: Any
+    buffer: ReplayBuffer
+    env_state: Any
+    obs: Array
+    timesteps: Int[Array, ""]
+    key: PRNGKeyArray
+
+
+class TrainResult(eqx.Module):
+    """`params`: the trained online network. `metrics`: name -> `(num_rows,)` per-row means."""
+
+    params: Any
+    metrics: dict[str, Array]
+
+
+def make_train(
+    config: DQNConfig,
+    network_fn: Callable[[DQNConfig, VecEnv], QFunction] | None = None,
+    on_log: LogCallback | None = None,
+) -> Callable[[PRNGKeyArray], TrainResult]:
+    """Validate `config` and return `train(key) -> TrainResult`, pure and jittable.
+
+    **Arguments:**
+
+    - `network_fn`: builds the Q-network's `QFunction` for the config and environment; defaults
+      to the Equinox `QNetwork` (`equinox_q_function`).
+    - `on_log`: host function `(row_index, row)` called after each metrics row (see `scan_logged`).
+
+    `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
+    """
+    config.validate()
+    env = make_env(config.env, config.num_envs, config.max_episode_steps)
+    network = (network_fn or equinox_q_function)(config, env)
+    learning_rate = config.learning_rate
+    if config.lr_linear_decay:
+        learning_rate = optax.linear_schedule(config.learning_rate, 0.0, config.num_updates)
+    optimizer = optax.adam(learning_rate)
+
+    def learn(state: DQNState, key: PRNGKeyArray) -> tuple[DQNState, Array, Array]:
+        batch = state.buffer.sample(key, config.batch_size)
+        (loss, q_value), grads = jax.value_and_grad(q_loss, argnums=1, has_aux=True)(
+            network.apply, state.params, state.target_params, batch, config.gamma
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return eqx.tree_at(lambda s: (s.params, s.opt_state), state, (params, opt_state)), loss, q_value
+
+    def update(state: DQNState) -> tuple[DQNState, dict]:
+        key, act_key, step_key, learn_key = jax.random.split(state.key, 4)
+
+        # COLLECT ONE STEP PER ENVIRONMENT
+        epsilon = epsilon_at(config, state.timesteps)
+        action = epsilon_greedy(act_key, network.apply(state.params, state.obs), epsilon)
+        obs, env_state, step = env.step(step_key, state.env_state, action)
+        buffer = state.buffer.add(
+            Transition(state.obs, action, step.reward, step.next_obs, step.terminated)
+        )
+        timesteps = state.timesteps + config.num_envs
+        state = DQNState(
+            state.params, state.target_params, state.opt_state, buffer, env_state, obs,
+            timesteps, key,
+        )
+
+        # LEARN
+        is_learn_time = (
+            (buffer.size >= config.batch_size)
+            & (timesteps > config.learning_starts)
+            & _crossed(timesteps, config.num_envs, config.training_interval)
+        )
+        state, loss, q_value = jax.lax.cond(
+            is_learn_time,
+            learn,
+            lambda state, key: (state, jnp.array(0.0), jnp.array(0.0)),
+            state,
+            learn_key,
+        )
+
+        # UPDATE TARGET NETWORK
+        target_params = jax.lax.cond(
+            _crossed(timesteps, config.num_envs, config.target_update_interval),
+            lambda: optax.incremental_update(state.params, state.target_params, config.tau),
+            lambda: state.target_params,
+        )
+        state = eqx.tree_at(lambda s: s.target_params, state, target_params)
+
+        learned = is_learn_time.astype(jnp.float32)
+        stats = {
+            **episode_stats(step),
+            "loss": (loss * learned, learned),
+            "q_value": (q_value * learned, learned),
+            "epsilon": (epsilon, jnp.array(1.0)),
+        }
+        return state, stats
+
+    def train(key: PRNGKeyArray) -> TrainResult:
+        env_key, init_key, loop_key = jax.random.split(key, 3)
+        obs, env_state = env.reset(env_key)
+        params = network.init(init_key)
+        example = Transition(
+            obs=obs[0],
+            action=jnp.array(0, jnp.int32),
+            reward=jnp.array(0.0),
+            next_obs=obs[0],
+            terminated=jnp.array(False),
+        )
+        state = DQNState(
+            params=params,
+            target_params=params,
+            opt_state=optimizer.init(params),
+            buffer=ReplayBuffer.empty(example, config.buffer_size),
+            env_state=env_state,
+            obs=obs,
+            timesteps=jnp.array(0),
+            key=loop_key,
+        )
+        state, metrics = scan_logged(update, state, config.num_updates, config.log_interval, on_log)
+        return TrainResult(params=state.params, metrics=metrics)
+
+    return train
+
+
+# USING A TRAINED AGENT
+
+
+def greedy_action(network: QNetwork, obs: Float[Array, "..."]) -> Int[Array, ""]:
+    """Action a trained `QNetwork` takes for one observation."""
+    return network(obs).argmax()
+
+
+def network_skeleton(config: DQNConfig) -> QNetwork:
+    """A `QNetwork` of the right shapes for `config`, to deserialise a saved agent into."""
+    env = make_env(config.env, 1, config.max_episode_steps)
+    return equinox_q_function(config, env).init(jax.random.key(0))

@@ -1,0 +1,185 @@
+"""Environments: a vectorised, logged view of gymnax >= 1.0 environments.
+
+gymnax 1.0's `step` returns `(obs, state, reward, terminated, truncated, info)` and auto-resets: `obs`
+is already the next episode's first observation when the episode ended, and the observation the
+episode ended on is in `info["final_observation"]`. Algorithms need both: acting continues from
+`obs`, while a bootstrapped target after a *truncation* must use the final observation (a time limit
+is not a terminal state). `VecEnv.step` hands both out as `Step.next_obs` and the returned `obs`.
+"""
+
+import dataclasses
+import difflib
+from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import gymnax
+import jax
+import jax.numpy as jnp
+from gymnax.environments import spaces
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+from pureeqxrl import probes
+
+
+class EpisodeState(eqx.Module):
+    """The wrapped environment's state plus the running return and length of each episode."""
+
+    env_state: Any
+    episode_return: Float[Array, " num_envs"]
+    episode_length: Float[Array, " num_envs"]
+
+
+class Step(eqx.Module):
+    """What one vectorised step reports, beyond the observation to act on next.
+
+    `next_obs` is the observation the transition led to *before* any auto-reset: bootstrap from it.
+    `episode_return`/`episode_length` are only meaningful where `done`; use `episode_stats` to
+    aggregate them so that unfinished episodes are never reported.
+    """
+
+    reward: Float[Array, " num_envs"]
+    terminated: Bool[Array, " num_envs"]
+    truncated: Bool[Array, " num_envs"]
+    next_obs: Array
+    episode_return: Float[Array, " num_envs"]
+    episode_length: Float[Array, " num_envs"]
+
+    @property
+    def done(self) -> Bool[Array, " num_envs"]:
+        return self.terminated | self.truncated
+
+
+@dataclass(frozen=True)
+class VecEnv:
+    """`num_envs` copies of a gymnax environment, stepped together, with episode bookkeeping.
+
+    Not a pytree on purpose: the environment and its parameters are constants of the compiled
+    training program, closed over by `make_train`.
+    """
+
+    env: Any
+    params: Any
+    num_envs: int
+    name: str
+
+    @property
+    def observation_shape(self) -> tuple[int, ...]:
+        return tuple(self.env.observation_space(self.params).shape)
+
+    @property
+    def action_space(self) -> Any:
+        return self.env.action_space(self.params)
+
+    @property
+    def num_actions(self) -> int:
+        space = self.action_space
+        if not isinstance(space, spaces.Discrete):
+            raise ValueError(f"{self.name} has a {type(space).__name__} action space, not Discrete")
+        return int(space.n)
+
+    def reset(self, key: PRNGKeyArray) -> tuple[Array, EpisodeState]:
+        keys = jax.random.split(key, self.num_envs)
+        obs, env_state = jax.vmap(self.env.reset, in_axes=(0, None))(keys, self.params)
+        zeros = jnp.zeros(self.num_envs, jnp.float32)
+        return obs.astype(jnp.float32), EpisodeState(env_state, zeros, zeros)
+
+    def step(
+        self, key: PRNGKeyArray, state: EpisodeState, action: Array
+    ) -> tuple[Array, EpisodeState, Step]:
+        keys = jax.random.split(key, self.num_envs)
+        obs, env_state, reward, terminated, truncated, info = jax.vmap(
+            self.env.step, in_axes=(0, 0, 0, None)
+        )(keys, state.env_state, action, self.params)
+        reward = reward.astype(jnp.float32)
+        terminated = terminated.astype(bool)
+        truncated = truncated.astype(bool)
+        done = terminated | truncated
+        episode_return = state.episode_return + reward
+        episode_length = state.episode_length + 1
+        step = Step(
+            reward=reward,
+            terminated=terminated,
+            truncated=truncated,
+            next_obs=info["final_observation"].astype(jnp.float32),
+            episode_return=episode_return,
+            episode_length=episode_length,
+        )
+        state = EpisodeState(
+            env_state,
+            jnp.where(done, 0.0, episode_return),
+            jnp.where(done, 0.0, episode_length),
+        )
+        return obs.astype(jnp.float32), state, step
+
+
+def episode_stats(step: Step) -> dict[str, tuple[Array, Array]]:
+    """Sums and counts of the returns/lengths of the episodes that *finished* in `step`."""
+    done = step.done.astype(jnp.float32)
+    count = done.sum()
+    return {
+        "episode_return": ((step.episode_return * done).sum(), count),
+        "episode_length": ((step.episode_length * done).sum(), count),
+    }
+
+
+def env_names() -> list[str]:
+    return sorted([*gymnax.registered_envs, *probes.PROBES])
+
+
+def make_env(name: str, num_envs: int, max_episode_steps: int | None = None) -> VecEnv:
+    """Build a `VecEnv` for a gymnax (or probe) environment, failing early with a readable error.
+
+    **Arguments:**
+
+    - `name`: a gymnax id such as `"CartPole-v1"`, or a probe from `pureeqxrl.probes`.
+    - `num_envs`: number of parallel copies.
+    - `max_episode_steps`: overrides the environment's time limit (episodes are then *truncated*).
+    """
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be positive, got {num_envs}")
+    if name in probes.PROBES:
+        env = probes.PROBES[name]()
+        params = env.default_params
+    elif name in gymnax.registered_envs:
+        env, params = gymnax.make(name)
+    else:
+        close = difflib.get_close_matches(name, env_names(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"Unknown environment {name!r}.{hint} Known: {', '.join(env_names())}")
+    if max_episode_steps is not None:
+        if max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be positive, got {max_episode_steps}")
+        params = dataclasses.replace(params, max_steps_in_episode=max_episode_steps)
+    return VecEnv(env=env, params=params, num_envs=num_envs, name=name)
+
+
+def evaluate(
+    env: VecEnv,
+    act: Callable[[PRNGKeyArray, Array], Array],
+    key: PRNGKeyArray,
+    max_steps: int | None = None,
+) -> Float[Array, " num_envs"]:
+    """Return of the first episode of each of `env.num_envs` environments under policy `act`.
+
+    `act(key, obs_batch) -> action_batch`. Runs `max_steps` steps (default: the environment's time
+    limit) inside one `lax.scan`; an episode still running at the end gives NaN, never a partial
+    return.
+    """
+    max_steps = int(env.params.max_steps_in_episode) if max_steps is None else max_steps
+    reset_key, key = jax.random.split(key)
+    obs, state = env.reset(reset_key)
+    nan = jnp.full(env.num_envs, jnp.nan, jnp.float32)
+
+    def one_step(carry, step_key):
+        obs, state, returns = carry
+        act_key, step_key = jax.random.split(step_key)
+        obs, state, step = env.step(step_key, state, act(act_key, obs))
+        first_end = step.done & jnp.isnan(returns)
+        return (obs, state, jnp.where(first_end, step.episode_return, returns)), None
+
+    (_, _, returns), _ = jax.lax.scan(
+        one_step, (obs, state, nan), jax.random.split(key, max_steps)
+    )
+    return returns

@@ -1,0 +1,53 @@
+"""DQN with a Flax Linen Q-network: the control group for `pureeqxrl.dqn`.
+
+Everything but the network is `pureeqxrl.dqn` itself (passed a Linen `QFunction`), so a speed or
+return difference between the two can only come from the network library.
+"""
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import PRNGKeyArray
+
+from pureeqxrl import dqn
+from pureeqxrl.envs import VecEnv
+
+
+class LinenQNetwork(nn.Module):
+    """PureJaxRL's QNetwork: Dense layers (lecun-normal kernel, zero bias) with relu."""
+
+    hidden_sizes: tuple[int, ...]
+    num_actions: int
+
+    @nn.compact
+    def __call__(self, obs: jnp.ndarray) -> jnp.ndarray:
+        x = obs.reshape(obs.shape[0], -1)
+        for size in self.hidden_sizes:
+            x = nn.relu(nn.Dense(size)(x))
+        return nn.Dense(self.num_actions)(x)
+
+
+def linen_q_function(config: dqn.DQNConfig, env: VecEnv) -> dqn.QFunction:
+    module = LinenQNetwork(tuple(config.hidden_sizes), env.num_actions)
+    dummy_obs = jnp.zeros((1, int(np.prod(env.observation_shape))), jnp.float32)
+    return dqn.QFunction(init=lambda key: module.init(key, dummy_obs), apply=module.apply)
+
+
+def make_train(
+    config: dqn.DQNConfig, on_log=None
+) -> Callable[[PRNGKeyArray], dqn.TrainResult]:
+    """`pureeqxrl.dqn.make_train` with the Linen network."""
+    return dqn.make_train(config, network_fn=linen_q_function, on_log=on_log)
+
+
+def params_from_equinox(network: dqn.QNetwork) -> dict:
+    """The Linen variables holding exactly the numbers of an Equinox `QNetwork`."""
+    return {
+        "params": {
+            f"Dense_{i}": {"kernel": layer.kernel, "bias": layer.bias}
+            for i, layer in enumerate(network.mlp.layers)
+        }
+    }

@@ -1,0 +1,87 @@
+"""Metrics that are computed inside the jitted training run and stay small.
+
+An update reports `stats`: a dict `name -> (sum, count)`. `scan_logged` runs the updates in chunks of
+`log_interval` and keeps one row per chunk, the mean of each stat over the chunk (NaN where nothing was
+counted, e.g. no episode finished). Memory is `num_updates / log_interval` rows, whatever the number of
+environment steps, and a host callback after every chunk drives progress bars and live loggers.
+"""
+
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array
+
+Carry = TypeVar("Carry")
+Stats = dict[str, tuple[Array, Array]]
+LogCallback = Callable[[Array, dict[str, Array]], Any]
+
+
+def _reduce(stats: Stats) -> dict[str, Array]:
+    row = {}
+    for name, (total, count) in stats.items():
+        total, count = total.sum(), count.sum()
+        row[name] = jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+        if name == "episode_return":
+            row["episodes"] = count
+    return row
+
+
+def scan_logged(
+    update: Callable[[Carry], tuple[Carry, Stats]],
+    carry: Carry,
+    num_updates: int,
+    log_interval: int,
+    on_log: LogCallback | None = None,
+) -> tuple[Carry, dict[str, Array]]:
+    """Apply `update` `num_updates` times inside `lax.scan`, logging a row every `log_interval`.
+
+    **Arguments:**
+
+    - `update`: one training update, `carry -> (carry, stats)`.
+    - `on_log`: optional host function `(row_index, row)` called after each row (via
+      `jax.debug.callback`, so it works under `jit` and is called once per seed under `vmap`).
+
+    **Returns:** the final carry and the rows, each metric an array of shape `(num_rows,)`, where
+    `num_rows = ceil(num_updates / log_interval)` (the last row may cover fewer updates).
+    """
+
+    def run_chunk(carry, length, index):
+        carry, stats = jax.lax.scan(lambda c, _: update(c), carry, None, length)
+        row = _reduce(stats)
+        if on_log is not None:
+            jax.debug.callback(on_log, index, row)
+        return carry, row
+
+    num_full, remainder = divmod(num_updates, log_interval)
+    carry, rows = jax.lax.scan(
+        lambda c, i: run_chunk(c, log_interval, i), carry, jnp.arange(num_full)
+    )
+    if remainder:
+        carry, last = run_chunk(carry, remainder, jnp.asarray(num_full))
+        rows = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), rows, last)
+    return carry, rows
+
+
+def rows_update_counts(num_updates: int, log_interval: int) -> np.ndarray:
+    """Number of updates completed at the end of each logged row (host side)."""
+    ends = np.arange(log_interval, num_updates + 1, log_interval)
+    if num_updates % log_interval:
+        ends = np.append(ends, num_updates)
+    return ends
+
+
+def final_return(episode_return: np.ndarray, fraction: float = 0.05) -> np.ndarray:
+    """Mean of the logged episode returns over the last `fraction` of training, per seed.
+
+    Rows are averaged with equal weight (a time average, like PureJaxRL's curves); rows where no
+    episode finished are skipped. Works on `(num_rows,)` or `(num_seeds, num_rows)` arrays.
+    """
+    episode_return = np.asarray(episode_return, np.float64)
+    tail = max(1, int(np.ceil(fraction * episode_return.shape[-1])))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN tail -> NaN, said once here
+        return np.nanmean(episode_return[..., -tail:], axis=-1)
