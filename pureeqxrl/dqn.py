@@ -104,7 +104,9 @@ class DQNConfig:
                 f"num_envs ({self.num_envs}) is larger than buffer_size ({self.buffer_size}): "
                 "one step would overwrite itself"
             )
-        if self.total_timesteps < self.num_envs:
+        if self.num_envs <= 0:
+            pass  # already reported; the checks below divide by it
+        elif self.total_timesteps < self.num_envs:
             errors.append(
                 f"total_timesteps ({self.total_timesteps}) is smaller than num_envs "
                 f"({self.num_envs}): not one update"

@@ -1,0 +1,97 @@
+import csv
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pureeqxrl import cli, dqn, runs
+
+TINY = ["--total-timesteps", "3000", "--learning-starts", "500", "--log-interval", "60",
+        "--hidden-sizes", "16", "16"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "dqn-tiny"
+    code = cli.main(["train", "dqn", "--env", "CartPole-v1", "--num-seeds", "2",
+                     "--run-dir", str(run_dir), *TINY])
+    assert code == 0
+    return run_dir
+
+
+def test_train_writes_the_run_folder(run_dir):
+    names = {p.name for p in run_dir.iterdir()}
+    assert names == {"config.json", "metrics.csv", "summary.json", "learning_curve.png",
+                     "agent_seed0.eqx", "agent_seed1.eqx"}
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["config"]["total_timesteps"] == 3000 and saved["num_seeds"] == 2
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    # 300 updates of 10 envs, a row every 60 updates: 5 rows per seed, per update not per step.
+    assert len(rows) == 10
+    assert [int(r["env_steps"]) for r in rows[:5]] == [600, 1200, 1800, 2400, 3000]
+    assert {r["seed"] for r in rows} == {"0", "1"}
+    assert (run_dir / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["env_steps_per_second"] > 0
+    assert len(summary["final_return_per_seed"]) == 2
+    metrics = runs.read_metrics_csv(run_dir / "metrics.csv")
+    np.testing.assert_allclose(np.mean(summary["final_return_per_seed"]),
+                               np.nanmean(metrics["episode_return"][:, -1]), rtol=1e-5)
+
+
+def test_saved_agents_load_and_act(run_dir):
+    first, second = runs.load_agent(run_dir, seed=0), runs.load_agent(run_dir, seed=1)
+    assert isinstance(first, dqn.QNetwork)
+    obs = jnp.array([0.01, -0.02, 0.03, 0.0])
+    assert first(obs).shape == (2,)
+    assert not np.allclose(first(obs), second(obs))  # two different seeds were saved
+    assert int(dqn.greedy_action(first, obs)) in (0, 1)
+    with pytest.raises(FileNotFoundError, match="seeds 0..1"):
+        runs.load_agent(run_dir, seed=2)
+
+
+def test_eval_command(run_dir, capsys):
+    assert cli.main(["eval", str(run_dir), "--episodes", "3"]) == 0
+    assert "greedy return" in capsys.readouterr().out
+
+
+def test_existing_run_folder_is_never_overwritten(run_dir, capsys):
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    assert cli.main(["train", "dqn", "--run-dir", str(run_dir), *TINY]) == 2
+    assert "already exists" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--env", "Cartpole-v1"], "Did you mean CartPole-v1"),
+        (["--batch-size", "512", "--buffer-size", "256"], "larger than buffer_size"),
+        (["--num-seeds", "0"], "num_seeds must be positive"),
+        (["--learning-rate", "-0.1"], "learning_rate must be positive"),
+    ],
+)
+def test_bad_input_is_reported_and_nothing_is_written(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(jax, "jit", lambda *a, **k: pytest.fail("compiled a bad config"))
+    target = tmp_path / "never"
+    assert cli.main(["train", "dqn", "--run-dir", str(target), *args]) == 2
+    assert message in capsys.readouterr().out
+    assert not target.exists()
+
+
+def test_usage_errors(capsys):
+    assert cli.main([]) == 2
+    assert cli.main(["train", "sarsa"]) == 2
+    assert "train needs an algorithm" in capsys.readouterr().out
+    assert cli.main(["envs"]) == 0
+    assert "ActionReward-probe" in capsys.readouterr().out
+
+
+def test_linen_run_saves_a_loadable_agent(tmp_path):
+    run_dir = tmp_path / "linen"
+    assert cli.main(["train", "dqn", "--linen", "--run-dir", str(run_dir), *TINY]) == 0
+    params = runs.load_agent(run_dir)
+    assert set(params["params"]) == {"Dense_0", "Dense_1", "Dense_2"}
+    assert json.loads((run_dir / "config.json").read_text())["linen"] is True

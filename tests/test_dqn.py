@@ -1,0 +1,150 @@
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pureeqxrl import dqn
+from pureeqxrl.envs import evaluate, make_env
+
+PROBE = dqn.DQNConfig(
+    total_timesteps=24_000, num_envs=4, buffer_size=2_000, batch_size=64, learning_rate=1e-3,
+    learning_starts=500, epsilon_anneal_time=4_000, training_interval=4,
+    target_update_interval=100, hidden_sizes=(32, 32), log_interval=1_000,
+)
+
+
+def _train(config, seeds=2, key=0):
+    train = jax.jit(jax.vmap(dqn.make_train(config)))
+    return train(jax.random.split(jax.random.key(key), seeds))
+
+
+def _q(result, obs):
+    """Q-values of each seed's trained network at one observation: (seeds, actions)."""
+    return jax.vmap(lambda net: net(jnp.asarray(obs, jnp.float32)))(result.params)
+
+
+# PROBES: values known in closed form
+
+
+def test_constant_reward_probe():
+    q = _q(_train(dataclasses.replace(PROBE, env="ConstantReward-probe")), [0.0])
+    np.testing.assert_allclose(q, 1.0, atol=0.05)
+
+
+def test_obs_reward_probe():
+    result = _train(dataclasses.replace(PROBE, env="ObsReward-probe"))
+    np.testing.assert_allclose(_q(result, [1.0]), 1.0, atol=0.05)
+    np.testing.assert_allclose(_q(result, [-1.0]), -1.0, atol=0.05)
+
+
+def test_discount_probe_bootstraps():
+    result = _train(dataclasses.replace(PROBE, env="Discount-probe", gamma=0.5))
+    np.testing.assert_allclose(_q(result, [0.0]), 0.5, atol=0.05)
+    np.testing.assert_allclose(_q(result, [1.0]), 1.0, atol=0.05)
+
+
+def test_action_reward_probe_learns_values_and_policy():
+    result = _train(dataclasses.replace(PROBE, env="ActionReward-probe"))
+    np.testing.assert_allclose(_q(result, [1.0]), [[0.0, 1.0]] * 2, atol=0.1)
+    np.testing.assert_allclose(_q(result, [-1.0]), [[1.0, 0.0]] * 2, atol=0.1)
+
+
+def test_truncation_is_bootstrapped_and_termination_is_not():
+    # Reward 1 forever, truncated after every step: the value is 1 / (1 - gamma) = 2, not 1.
+    result = _train(dataclasses.replace(PROBE, env="TimeLimit-probe", gamma=0.5))
+    np.testing.assert_allclose(_q(result, [0.0]), 2.0, atol=0.1)
+
+
+def test_td_target_terminated_vs_truncated_on_real_transitions(key):
+    # A real CartPole rollout with a 3-step limit: the truncated transition's target bootstraps
+    # from the pre-reset observation, a terminated one gets the reward only.
+    env = make_env("CartPole-v1", 2, max_episode_steps=3)
+    obs, state = env.reset(key)
+    for step_key in jax.random.split(key, 3):
+        obs, state, step = env.step(step_key, state, jnp.array([1, 1]))
+    assert step.truncated.all() and not step.terminated.any()
+    network = dqn.QNetwork(4, 2, (16,), key=key)
+    next_q = jax.vmap(network)(step.next_obs)
+    truncated_target = dqn.td_target(next_q, step.reward, step.terminated, 0.9)
+    np.testing.assert_allclose(truncated_target, 1.0 + 0.9 * next_q.max(-1), rtol=1e-6)
+    # The auto-reset observation would have given a different (wrong) target.
+    wrong = dqn.td_target(jax.vmap(network)(obs), step.reward, step.terminated, 0.9)
+    assert not np.allclose(truncated_target, wrong)
+    terminated_target = dqn.td_target(next_q, step.reward, jnp.array([True, True]), 0.9)
+    np.testing.assert_array_equal(terminated_target, step.reward)
+
+
+# SEEDS
+
+
+def test_seeds_are_independent_and_runs_reproducible():
+    inits = []
+
+    def recording_network(config, env):
+        q_function = dqn.equinox_q_function(config, env)
+
+        def init(key):
+            network = q_function.init(key)
+            jax.debug.callback(lambda kernel: inits.append(np.asarray(kernel)),
+                               network.mlp.layers[0].kernel)
+            return network
+
+        return q_function._replace(init=init)
+
+    config = dataclasses.replace(PROBE, env="CartPole-v1", total_timesteps=4_000, log_interval=100)
+    train = jax.jit(jax.vmap(dqn.make_train(config, network_fn=recording_network)))
+    keys = jax.random.split(jax.random.key(3), 2)
+    first, second = train(keys), train(keys)
+    assert len(inits) == 4
+    assert not np.allclose(inits[0], inits[1])  # different initial networks
+    returns = first.metrics["episode_return"]
+    assert not np.allclose(returns[0], returns[1])  # different experience
+    assert not np.allclose(first.params.mlp.layers[0].kernel[0], first.params.mlp.layers[0].kernel[1])
+    np.testing.assert_array_equal(returns, second.metrics["episode_return"])  # same key, same run
+
+
+# CONFIG ERRORS: raised by make_train, before anything is traced or compiled
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"env": "CartPol-v1"}, "Unknown environment 'CartPol-v1'. Did you mean CartPole-v1"),
+        ({"num_envs": 0}, "num_envs must be positive"),
+        ({"batch_size": 20_000}, r"batch_size \(20000\) is larger than buffer_size \(10000\)"),
+        ({"learning_rate": -1e-3}, "learning_rate must be positive"),
+        ({"gamma": 1.5}, "gamma must be in"),
+        ({"tau": 0.0}, "tau must be in"),
+        ({"epsilon_finish": -0.1}, "epsilon_finish must be in"),
+        ({"total_timesteps": 5}, "smaller than num_envs"),
+        ({"learning_starts": 600_000}, "leaves no step to learn"),
+        ({"hidden_sizes": (64, 0)}, "hidden_sizes must be positive"),
+        ({"log_interval": 0}, "log_interval must be positive"),
+        ({"num_envs": 20_000}, "larger than buffer_size"),
+    ],
+)
+def test_impossible_configs_fail_before_compiling(change, message, monkeypatch):
+    def no_compile(*args, **kwargs):
+        raise AssertionError("compiled before rejecting the config")
+
+    monkeypatch.setattr(jax, "jit", no_compile)
+    with pytest.raises(ValueError, match=message):
+        dqn.make_train(dataclasses.replace(dqn.DQNConfig(), **change))
+
+
+# CARTPOLE: the reference result
+
+
+def test_cartpole_reaches_475_with_default_config():
+    result = _train(dqn.DQNConfig(), seeds=2, key=0)
+    curve = np.asarray(result.metrics["episode_return"]).mean(axis=0)
+    assert np.nanmax(curve) >= 475, curve  # the mean over both seeds reaches 475 in training
+    env = make_env("CartPole-v1", 16)
+
+    def greedy(network, key):
+        return evaluate(env, lambda _, obs: jax.vmap(dqn.greedy_action, (None, 0))(network, obs), key)
+
+    returns = jax.jit(jax.vmap(greedy))(result.params, jax.random.split(jax.random.key(1), 2))
+    assert float(returns.mean()) >= 475, returns  # and the final greedy policies hold it

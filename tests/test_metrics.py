@@ -1,0 +1,47 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pureeqxrl.metrics import final_return, rows_update_counts, scan_logged
+
+pytestmark = pytest.mark.usefixtures("strict_promotion")
+
+
+def _counting_update(counter):
+    # Reports the update index as a stat, and an "episode" only on every third update.
+    every_third = (counter % 3 == 0).astype(jnp.float32)
+    stats = {
+        "index": (counter.astype(jnp.float32), jnp.array(1.0)),
+        "episode_return": (counter.astype(jnp.float32) * every_third, every_third),
+    }
+    return counter + 1, stats
+
+
+def test_scan_logged_rows_and_remainder():
+    calls = []
+    final, rows = jax.jit(
+        lambda c: scan_logged(_counting_update, c, 10, 4, on_log=lambda i, row: calls.append(int(i)))
+    )(jnp.array(0))
+    assert int(final) == 10
+    # Rows cover updates [0..3], [4..7], [8, 9].
+    np.testing.assert_allclose(rows["index"], [1.5, 5.5, 8.5])
+    np.testing.assert_allclose(rows["episode_return"], [1.5, 6.0, 9.0])  # (0+3)/2, 6/1, 9/1
+    np.testing.assert_allclose(rows["episodes"], [2, 1, 1])
+    assert sorted(calls) == [0, 1, 2]
+    np.testing.assert_array_equal(rows_update_counts(10, 4), [4, 8, 10])
+    np.testing.assert_array_equal(rows_update_counts(8, 4), [4, 8])
+
+
+def test_rows_without_episodes_are_nan_not_zero():
+    _, rows = scan_logged(_counting_update, jnp.array(1), 2, 1)  # updates 1, 2: no multiple of 3
+    assert np.isnan(rows["episode_return"]).all()
+    np.testing.assert_array_equal(rows["episodes"], [0, 0])
+
+
+def test_final_return_uses_last_fraction_and_skips_nan():
+    curve = np.concatenate([np.zeros(95), [100.0, np.nan, 200.0, 300.0, 400.0]])
+    assert final_return(curve) == 250.0
+    both = np.stack([curve, curve + 1])
+    np.testing.assert_allclose(final_return(both), [250.0, 251.0])
+    assert final_return(np.array([1.0, 2.0])) == 2.0  # at least one row
