@@ -1,0 +1,103 @@
+"""Equinox vs Flax Linen DQN, end to end on CartPole-v1 with the default config.
+
+Both versions run the same `pureeqxrl.dqn` training code; only the Q-network library differs.
+Runs are interleaved (Equinox, Linen, Equinox, ...) and each row reports the median of the repeats.
+
+    python benchmarks/dqn_speed.py --repeats 5 --seeds 1 4 --out benchmarks/results/dqn_cpu
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import equinox
+import flax
+import jax
+import numpy as np
+
+from pureeqxrl import dqn
+from pureeqxrl.linen import dqn as linen_dqn
+from pureeqxrl.metrics import final_return
+
+LIBRARIES = {"equinox": dqn.equinox_q_function, "linen": linen_dqn.linen_q_function}
+
+
+def measure(library: str, num_seeds: int, config: dqn.DQNConfig, seed: int) -> dict:
+    train = dqn.make_train(config, network_fn=LIBRARIES[library])
+    keys = jax.random.split(jax.random.key(seed), num_seeds)
+    start = time.perf_counter()
+    compiled = jax.jit(jax.vmap(train)).lower(keys).compile()
+    compile_s = time.perf_counter() - start
+    start = time.perf_counter()
+    result = jax.block_until_ready(compiled(keys))
+    train_s = time.perf_counter() - start
+    returns = final_return(np.asarray(result.metrics["episode_return"]))
+    return {
+        "compile_s": compile_s,
+        "train_s": train_s,
+        "steps_per_s": config.num_updates * config.num_envs * num_seeds / train_s,
+        "final_return": float(np.mean(returns)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--total-timesteps", type=int, default=500_000)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dqn_cpu"))
+    args = parser.parse_args()
+    config = dqn.DQNConfig(total_timesteps=args.total_timesteps)
+    samples = {(lib, n): [] for n in args.seeds for lib in LIBRARIES}
+    for repeat in range(args.repeats):
+        for num_seeds in args.seeds:
+            for library in LIBRARIES:  # interleaved, so drift hits both alike
+                sample = measure(library, num_seeds, config, seed=repeat)
+                samples[library, num_seeds].append(sample)
+                print(repeat, library, num_seeds, {k: round(v, 2) for k, v in sample.items()}, flush=True)
+
+    rows = []
+    for num_seeds in args.seeds:
+        medians = {lib: {k: statistics.median(s[k] for s in samples[lib, num_seeds])
+                         for k in samples[lib, num_seeds][0]} for lib in LIBRARIES}
+        ratios = [e["train_s"] / l["train_s"] for e, l in
+                  zip(samples["equinox", num_seeds], samples["linen", num_seeds])]
+        rows.append({"num_seeds": num_seeds, "equinox": medians["equinox"], "linen": medians["linen"],
+                     "train_time_ratio_median": statistics.median(ratios),
+                     "train_time_ratio_min_max": [min(ratios), max(ratios)]})
+
+    machine = {"platform": platform.platform(), "processor": platform.processor(),
+               "cpu_count": __import__("os").cpu_count(), "backend": jax.default_backend(),
+               "jax": jax.__version__, "equinox": equinox.__version__, "flax": flax.__version__}
+    command = (f"python benchmarks/dqn_speed.py --repeats {args.repeats} --seeds "
+               f"{' '.join(map(str, args.seeds))} --total-timesteps {args.total_timesteps} --out {args.out}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(
+        {"command": command, "machine": machine, "rows": rows, "samples":
+         {f"{lib}/{n}": s for (lib, n), s in samples.items()}}, indent=2))
+
+    lines = [
+        f"DQN, CartPole-v1, {args.total_timesteps:,} env steps per seed, medians of {args.repeats} "
+        f"interleaved repeats. {machine['cpu_count']} CPU cores, {machine['backend']}, jax "
+        f"{machine['jax']}, equinox {machine['equinox']}, flax {machine['flax']}.",
+        f"Command: `{command}`",
+        "",
+        "| seeds | library | compile s | train s | env steps/s | final return | train time Equinox/Linen (min-max) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        for library in LIBRARIES:
+            m = row[library]
+            ratio = (f"**{row['train_time_ratio_median']:.3f}** ({row['train_time_ratio_min_max'][0]:.3f}"
+                     f"-{row['train_time_ratio_min_max'][1]:.3f})") if library == "equinox" else ""
+            lines.append(f"| {row['num_seeds']} | {library} | {m['compile_s']:.2f} | {m['train_s']:.2f} | "
+                         f"{m['steps_per_s']:,.0f} | {m['final_return']:.1f} | {ratio} |")
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
