@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pureeqxrl import runs
 from pureeqxrl.envs import env_names, evaluate, make_env
-from pureeqxrl.metrics import final_return
+from pureeqxrl.metrics import final_return, rows_update_counts
 
 USAGE = """usage: pureeqxrl train ALGO [flags]     train ALGO ({algos}); --help lists its flags
        pureeqxrl eval RUN_DIR [flags]     greedy evaluation of a run's saved agents
@@ -94,7 +94,7 @@ def train_command(algo_name: str, argv: list[str], console: Console) -> Path:
     steps_per_update = config.num_envs
     header, rows = runs.metrics_table(metrics, config.num_updates, config.log_interval, steps_per_update)
     runs.write_metrics_csv(run_dir / "metrics.csv", header, rows)
-    env_steps = np.array([row[3] for row in rows[:num_rows]])
+    env_steps = rows_update_counts(config.num_updates, config.log_interval) * steps_per_update
     library = "Linen" if options.linen else "Equinox"
     runs.plot_learning_curve(
         run_dir / "learning_curve.png", env_steps, metrics["episode_return"],

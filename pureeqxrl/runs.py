@@ -12,6 +12,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,13 +133,10 @@ def plot_learning_curve(path: Path, env_steps: np.ndarray, returns: np.ndarray, 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    with np.errstate(invalid="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(returns, axis=0)
-            low, high = np.nanmin(returns, axis=0), np.nanmax(returns, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # rows where no seed finished an episode
+        mean = np.nanmean(returns, axis=0)
+        low, high = np.nanmin(returns, axis=0), np.nanmax(returns, axis=0)
     for seed_returns in returns:
         ax.plot(env_steps, seed_returns, lw=0.6, alpha=0.35, color="tab:blue")
     ax.fill_between(env_steps, low, high, alpha=0.2, color="tab:blue", label="min-max over seeds")
