@@ -57,7 +57,7 @@ def train_command(algo_name: str, argv: list[str], console: Console) -> Path:
     )
     if options.num_seeds < 1:
         raise ValueError(f"num_seeds must be positive, got {options.num_seeds}")
-    network_fn = algorithm.linen_network_fn() if options.linen else algorithm.network_fn
+    network_fn = algorithm.network(options.linen)
 
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -136,10 +136,7 @@ def eval_command(argv: list[str], console: Console) -> dict:
     options = tyro.cli(EvalOptions, args=argv, prog="pureeqxrl eval")
     if options.episodes < 1:
         raise ValueError(f"episodes must be positive, got {options.episodes}")
-    saved = json.loads((options.run_dir / "config.json").read_text())
-    algorithm = runs.ALGORITHMS[saved["algorithm"]]
-    config = runs.config_from_dict(algorithm.config_cls, saved["config"])
-    network_fn = algorithm.linen_network_fn() if saved["linen"] else algorithm.network_fn
+    saved, config, network_fn = runs.read_run(options.run_dir)
     env = make_env(config.env, options.episodes, config.max_episode_steps)
     q_function = network_fn(config, env)
 

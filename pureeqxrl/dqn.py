@@ -379,8 +379,3 @@ def greedy_action(network: QNetwork, obs: Float[Array, "..."]) -> Int[Array, ""]
     """Action a trained `QNetwork` takes for one observation."""
     return network(obs).argmax()
 
-
-def network_skeleton(config: DQNConfig) -> QNetwork:
-    """A `QNetwork` of the right shapes for `config`, to deserialise a saved agent into."""
-    env = make_env(config.env, 1, config.max_episode_steps)
-    return equinox_q_function(config, env).init(jax.random.key(0))

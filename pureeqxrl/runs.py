@@ -24,7 +24,7 @@ import numpy as np
 
 from pureeqxrl import dqn
 from pureeqxrl.envs import make_env
-from pureeqxrl.metrics import final_return, rows_update_counts
+from pureeqxrl.metrics import rows_update_counts
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,10 @@ class Algorithm:
     network_fn: Callable[[Any, Any], Any]
     linen_network_fn: Callable[[], Callable[[Any, Any], Any]]
     """Imported lazily: flax is only needed for Linen runs."""
+
+    def network(self, linen: bool) -> Callable[[Any, Any], Any]:
+        """The network builder of the Equinox version, or of the Linen control version."""
+        return self.linen_network_fn() if linen else self.network_fn
 
 
 def _linen_dqn():
@@ -172,16 +176,21 @@ def load_agent(run_dir: Path | str, seed: int = 0) -> Any:
         action = pureeqxrl.dqn.greedy_action(network, obs)
     """
     run_dir = Path(run_dir)
-    saved = json.loads((run_dir / "config.json").read_text())
-    algorithm = ALGORITHMS[saved["algorithm"]]
-    config = config_from_dict(algorithm.config_cls, saved["config"])
-    network_fn = algorithm.linen_network_fn() if saved["linen"] else algorithm.network_fn
+    saved, config, network_fn = read_run(run_dir)
     env = make_env(config.env, 1, config.max_episode_steps)
     skeleton = eqx.filter_eval_shape(network_fn(config, env).init, jax.random.key(0))
     path = run_dir / f"agent_seed{seed}.eqx"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found (the run has seeds 0..{saved['num_seeds'] - 1})")
     return eqx.tree_deserialise_leaves(path, skeleton)
+
+
+def read_run(run_dir: Path) -> tuple[dict, Any, Callable[[Any, Any], Any]]:
+    """A run folder's saved `config.json`, its config object, and its network builder."""
+    saved = json.loads((Path(run_dir) / "config.json").read_text())
+    algorithm = ALGORITHMS[saved["algorithm"]]
+    config = config_from_dict(algorithm.config_cls, saved["config"])
+    return saved, config, algorithm.network(saved["linen"])
 
 
 def config_from_dict(config_cls: type, values: dict) -> Any:

@@ -7,7 +7,6 @@ return difference between the two can only come from the network library.
 from collections.abc import Callable
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray
