@@ -80,21 +80,21 @@ def train_command(algo_name: str, argv: list[str], console: Console) -> Path:
     console.print(f"[bold]{algo_name}[/] on {config.env}, {options.num_seeds} seed(s) -> {run_dir}")
 
     keys = jax.random.split(jax.random.key(options.seed), options.num_seeds)
-    num_rows = -(-config.num_updates // config.log_interval)
+    updates = rows_update_counts(config.num_updates, config.log_interval)  # at each row's end
     with progress:
         start = time.perf_counter()
         compiled = jax.jit(jax.vmap(train)).lower(keys).compile()
         compile_s = time.perf_counter() - start
-        progress.update(bar, description="training", total=num_rows * options.num_seeds)
+        progress.update(bar, description="training", total=len(updates) * options.num_seeds)
         start = time.perf_counter()
         result = jax.block_until_ready(compiled(keys))
         train_s = time.perf_counter() - start
 
     metrics = {name: np.asarray(value) for name, value in result.metrics.items()}
     steps_per_update = config.num_envs
-    header, rows = runs.metrics_table(metrics, config.num_updates, config.log_interval, steps_per_update)
+    header, rows = runs.metrics_table(metrics, updates, steps_per_update)
     runs.write_metrics_csv(run_dir / "metrics.csv", header, rows)
-    env_steps = rows_update_counts(config.num_updates, config.log_interval) * steps_per_update
+    env_steps = updates * steps_per_update
     library = "Linen" if options.linen else "Equinox"
     runs.plot_learning_curve(
         run_dir / "learning_curve.png", env_steps, metrics["episode_return"],

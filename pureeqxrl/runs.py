@@ -24,7 +24,6 @@ import numpy as np
 
 from pureeqxrl import dqn
 from pureeqxrl.envs import make_env
-from pureeqxrl.metrics import rows_update_counts
 
 
 @dataclass(frozen=True)
@@ -92,10 +91,12 @@ def prepare_run_dir(run_dir: Path | None, algorithm: str, env: str) -> Path:
     return run_dir
 
 
-def metrics_table(metrics: dict[str, np.ndarray], num_updates: int, log_interval: int,
+def metrics_table(metrics: dict[str, np.ndarray], updates: np.ndarray,
                   steps_per_update: int) -> tuple[list[str], list[list]]:
-    """Long-format rows (seed, row, update, env_steps, metric...) from `(num_seeds, num_rows)` arrays."""
-    updates = rows_update_counts(num_updates, log_interval)
+    """Long-format rows (seed, row, update, env_steps, metric...) from `(num_seeds, num_rows)` arrays.
+
+    `updates[row]` is the number of updates done at the end of each row (`rows_update_counts`).
+    """
     names = sorted(metrics)
     header = ["seed", "row", "update", "env_steps", *names]
     num_seeds = next(iter(metrics.values())).shape[0]
