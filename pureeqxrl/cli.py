@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import tyro
 from rich.console import Console
@@ -91,7 +90,7 @@ def train_command(algo_name: str, argv: list[str], console: Console) -> Path:
         train_s = time.perf_counter() - start
 
     metrics = {name: np.asarray(value) for name, value in result.metrics.items()}
-    steps_per_update = config.num_envs
+    steps_per_update = config.steps_per_update
     header, rows = runs.metrics_table(metrics, updates, steps_per_update)
     runs.write_metrics_csv(run_dir / "metrics.csv", header, rows)
     env_steps = updates * steps_per_update
@@ -138,11 +137,12 @@ def eval_command(argv: list[str], console: Console) -> dict:
         raise ValueError(f"episodes must be positive, got {options.episodes}")
     saved, config, network_fn = runs.read_run(options.run_dir)
     env = make_env(config.env, options.episodes, config.max_episode_steps)
-    q_function = network_fn(config, env)
+    network = network_fn(config, env)
+    greedy_policy = runs.ALGORITHMS[saved["algorithm"]].greedy_policy
 
     @jax.jit
     def greedy_returns(params, key):
-        return evaluate(env, lambda _, obs: jnp.argmax(q_function.apply(params, obs), -1), key)
+        return evaluate(env, greedy_policy(network, params), key)
 
     per_seed = []
     for seed in range(saved["num_seeds"]):

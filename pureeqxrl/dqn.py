@@ -14,13 +14,13 @@ Where this differs from PureJaxRL, on purpose:
 - "every N steps" triggers whenever N is crossed, so any `num_envs` works (same schedule as the
   reference whenever `num_envs` divides N).
 
-The network library is a parameter (`QFunction`): `pureeqxrl.linen.dqn` runs this same algorithm with
+The network library is a parameter (`network_fn`, see `pureeqxrl.nets.Functional`): `pureeqxrl.linen.dqn` runs this same algorithm with
 a Flax Linen network, which is the control group of the benchmarks.
 """
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -29,9 +29,10 @@ import numpy as np
 import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from pureeqxrl.configs import ConfigChecks
 from pureeqxrl.envs import VecEnv, episode_stats, make_env
-from pureeqxrl.metrics import LogCallback, scan_logged
-from pureeqxrl.nets import MLP
+from pureeqxrl.metrics import LogCallback, TrainResult, scan_logged
+from pureeqxrl.nets import MLP, Functional
 
 
 @dataclass(frozen=True)
@@ -71,53 +72,45 @@ class DQNConfig:
     """Updates per logged metrics row."""
 
     @property
+    def steps_per_update(self) -> int:
+        return self.num_envs
+
+    @property
     def num_updates(self) -> int:
         return self.total_timesteps // self.num_envs
 
     def validate(self) -> None:
         """Raise `ValueError` for settings that cannot train, before anything is compiled."""
-        positive = (
-            "total_timesteps num_envs buffer_size batch_size epsilon_anneal_time "
-            "training_interval target_update_interval log_interval"
-        ).split()
-        errors = [f"{name} must be positive, got {getattr(self, name)}" for name in positive
-                  if getattr(self, name) <= 0]
-        if not self.learning_rate > 0:
-            errors.append(f"learning_rate must be positive, got {self.learning_rate}")
-        if not 0 <= self.gamma <= 1:
-            errors.append(f"gamma must be in [0, 1], got {self.gamma}")
-        if not 0 < self.tau <= 1:
-            errors.append(f"tau must be in (0, 1], got {self.tau}")
-        for name in ("epsilon_start", "epsilon_finish"):
-            if not 0 <= getattr(self, name) <= 1:
-                errors.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.learning_starts < 0:
-            errors.append(f"learning_starts must be >= 0, got {self.learning_starts}")
-        if any(size <= 0 for size in self.hidden_sizes):
-            errors.append(f"hidden_sizes must be positive, got {self.hidden_sizes}")
-        if self.batch_size > self.buffer_size:
-            errors.append(
-                f"batch_size ({self.batch_size}) is larger than buffer_size ({self.buffer_size})"
-            )
-        if self.num_envs > self.buffer_size:
-            errors.append(
-                f"num_envs ({self.num_envs}) is larger than buffer_size ({self.buffer_size}): "
-                "one step would overwrite itself"
-            )
-        if self.num_envs <= 0:
-            pass  # already reported; the checks below divide by it
-        elif self.total_timesteps < self.num_envs:
-            errors.append(
-                f"total_timesteps ({self.total_timesteps}) is smaller than num_envs "
-                f"({self.num_envs}): not one update"
-            )
-        elif self.learning_starts >= self.num_updates * self.num_envs:
-            errors.append(
-                f"learning_starts ({self.learning_starts}) leaves no step to learn in "
-                f"{self.num_updates * self.num_envs} environment steps"
-            )
-        if errors:
-            raise ValueError("Invalid DQNConfig: " + "; ".join(errors))
+        checks = ConfigChecks(self)
+        checks.positive(
+            "total_timesteps", "num_envs", "buffer_size", "batch_size", "epsilon_anneal_time",
+            "training_interval", "target_update_interval", "log_interval", "learning_rate",
+        )
+        checks.in_unit_interval("gamma", "epsilon_start", "epsilon_finish")
+        checks.require(0 < self.tau <= 1, f"tau must be in (0, 1], got {self.tau}")
+        checks.non_negative("learning_starts")
+        checks.require(all(size > 0 for size in self.hidden_sizes),
+                       f"hidden_sizes must be positive, got {self.hidden_sizes}")
+        checks.require(
+            self.batch_size <= self.buffer_size,
+            f"batch_size ({self.batch_size}) is larger than buffer_size ({self.buffer_size})",
+        )
+        checks.require(
+            self.num_envs <= self.buffer_size,
+            f"num_envs ({self.num_envs}) is larger than buffer_size ({self.buffer_size}): "
+            "one step would overwrite itself",
+        )
+        if self.num_envs > 0:  # the checks below divide by it
+            if self.total_timesteps < self.num_envs:
+                checks.require(False, f"total_timesteps ({self.total_timesteps}) is smaller than "
+                                      f"num_envs ({self.num_envs}): not one update")
+            else:
+                checks.require(
+                    self.learning_starts < self.num_updates * self.num_envs,
+                    f"learning_starts ({self.learning_starts}) leaves no step to learn in "
+                    f"{self.num_updates * self.num_envs} environment steps",
+                )
+        checks.raise_if_any()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,24 +131,14 @@ class QNetwork(eqx.Module):
         return self.mlp(obs.reshape(-1))
 
 
-class QFunction(NamedTuple):
-    """How the algorithm sees its network, whatever library it comes from.
-
-    `init(key) -> params` and `apply(params, obs_batch) -> q_batch`. For Equinox the params *are*
-    the `QNetwork` Module; for Linen they are its variables dict.
-    """
-
-    init: Callable[[PRNGKeyArray], Any]
-    apply: Callable[[Any, Array], Float[Array, "batch num_actions"]]
-
-
-def equinox_q_function(config: DQNConfig, env: VecEnv) -> QFunction:
+def equinox_q_function(config: DQNConfig, env: VecEnv) -> Functional:
+    """The Equinox `QNetwork` as a `Functional` whose `apply` maps observations to Q-values."""
     obs_size = int(np.prod(env.observation_shape))
 
     def init(key: PRNGKeyArray) -> QNetwork:
         return QNetwork(obs_size, env.num_actions, config.hidden_sizes, key=key)
 
-    return QFunction(init=init, apply=lambda network, obs: jax.vmap(network)(obs))
+    return Functional(init=init, apply=lambda network, obs: jax.vmap(network)(obs))
 
 
 # REPLAY BUFFER
@@ -259,23 +242,16 @@ class DQNState(eqx.Module):
     key: PRNGKeyArray
 
 
-class TrainResult(eqx.Module):
-    """`params`: the trained online network. `metrics`: name -> `(num_rows,)` per-row means."""
-
-    params: Any
-    metrics: dict[str, Array]
-
-
 def make_train(
     config: DQNConfig,
-    network_fn: Callable[[DQNConfig, VecEnv], QFunction] | None = None,
+    network_fn: Callable[[DQNConfig, VecEnv], Functional] | None = None,
     on_log: LogCallback | None = None,
 ) -> Callable[[PRNGKeyArray], TrainResult]:
     """Validate `config` and return `train(key) -> TrainResult`, pure and jittable.
 
     **Arguments:**
 
-    - `network_fn`: builds the Q-network's `QFunction` for the config and environment; defaults
+    - `network_fn`: builds the Q-network's `Functional` for the config and environment; defaults
       to the Equinox `QNetwork` (`equinox_q_function`).
     - `on_log`: host function `(row_index, row)` called after each metrics row (see `scan_logged`).
 
@@ -379,3 +355,8 @@ def greedy_action(network: QNetwork, obs: Float[Array, "..."]) -> Int[Array, ""]
     """Action a trained `QNetwork` takes for one observation."""
     return network(obs).argmax()
 
+
+
+def greedy_policy(network: Functional, params: Any) -> Callable[[PRNGKeyArray, Array], Array]:
+    """`act(key, obs_batch)` taking the argmax of Q, no exploration (what `pureeqxrl eval` runs)."""
+    return lambda key, obs: network.apply(params, obs).argmax(-1)

@@ -5,6 +5,9 @@ is already the next episode's first observation when the episode ended, and the 
 episode ended on is in `info["final_observation"]`. Algorithms need both: acting continues from
 `obs`, while a bootstrapped target after a *truncation* must use the final observation (a time limit
 is not a terminal state). `VecEnv.step` hands both out as `Step.next_obs` and the returned `obs`.
+
+navix environments (`Navix-...` ids, optional extra `pureeqxrl[navix]`) are put behind the same
+interface by `NavixEnvironment`, so every algorithm runs on them unchanged.
 """
 
 import dataclasses
@@ -17,7 +20,7 @@ import equinox as eqx
 import gymnax
 import jax
 import jax.numpy as jnp
-from gymnax.environments import spaces
+from gymnax.environments import environment, spaces
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from pureeqxrl import probes
@@ -124,8 +127,64 @@ def episode_stats(step: Step) -> dict[str, tuple[Array, Array]]:
     }
 
 
+class NavixEnvironment(environment.Environment):
+    """A navix environment behind gymnax 1.0's interface, with immediate auto-reset.
+
+    navix resets lazily: the step *after* an episode ends ignores the action and returns the first
+    observation of the next episode with reward 0, a transition that belongs to no episode. Here the
+    reset happens in the same step, as gymnax does, and the observation the episode ended on goes
+    to `info["final_observation"]`. Termination and truncation come from navix's step type. The
+    state is navix's `Timestep`; observations stay navix's (e.g. the symbolic `(H, W, 3)` grid) and
+    are cast to float32 by `VecEnv`.
+    """
+
+    def __init__(self, navix_env: Any):
+        super().__init__()
+        self.navix_env = navix_env
+
+    @property
+    def default_params(self) -> environment.EnvParams:
+        return environment.EnvParams(max_steps_in_episode=int(self.navix_env.max_steps))
+
+    def action_space(self, params=None) -> spaces.Discrete:
+        return spaces.Discrete(int(self.navix_env.action_space.maximum) + 1)
+
+    def observation_space(self, params=None) -> spaces.Box:
+        space = self.navix_env.observation_space
+        return spaces.Box(space.minimum, space.maximum, space.shape, space.dtype)
+
+    def reset_env(self, key, params):
+        timestep = self.navix_env.reset(key).replace(info={})  # navix's running return: unused
+        return timestep.observation, timestep
+
+    def step_env(self, key, timestep, action, params):
+        # `_step` is navix's step without its lazy reset; gymnax's `step` resets right after it.
+        timestep = self.navix_env._step(timestep, action).replace(info={})
+        return timestep.observation, timestep, timestep.reward, timestep.is_termination(), {}
+
+    def is_truncated(self, timestep, params):
+        return timestep.is_truncation()
+
+
+def _navix():
+    try:
+        import navix
+    except ImportError as error:
+        raise ValueError(
+            "Navix environments need the optional navix extra: pip install 'pureeqxrl[navix]'"
+        ) from error
+    return navix
+
+
+def _navix_names() -> list[str]:
+    try:
+        return list(_navix().registry())
+    except ValueError:
+        return []
+
+
 def env_names() -> list[str]:
-    return sorted([*gymnax.registered_envs, *probes.PROBES])
+    return sorted([*gymnax.registered_envs, *probes.PROBES, *_navix_names()])
 
 
 def make_env(name: str, num_envs: int, max_episode_steps: int | None = None) -> VecEnv:
@@ -133,12 +192,19 @@ def make_env(name: str, num_envs: int, max_episode_steps: int | None = None) -> 
 
     **Arguments:**
 
-    - `name`: a gymnax id such as `"CartPole-v1"`, or a probe from `pureeqxrl.probes`.
+    - `name`: a gymnax id such as `"CartPole-v1"`, a navix id such as `"Navix-DoorKey-5x5-v0"`
+      (needs the `navix` extra), or a probe from `pureeqxrl.probes`.
     - `num_envs`: number of parallel copies.
     - `max_episode_steps`: overrides the environment's time limit (episodes are then *truncated*).
     """
     if num_envs < 1:
         raise ValueError(f"num_envs must be positive, got {num_envs}")
+    if max_episode_steps is not None and max_episode_steps < 1:
+        raise ValueError(f"max_episode_steps must be positive, got {max_episode_steps}")
+    if name.startswith("Navix-") and name in _navix().registry():
+        limit = {} if max_episode_steps is None else {"max_steps": max_episode_steps}
+        env = NavixEnvironment(_navix().make(name, **limit))
+        return VecEnv(env=env, params=env.default_params, num_envs=num_envs, name=name)
     if name in probes.PROBES:
         env = probes.PROBES[name]()
         params = env.default_params
@@ -149,8 +215,6 @@ def make_env(name: str, num_envs: int, max_episode_steps: int | None = None) -> 
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ValueError(f"Unknown environment {name!r}.{hint} Known: {', '.join(env_names())}")
     if max_episode_steps is not None:
-        if max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps must be positive, got {max_episode_steps}")
         params = dataclasses.replace(params, max_steps_in_episode=max_episode_steps)
     return VecEnv(env=env, params=params, num_envs=num_envs, name=name)
 

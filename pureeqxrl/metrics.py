@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +19,17 @@ from jaxtyping import Array
 Carry = TypeVar("Carry")
 Stats = dict[str, tuple[Array, Array]]
 LogCallback = Callable[[Array, dict[str, Array]], Any]
+
+
+class TrainResult(eqx.Module):
+    """What every `train(key)` returns.
+
+    `params`: the trained network (an Equinox Module, or a Linen variables dict for the twins).
+    `metrics`: name -> `(num_rows,)` per-row means (`(num_seeds, num_rows)` under `vmap`).
+    """
+
+    params: Any
+    metrics: dict[str, Array]
 
 
 def _reduce(stats: Stats) -> dict[str, Array]:

@@ -7,6 +7,7 @@ numbers computes the same program.
 """
 
 from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -15,6 +16,18 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 Initializer = Callable[[PRNGKeyArray, tuple[int, ...], jnp.dtype], Array]
+
+
+class Functional(NamedTuple):
+    """A network as an algorithm sees it, whatever library it comes from.
+
+    `init(key) -> params` and `apply(params, obs_batch) -> outputs`. For Equinox the params *are*
+    the Module; for Flax Linen they are its variables dict. Algorithms take a builder
+    `network_fn(config, env) -> Functional`, so that a Linen twin runs the very same training code.
+    """
+
+    init: Callable[[PRNGKeyArray], Any]
+    apply: Callable[[Any, Array], Any]
 
 
 @jax.custom_batching.custom_vmap

@@ -22,8 +22,9 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from pureeqxrl import dqn
+from pureeqxrl import dqn, ppo
 from pureeqxrl.envs import make_env
+from pureeqxrl.nets import Functional
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class Algorithm:
     network_fn: Callable[[Any, Any], Any]
     linen_network_fn: Callable[[], Callable[[Any, Any], Any]]
     """Imported lazily: flax is only needed for Linen runs."""
+    greedy_policy: Callable[[Functional, Any], Callable[[Any, Any], Any]]
+    """`(network, params) -> act(key, obs_batch)`: the evaluation policy of trained params."""
 
     def network(self, linen: bool) -> Callable[[Any, Any], Any]:
         """The network builder of the Equinox version, or of the Linen control version."""
@@ -47,8 +50,19 @@ def _linen_dqn():
     return linen_q_function
 
 
+def _linen_ppo():
+    from pureeqxrl.linen.ppo import linen_actor_critic
+
+    return linen_actor_critic
+
+
 ALGORITHMS: dict[str, Algorithm] = {
-    "dqn": Algorithm(dqn.DQNConfig, dqn.make_train, dqn.equinox_q_function, _linen_dqn),
+    "dqn": Algorithm(
+        dqn.DQNConfig, dqn.make_train, dqn.equinox_q_function, _linen_dqn, dqn.greedy_policy
+    ),
+    "ppo": Algorithm(
+        ppo.PPOConfig, ppo.make_train, ppo.equinox_actor_critic, _linen_ppo, ppo.greedy_policy
+    ),
 }
 
 
@@ -170,8 +184,9 @@ def save_agent(path: Path, params: Any) -> None:
 def load_agent(run_dir: Path | str, seed: int = 0) -> Any:
     """Load the trained network of one seed of a run folder.
 
-    For an Equinox run this is the Module itself (e.g. a `pureeqxrl.dqn.QNetwork`: call it on one
-    observation); for a `--linen` run it is the Linen variables dict.
+    For an Equinox run this is the Module itself (a `pureeqxrl.dqn.QNetwork` or a
+    `pureeqxrl.ppo.ActorCritic`: call it on one observation); for a `--linen` run it is the Linen
+    variables dict.
 
         network = pureeqxrl.runs.load_agent("runs/dqn-CartPole-v1-...", seed=0)
         action = pureeqxrl.dqn.greedy_action(network, obs)

@@ -13,3 +13,17 @@ def strict_promotion():
     float arithmetic, which strict promotion rejects."""
     with jax.numpy_dtype_promotion("strict"):
         yield
+
+
+@pytest.fixture
+def no_compile(monkeypatch):
+    """Make any `jax.jit` fail: a bad config must be rejected before anything is compiled.
+
+    navix (if installed) is imported first, since its modules call `jax.jit` at import time and the
+    error message for an unknown environment lists navix's names.
+    """
+    try:
+        import navix  # noqa: F401
+    except ImportError:
+        pass
+    monkeypatch.setattr(jax, "jit", lambda *a, **k: pytest.fail("compiled before rejecting"))

@@ -1,6 +1,6 @@
 """DQN with a Flax Linen Q-network: the control group for `pureeqxrl.dqn`.
 
-Everything but the network is `pureeqxrl.dqn` itself (passed a Linen `QFunction`), so a speed or
+Everything but the network is `pureeqxrl.dqn` itself (passed a Linen network as a `Functional`), so a speed or
 return difference between the two can only come from the network library.
 """
 
@@ -13,6 +13,8 @@ from jaxtyping import PRNGKeyArray
 
 from pureeqxrl import dqn
 from pureeqxrl.envs import VecEnv
+from pureeqxrl.metrics import TrainResult
+from pureeqxrl.nets import Functional
 
 
 class LinenQNetwork(nn.Module):
@@ -29,15 +31,15 @@ class LinenQNetwork(nn.Module):
         return nn.Dense(self.num_actions)(x)
 
 
-def linen_q_function(config: dqn.DQNConfig, env: VecEnv) -> dqn.QFunction:
+def linen_q_function(config: dqn.DQNConfig, env: VecEnv) -> Functional:
     module = LinenQNetwork(tuple(config.hidden_sizes), env.num_actions)
     dummy_obs = jnp.zeros((1, int(np.prod(env.observation_shape))), jnp.float32)
-    return dqn.QFunction(init=lambda key: module.init(key, dummy_obs), apply=module.apply)
+    return Functional(init=lambda key: module.init(key, dummy_obs), apply=module.apply)
 
 
 def make_train(
     config: dqn.DQNConfig, on_log=None
-) -> Callable[[PRNGKeyArray], dqn.TrainResult]:
+) -> Callable[[PRNGKeyArray], TrainResult]:
     """`pureeqxrl.dqn.make_train` with the Linen network."""
     return dqn.make_train(config, network_fn=linen_q_function, on_log=on_log)
 

@@ -1,9 +1,11 @@
-"""Equinox vs Flax Linen DQN, end to end on CartPole-v1 with the default config.
+"""Equinox vs Flax Linen, end to end: one algorithm's whole training run with its default config.
 
-Both versions run the same `pureeqxrl.dqn` training code; only the Q-network library differs.
-Runs are interleaved (Equinox, Linen, Equinox, ...) and each row reports the median of the repeats.
+Both versions run the same training code (`pureeqxrl.<algo>.make_train`); only the network library
+differs. Runs are interleaved (Equinox, Linen, Equinox, ...) and each row reports the median of the
+repeats, with the min-max of the per-repeat train-time ratios.
 
-    python benchmarks/dqn_speed.py --repeats 5 --seeds 1 4 --out benchmarks/results/dqn_cpu
+    python benchmarks/end_to_end.py --algo dqn --repeats 5 --seeds 1 4 --out benchmarks/results/dqn_cpu
+    python benchmarks/end_to_end.py --algo ppo --repeats 5 --seeds 1 4 --out benchmarks/results/ppo_cpu
 """
 
 import argparse
@@ -18,15 +20,14 @@ import flax
 import jax
 import numpy as np
 
-from pureeqxrl import dqn
-from pureeqxrl.linen import dqn as linen_dqn
 from pureeqxrl.metrics import final_return
+from pureeqxrl.runs import ALGORITHMS, Algorithm
 
-LIBRARIES = {"equinox": dqn.equinox_q_function, "linen": linen_dqn.linen_q_function}
+LIBRARIES = ("equinox", "linen")
 
 
-def measure(library: str, num_seeds: int, config: dqn.DQNConfig, seed: int) -> dict:
-    train = dqn.make_train(config, network_fn=LIBRARIES[library])
+def measure(algorithm: Algorithm, library: str, num_seeds: int, config, seed: int) -> dict:
+    train = algorithm.make_train(config, network_fn=algorithm.network(linen=library == "linen"))
     keys = jax.random.split(jax.random.key(seed), num_seeds)
     start = time.perf_counter()
     compiled = jax.jit(jax.vmap(train)).lower(keys).compile()
@@ -38,24 +39,26 @@ def measure(library: str, num_seeds: int, config: dqn.DQNConfig, seed: int) -> d
     return {
         "compile_s": compile_s,
         "train_s": train_s,
-        "steps_per_s": config.num_updates * config.num_envs * num_seeds / train_s,
+        "steps_per_s": config.num_updates * config.steps_per_update * num_seeds / train_s,
         "final_return": float(np.mean(returns)),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algo", choices=sorted(ALGORITHMS), default="dqn")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--total-timesteps", type=int, default=500_000)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/dqn_cpu"))
+    parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    config = dqn.DQNConfig(total_timesteps=args.total_timesteps)
+    algorithm = ALGORITHMS[args.algo]
+    config = algorithm.config_cls(total_timesteps=args.total_timesteps)
     samples = {(lib, n): [] for n in args.seeds for lib in LIBRARIES}
     for repeat in range(args.repeats):
         for num_seeds in args.seeds:
             for library in LIBRARIES:  # interleaved, so drift hits both alike
-                sample = measure(library, num_seeds, config, seed=repeat)
+                sample = measure(algorithm, library, num_seeds, config, seed=repeat)
                 samples[library, num_seeds].append(sample)
                 print(repeat, library, num_seeds, {k: round(v, 2) for k, v in sample.items()}, flush=True)
 
@@ -72,7 +75,7 @@ def main() -> None:
     machine = {"platform": platform.platform(), "processor": platform.processor(),
                "cpu_count": __import__("os").cpu_count(), "backend": jax.default_backend(),
                "jax": jax.__version__, "equinox": equinox.__version__, "flax": flax.__version__}
-    command = (f"python benchmarks/dqn_speed.py --repeats {args.repeats} --seeds "
+    command = (f"python benchmarks/end_to_end.py --algo {args.algo} --repeats {args.repeats} --seeds "
                f"{' '.join(map(str, args.seeds))} --total-timesteps {args.total_timesteps} --out {args.out}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(
@@ -80,7 +83,7 @@ def main() -> None:
          {f"{lib}/{n}": s for (lib, n), s in samples.items()}}, indent=2))
 
     lines = [
-        f"DQN, CartPole-v1, {args.total_timesteps:,} env steps per seed, medians of {args.repeats} "
+        f"{args.algo.upper()}, {config.env}, {args.total_timesteps:,} env steps per seed, medians of {args.repeats} "
         f"interleaved repeats. {machine['cpu_count']} CPU cores, {machine['backend']}, jax "
         f"{machine['jax']}, equinox {machine['equinox']}, flax {machine['flax']}.",
         f"Command: `{command}`",
