@@ -24,7 +24,7 @@ from pureeqxrl.envs import env_names, evaluate, make_env
 from pureeqxrl.metrics import final_return, rows_update_counts
 
 USAGE = """usage: pureeqxrl train ALGO [flags]     train ALGO ({algos}); --help lists its flags
-       pureeqxrl eval RUN_DIR [flags]     greedy evaluation of a run's saved agents
+       pureeqxrl eval RUN_DIR [flags]     evaluate a run's saved agents (greedy, or --sample)
        pureeqxrl envs                     list the environment ids"""
 
 
@@ -114,7 +114,7 @@ def train_command(algo_name: str, argv: list[str], console: Console) -> Path:
     }
     runs.atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     console.print(
-        f"final return (last 5% of training) {np.nanmean(finals):.1f} ± {np.nanstd(finals):.1f} "
+        f"final return (last 5% of training) {np.nanmean(finals):.2f} ± {np.nanstd(finals):.2f} "
         f"over {options.num_seeds} seed(s) | train {train_s:.1f}s + compile {compile_s:.1f}s | "
         f"{total_steps / train_s:,.0f} env steps/s"
     )
@@ -128,6 +128,8 @@ class EvalOptions:
     """A folder written by `pureeqxrl train`."""
     episodes: int = 16
     """Episodes per seed (run in parallel)."""
+    sample: bool = False
+    """Sample actions from the stochastic policy (PPO) instead of taking the most likely one."""
     seed: int = 0
 
 
@@ -138,20 +140,25 @@ def eval_command(argv: list[str], console: Console) -> dict:
     saved, config, network_fn = runs.read_run(options.run_dir)
     env = make_env(config.env, options.episodes, config.max_episode_steps)
     network = network_fn(config, env)
-    greedy_policy = runs.ALGORITHMS[saved["algorithm"]].greedy_policy
+    algorithm = runs.ALGORITHMS[saved["algorithm"]]
+    policy, kind = algorithm.greedy_policy, "greedy"
+    if options.sample:
+        if algorithm.sampling_policy is None:
+            raise ValueError(f"{saved['algorithm']} has no stochastic policy to sample from")
+        policy, kind = algorithm.sampling_policy, "sampled-policy"
 
     @jax.jit
-    def greedy_returns(params, key):
-        return evaluate(env, greedy_policy(network, params), key)
+    def policy_returns(params, key):
+        return evaluate(env, policy(network, params), key)
 
     per_seed = []
     for seed in range(saved["num_seeds"]):
         params = runs.load_agent(options.run_dir, seed)
-        returns = np.asarray(greedy_returns(params, jax.random.key(options.seed)))
+        returns = np.asarray(policy_returns(params, jax.random.key(options.seed)))
         per_seed.append(float(np.nanmean(returns)))
-        console.print(f"seed {seed}: greedy return {np.nanmean(returns):.1f} over {options.episodes} episodes")
-    console.print(f"mean over seeds {np.mean(per_seed):.1f} ± {np.std(per_seed):.1f}")
-    return {"greedy_return_per_seed": per_seed}
+        console.print(f"seed {seed}: {kind} return {np.nanmean(returns):.2f} over {options.episodes} episodes")
+    console.print(f"mean over seeds {np.mean(per_seed):.2f} ± {np.std(per_seed):.2f}")
+    return {f"{kind}_return_per_seed": per_seed}
 
 
 def main(argv: list[str] | None = None) -> int:

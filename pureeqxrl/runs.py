@@ -38,6 +38,8 @@ class Algorithm:
     """Imported lazily: flax is only needed for Linen runs."""
     greedy_policy: Callable[[Functional, Any], Callable[[Any, Any], Any]]
     """`(network, params) -> act(key, obs_batch)`: the evaluation policy of trained params."""
+    sampling_policy: Callable[[Functional, Any], Callable[[Any, Any], Any]] | None = None
+    """The same for the stochastic policy, where the algorithm has one."""
 
     def network(self, linen: bool) -> Callable[[Any, Any], Any]:
         """The network builder of the Equinox version, or of the Linen control version."""
@@ -61,7 +63,8 @@ ALGORITHMS: dict[str, Algorithm] = {
         dqn.DQNConfig, dqn.make_train, dqn.equinox_q_function, _linen_dqn, dqn.greedy_policy
     ),
     "ppo": Algorithm(
-        ppo.PPOConfig, ppo.make_train, ppo.equinox_actor_critic, _linen_ppo, ppo.greedy_policy
+        ppo.PPOConfig, ppo.make_train, ppo.equinox_actor_critic, _linen_ppo, ppo.greedy_policy,
+        ppo.sampling_policy,
     ),
 }
 

@@ -54,6 +54,8 @@ def test_saved_agents_load_and_act(run_dir):
 def test_eval_command(run_dir, capsys):
     assert cli.main(["eval", str(run_dir), "--episodes", "3"]) == 0
     assert "greedy return" in capsys.readouterr().out
+    assert cli.main(["eval", str(run_dir), "--sample"]) == 2
+    assert "dqn has no stochastic policy" in capsys.readouterr().out
 
 
 def test_existing_run_folder_is_never_overwritten(run_dir, capsys):
@@ -112,6 +114,8 @@ def test_ppo_trains_saves_loads_and_evaluates(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["eval", str(run_dir), "--episodes", "2"]) == 0
     assert "seed 1: greedy return" in capsys.readouterr().out
+    assert cli.main(["eval", str(run_dir), "--episodes", "2", "--sample"]) == 0
+    assert "seed 1: sampled-policy return" in capsys.readouterr().out
 
 
 def test_ppo_linen_run_saves_a_loadable_agent(tmp_path):
