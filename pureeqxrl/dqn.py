@@ -189,7 +189,7 @@ def td_target(
     gamma: float,
 ) -> Float[Array, " batch"]:
     """One-step Q-learning target; bootstraps unless the episode *terminated* at this step."""
-    return reward + gamma * (1.0 - terminated) * next_q_target.max(axis=-1)
+    return reward + gamma * (1.0 - terminated.astype(reward.dtype)) * next_q_target.max(axis=-1)
 
 
 def q_loss(

@@ -183,7 +183,7 @@ def gae(
     bootstrapped unless the episode `terminated` there; the trace is cut wherever the episode
     ended (`done`: terminated or truncated). Returns `(advantages, targets)`.
     """
-    delta = reward + gamma * (1.0 - terminated) * next_value - value
+    delta = reward + gamma * (1.0 - terminated.astype(reward.dtype)) * next_value - value
 
     def backwards(advantage, step):
         delta, done = step
@@ -191,7 +191,7 @@ def gae(
         return advantage, advantage
 
     _, advantages = jax.lax.scan(
-        backwards, jnp.zeros_like(delta[0]), (delta, done.astype(delta.dtype)), reverse=True
+        backwards, jnp.zeros_like(delta[0]), (delta, done.astype(reward.dtype)), reverse=True
     )
     return advantages, advantages + value
 
@@ -372,8 +372,7 @@ def make_train(
 
         one = jnp.array(1.0)
         stats = {
-            "episode_return": jax.tree.map(jnp.sum, episodes["episode_return"]),
-            "episode_length": jax.tree.map(jnp.sum, episodes["episode_length"]),
+            **jax.tree.map(jnp.sum, episodes),  # over the rollout's steps
             "loss": (loss.mean(), one),
             **{field.name: (getattr(info, field.name).mean(), one) for field in fields(info)},
         }

@@ -23,7 +23,7 @@ def _minibatch(key, obs_shape, num_actions, size=128):
 
 
 @pytest.mark.parametrize(("env_name", "activation"), [("CartPole-v1", "tanh"), ("Breakout-MinAtar", "relu")])
-def test_loss_and_gradients_match_linen(env_name, activation, key):
+def test_loss_and_gradients_match_linen(env_name, activation, key, strict_promotion):
     config = ppo.PPOConfig(env=env_name, activation=activation)
     env = make_env(env_name, 1)
     eqx_net = ppo.equinox_actor_critic(config, env)

@@ -63,7 +63,7 @@ def test_truncation_is_bootstrapped_and_termination_is_not():
 # ADVANTAGES
 
 
-def test_gae_cuts_at_episode_ends_and_bootstraps_truncations():
+def test_gae_cuts_at_episode_ends_and_bootstraps_truncations(strict_promotion):
     # One env, four steps: step 1 terminates, step 3 is truncated (its final obs has value 7).
     column = lambda *xs: jnp.array(xs, jnp.float32)[:, None]  # noqa: E731
     advantages, targets = ppo.gae(
@@ -81,7 +81,7 @@ def test_gae_cuts_at_episode_ends_and_bootstraps_truncations():
     np.testing.assert_allclose(targets[:, 0], expected + [0.5, 1.0, 1.5, 2.0], rtol=1e-6)
 
 
-def test_gae_with_lambda_one_is_the_bootstrapped_return():
+def test_gae_with_lambda_one_is_the_bootstrapped_return(strict_promotion):
     key_r, key_v = jax.random.split(jax.random.key(1))
     reward, value = jax.random.normal(key_r, (6, 3)), jax.random.normal(key_v, (6, 3))
     next_value = jnp.concatenate([value[1:], jnp.ones((1, 3))])
