@@ -100,7 +100,8 @@ def train_command(algo_name: str, argv: list[str], console: Console) -> Path:
         f"{algo_name.upper()} ({library}) on {config.env}",
     )
     for seed in range(options.num_seeds):
-        runs.save_agent(run_dir / f"agent_seed{seed}.eqx", jax.tree.map(lambda x: x[seed], result.params))
+        params, obs_stats = jax.tree.map(lambda x: x[seed], (result.params, result.obs_stats))
+        runs.save_agent(run_dir / f"agent_seed{seed}.eqx", params, obs_stats)
 
     finals = final_return(metrics["episode_return"])
     total_steps = config.num_updates * steps_per_update * options.num_seeds
@@ -140,21 +141,18 @@ def eval_command(argv: list[str], console: Console) -> dict:
     saved, config, network_fn = runs.read_run(options.run_dir)
     env = make_env(config.env, options.episodes, config.max_episode_steps)
     network = network_fn(config, env)
-    algorithm = runs.ALGORITHMS[saved["algorithm"]]
-    policy, kind = algorithm.greedy_policy, "greedy"
-    if options.sample:
-        if algorithm.sampling_policy is None:
-            raise ValueError(f"{saved['algorithm']} has no stochastic policy to sample from")
-        policy, kind = algorithm.sampling_policy, "sampled-policy"
+    policy = runs.ALGORITHMS[saved["algorithm"]].policy
+    kind = "sampled-policy" if options.sample else "greedy"
+    policy(network, None, env, None, greedy=not options.sample)  # fails early if it has no such policy
 
     @jax.jit
-    def policy_returns(params, key):
-        return evaluate(env, policy(network, params), key)
+    def policy_returns(params, obs_stats, key):
+        return evaluate(env, policy(network, params, env, obs_stats, not options.sample), key)
 
     per_seed = []
     for seed in range(saved["num_seeds"]):
-        params = runs.load_agent(options.run_dir, seed)
-        returns = np.asarray(policy_returns(params, jax.random.key(options.seed)))
+        params, obs_stats = runs.load_agent_and_obs_stats(options.run_dir, seed)
+        returns = np.asarray(policy_returns(params, obs_stats, jax.random.key(options.seed)))
         per_seed.append(float(np.nanmean(returns)))
         console.print(f"seed {seed}: {kind} return {np.nanmean(returns):.2f} over {options.episodes} episodes")
     console.print(f"mean over seeds {np.mean(per_seed):.2f} ± {np.std(per_seed):.2f}")

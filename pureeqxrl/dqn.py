@@ -357,6 +357,10 @@ def greedy_action(network: QNetwork, obs: Float[Array, "..."]) -> Int[Array, ""]
 
 
 
-def greedy_policy(network: Functional, params: Any) -> Callable[[PRNGKeyArray, Array], Array]:
+def policy(
+    network: Functional, params: Any, env: VecEnv, obs_stats: None = None, greedy: bool = True
+) -> Callable[[PRNGKeyArray, Array], Array]:
     """`act(key, obs_batch)` taking the argmax of Q, no exploration (what `pureeqxrl eval` runs)."""
+    if not greedy:
+        raise ValueError("DQN has no stochastic policy to sample from (its exploration is epsilon)")
     return lambda key, obs: network.apply(params, obs).argmax(-1)

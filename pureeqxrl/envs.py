@@ -6,8 +6,9 @@ episode ended on is in `info["final_observation"]`. Algorithms need both: acting
 `obs`, while a bootstrapped target after a *truncation* must use the final observation (a time limit
 is not a terminal state). `VecEnv.step` hands both out as `Step.next_obs` and the returned `obs`.
 
-navix environments (`Navix-...` ids, optional extra `pureeqxrl[navix]`) are put behind the same
-interface by `NavixEnvironment`, so every algorithm runs on them unchanged.
+navix environments (`Navix-...` ids, optional extra `pureeqxrl[navix]`) and Brax environments
+(`brax-...` ids, extra `pureeqxrl[brax]`) are put behind the same interface by `NavixEnvironment`
+and `BraxEnvironment`, so every algorithm runs on them unchanged.
 """
 
 import dataclasses
@@ -76,11 +77,27 @@ class VecEnv:
         return self.env.action_space(self.params)
 
     @property
+    def discrete(self) -> bool:
+        return isinstance(self.action_space, spaces.Discrete)
+
+    @property
     def num_actions(self) -> int:
+        if not self.discrete:
+            raise ValueError(f"{self.name} has continuous actions (a Box), not a Discrete space")
+        return int(self.action_space.n)
+
+    @property
+    def action_shape(self) -> tuple[int, ...]:
+        return tuple(self.action_space.shape)
+
+    @property
+    def action_bounds(self) -> tuple[Array, Array]:
+        """`(low, high)` of a continuous (Box) action space, broadcast to `action_shape`."""
+        if self.discrete:
+            raise ValueError(f"{self.name} has discrete actions, not a Box")
         space = self.action_space
-        if not isinstance(space, spaces.Discrete):
-            raise ValueError(f"{self.name} has a {type(space).__name__} action space, not Discrete")
-        return int(space.n)
+        low = jnp.broadcast_to(jnp.asarray(space.low, jnp.float32), self.action_shape)
+        return low, jnp.broadcast_to(jnp.asarray(space.high, jnp.float32), self.action_shape)
 
     def reset(self, key: PRNGKeyArray) -> tuple[Array, EpisodeState]:
         keys = jax.random.split(key, self.num_envs)
@@ -166,6 +183,58 @@ class NavixEnvironment(environment.Environment):
         return timestep.is_truncation()
 
 
+class BraxState(eqx.Module):
+    pipeline: Any
+    """Brax's own `State` (physics state, obs, reward, done, metrics)."""
+    time: Array
+
+
+class BraxEnvironment(environment.Environment):
+    """A Brax environment behind gymnax 1.0's interface, with its time limit as a *truncation*.
+
+    Brax's `done` is termination only (e.g. hopper falling); the time limit (default 1000 steps)
+    is counted here and reported as `truncated`, which PureJaxRL's Brax wrapper drops.
+    """
+
+    def __init__(self, brax_env: Any, max_steps: int = 1000):
+        super().__init__()
+        self.brax_env = brax_env
+        self.max_steps = max_steps
+
+    @property
+    def default_params(self) -> environment.EnvParams:
+        return environment.EnvParams(max_steps_in_episode=self.max_steps)
+
+    def action_space(self, params=None) -> spaces.Box:
+        return spaces.Box(-1.0, 1.0, (self.brax_env.action_size,), jnp.float32)
+
+    def observation_space(self, params=None) -> spaces.Box:
+        return spaces.Box(-jnp.inf, jnp.inf, (self.brax_env.observation_size,), jnp.float32)
+
+    def reset_env(self, key, params):
+        pipeline = self.brax_env.reset(key)
+        return pipeline.obs, BraxState(pipeline, jnp.array(0, jnp.int32))
+
+    def step_env(self, key, state, action, params):
+        pipeline = self.brax_env.step(state.pipeline, action)
+        terminated = pipeline.done.astype(bool)
+        return pipeline.obs, BraxState(pipeline, state.time + 1), pipeline.reward, terminated, {}
+
+
+BRAX_PREFIX = "brax-"
+BRAX_BACKEND = "positional"  # PureJaxRL's choice for its Brax runs
+
+
+def _brax_envs():
+    try:
+        from brax import envs
+    except ImportError as error:
+        raise ValueError(
+            "Brax environments need the optional brax extra: pip install 'pureeqxrl[brax]'"
+        ) from error
+    return envs
+
+
 def _navix():
     try:
         import navix
@@ -183,8 +252,15 @@ def _navix_names() -> list[str]:
         return []
 
 
+def _brax_names() -> list[str]:
+    try:
+        return [BRAX_PREFIX + name for name in _brax_envs()._envs]
+    except ValueError:
+        return []
+
+
 def env_names() -> list[str]:
-    return sorted([*gymnax.registered_envs, *probes.PROBES, *_navix_names()])
+    return sorted([*gymnax.registered_envs, *probes.PROBES, *_navix_names(), *_brax_names()])
 
 
 def make_env(name: str, num_envs: int, max_episode_steps: int | None = None) -> VecEnv:
@@ -193,7 +269,8 @@ def make_env(name: str, num_envs: int, max_episode_steps: int | None = None) -> 
     **Arguments:**
 
     - `name`: a gymnax id such as `"CartPole-v1"`, a navix id such as `"Navix-DoorKey-5x5-v0"`
-      (needs the `navix` extra), or a probe from `pureeqxrl.probes`.
+      (needs the `navix` extra), a Brax environment as `"brax-hopper"` (needs the `brax` extra;
+      backend `BRAX_BACKEND`, 1000-step limit), or a probe from `pureeqxrl.probes`.
     - `num_envs`: number of parallel copies.
     - `max_episode_steps`: overrides the environment's time limit (episodes are then *truncated*).
     """
@@ -204,6 +281,10 @@ def make_env(name: str, num_envs: int, max_episode_steps: int | None = None) -> 
     if name.startswith("Navix-") and name in _navix().registry():
         limit = {} if max_episode_steps is None else {"max_steps": max_episode_steps}
         env = NavixEnvironment(_navix().make(name, **limit))
+        return VecEnv(env=env, params=env.default_params, num_envs=num_envs, name=name)
+    if name.startswith(BRAX_PREFIX) and name in _brax_names():
+        brax_env = _brax_envs().get_environment(name[len(BRAX_PREFIX):], backend=BRAX_BACKEND)
+        env = BraxEnvironment(brax_env, max_episode_steps or 1000)
         return VecEnv(env=env, params=env.default_params, num_envs=num_envs, name=name)
     if name in probes.PROBES:
         env = probes.PROBES[name]()

@@ -26,10 +26,13 @@ class TrainResult(eqx.Module):
 
     `params`: the trained network (an Equinox Module, or a Linen variables dict for the twins).
     `metrics`: name -> `(num_rows,)` per-row means (`(num_seeds, num_rows)` under `vmap`).
+    `obs_stats`: the observation-normalisation statistics the network was trained with, if any
+    (a `pureeqxrl.normalize.RunningStats`); a policy must see observations normalised by them.
     """
 
     params: Any
     metrics: dict[str, Array]
+    obs_stats: Any = None
 
 
 def _reduce(stats: Stats) -> dict[str, Array]:

@@ -16,8 +16,12 @@ Where this differs from PureJaxRL, on purpose:
   included); `pureeqxrl.envs` also runs navix environments, which replaces `ppo_minigrid.py`.
 
 The network library is a parameter (`network_fn`, see `pureeqxrl.nets.Functional`): the same
-`make_train` runs the Flax Linen control version of `pureeqxrl.linen.ppo`. The policy is any
-distreqx distribution (`Categorical` here), so the loss does not depend on the action space.
+`make_train` runs the Flax Linen control version of `pureeqxrl.linen.ppo`. The policy is a batch of
+distreqx distributions (a `Categorical` here, a diagonal Gaussian in `pureeqxrl.ppo_continuous`),
+so nothing below depends on the action space, except that continuous actions are clipped to the
+environment's bounds when stepping (the stored action and its log-probability stay unclipped).
+`objective="dpo"` swaps the clipped surrogate for DPO's drift objective (Lu et al., 2022), and
+`normalize_obs`/`normalize_reward` wrap the environment in `pureeqxrl.normalize.Normalize`.
 """
 
 import math
@@ -37,6 +41,7 @@ from pureeqxrl.configs import ConfigChecks
 from pureeqxrl.envs import VecEnv, episode_stats, make_env
 from pureeqxrl.metrics import LogCallback, TrainResult, scan_logged
 from pureeqxrl.nets import MLP, Functional, orthogonal
+from pureeqxrl.normalize import Normalize, RunningStats
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {"tanh": jax.nn.tanh, "relu": jax.nn.relu}
 
@@ -70,6 +75,16 @@ class PPOConfig:
     activation: Literal["tanh", "relu"] = "tanh"
     hidden_sizes: tuple[int, ...] = (64, 64)
     """Hidden widths of the actor and of the critic (two separate MLPs)."""
+    normalize_obs: bool = False
+    """Normalise observations with running statistics (saved with the agent, used at evaluation)."""
+    normalize_reward: bool = False
+    """Divide rewards by the running std of the discounted return (the learner's view only)."""
+    objective: Literal["ppo", "dpo"] = "ppo"
+    """Policy objective: PPO's clipped surrogate, or DPO's drift-penalised one."""
+    dpo_alpha: float = 2.0
+    """DPO drift scale where the advantage is positive."""
+    dpo_beta: float = 0.6
+    """DPO drift scale where the advantage is negative."""
     log_interval: int = 10
     """Updates per logged metrics row."""
 
@@ -90,12 +105,14 @@ class PPOConfig:
         checks = ConfigChecks(self)
         checks.positive(
             "total_timesteps", "num_envs", "num_steps", "update_epochs", "num_minibatches",
-            "log_interval", "learning_rate", "clip_eps", "max_grad_norm",
+            "log_interval", "learning_rate", "clip_eps", "max_grad_norm", "dpo_alpha", "dpo_beta",
         )
         checks.non_negative("ent_coef", "vf_coef")
         checks.in_unit_interval("gamma", "gae_lambda")
         checks.require(self.activation in ACTIVATIONS, f"activation must be one of "
                        f"{', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        checks.require(self.objective in ("ppo", "dpo"),
+                       f"objective must be 'ppo' or 'dpo', got {self.objective!r}")
         checks.require(all(size > 0 for size in self.hidden_sizes),
                        f"hidden_sizes must be positive, got {self.hidden_sizes}")
         if self.num_envs > 0 and self.num_steps > 0 and self.num_minibatches > 0:
@@ -118,12 +135,29 @@ class PPOConfig:
 # NETWORK
 
 
-class ActorCritic(eqx.Module):
-    """Separate actor and critic MLPs on the flattened observation, PureJaxRL's init.
+def actor_and_critic_mlps(
+    obs_size: int,
+    actor_outputs: int,
+    hidden_sizes: tuple[int, ...],
+    activation: Callable[[Array], Array],
+    *,
+    key: PRNGKeyArray,
+) -> tuple[MLP, MLP]:
+    """PureJaxRL's separate actor and critic MLPs: hidden kernels orthogonal(sqrt 2), actor head
+    orthogonal(0.01) (a near-uniform / near-zero-mean first policy), critic head orthogonal(1.0),
+    zero biases."""
+    actor_key, critic_key = jax.random.split(key)
+    hidden_init = orthogonal(math.sqrt(2))
+    actor = MLP(obs_size, hidden_sizes, actor_outputs, key=actor_key, activation=activation,
+                hidden_init=hidden_init, output_init=orthogonal(0.01))
+    critic = MLP(obs_size, hidden_sizes, 1, key=critic_key, activation=activation,
+                 hidden_init=hidden_init, output_init=orthogonal(1.0))
+    return actor, critic
 
-    Hidden kernels orthogonal(sqrt 2), actor head orthogonal(0.01) (a near-uniform first policy),
-    critic head orthogonal(1.0), zero biases.
-    """
+
+class ActorCritic(eqx.Module):
+    """Separate actor and critic MLPs on the flattened observation, PureJaxRL's init
+    (`actor_and_critic_mlps`)."""
 
     actor: MLP
     critic: MLP
@@ -137,12 +171,9 @@ class ActorCritic(eqx.Module):
         *,
         key: PRNGKeyArray,
     ):
-        actor_key, critic_key = jax.random.split(key)
-        hidden_init = orthogonal(math.sqrt(2))
-        self.actor = MLP(obs_size, hidden_sizes, num_actions, key=actor_key, activation=activation,
-                         hidden_init=hidden_init, output_init=orthogonal(0.01))
-        self.critic = MLP(obs_size, hidden_sizes, 1, key=critic_key, activation=activation,
-                          hidden_init=hidden_init, output_init=orthogonal(1.0))
+        self.actor, self.critic = actor_and_critic_mlps(
+            obs_size, num_actions, hidden_sizes, activation, key=key
+        )
 
     def __call__(self, obs: Float[Array, "..."]) -> tuple[Float[Array, " num_actions"], Float[Array, ""]]:
         """Action logits and state value of one observation."""
@@ -163,6 +194,26 @@ def equinox_actor_critic(config: PPOConfig, env: VecEnv) -> Functional:
         return Categorical(logits=logits), value
 
     return Functional(init=init, apply=apply)
+
+
+# POLICIES: a batch of distreqx distributions (each describes one example; vmap over the batch)
+
+
+def sample(policy: AbstractDistribution, key: PRNGKeyArray) -> Array:
+    keys = jax.random.split(key, jax.tree.leaves(policy)[0].shape[0])
+    return jax.vmap(lambda p, k: p.sample(k))(policy, keys)
+
+
+def log_prob(policy: AbstractDistribution, action: Array) -> Float[Array, " batch"]:
+    return jax.vmap(lambda p, a: p.log_prob(a))(policy, action)
+
+
+def entropy(policy: AbstractDistribution) -> Float[Array, " batch"]:
+    return jax.vmap(lambda p: p.entropy())(policy)
+
+
+def mode(policy: AbstractDistribution) -> Array:
+    return jax.vmap(lambda p: p.mode())(policy)
 
 
 # ADVANTAGES
@@ -203,13 +254,28 @@ class Batch(eqx.Module):
     """Transitions for the update, flattened to one batch axis."""
 
     obs: Float[Array, "batch ..."]
-    action: Int[Array, " batch"]
+    action: Array
     log_prob: Float[Array, " batch"]
     """Log-probability of `action` under the policy that collected it."""
     value: Float[Array, " batch"]
     """Value estimate at collection time (the centre of the value clip)."""
     advantage: Float[Array, " batch"]
     target: Float[Array, " batch"]
+
+
+def dpo_drift(
+    ratio: Float[Array, " batch"],
+    log_ratio: Float[Array, " batch"],
+    advantage: Float[Array, " batch"],
+    alpha: float,
+    beta: float,
+) -> Float[Array, " batch"]:
+    """DPO's drift penalty: zero near ratio 1, growing once the policy moves far in the
+    advantage's direction; measured on `ratio - 1` (scale `alpha`) where the advantage is
+    positive and on `log ratio` (scale `beta`) where it is negative."""
+    positive = jax.nn.relu((ratio - 1.0) * advantage - alpha * jnp.tanh((ratio - 1.0) * advantage / alpha))
+    negative = jax.nn.relu(log_ratio * advantage - beta * jnp.tanh(log_ratio * advantage / beta))
+    return jnp.where(advantage >= 0.0, positive, negative)
 
 
 class LossInfo(eqx.Module):
@@ -225,35 +291,40 @@ def ppo_loss(
     apply: Callable[[Any, Array], tuple[AbstractDistribution, Array]],
     params: Any,
     batch: Batch,
-    clip_eps: float,
-    vf_coef: float,
-    ent_coef: float,
+    config: "PPOConfig",
 ) -> tuple[Float[Array, ""], LossInfo]:
-    """Clipped surrogate + `vf_coef` * clipped value loss - `ent_coef` * entropy, on one minibatch.
+    """Actor loss + `vf_coef` * clipped value loss - `ent_coef` * entropy, on one minibatch.
 
-    Advantages are normalised over the minibatch, as in the reference.
+    The actor loss is PPO's clipped surrogate, or with `objective="dpo"` the advantage-weighted
+    ratio minus DPO's drift (`dpo_drift`). Advantages are normalised over the minibatch, as in the
+    reference.
     """
+    clip_eps = config.clip_eps
     policy, value = apply(params, batch.obs)
-    log_prob = policy.log_prob(batch.action)
+    new_log_prob = log_prob(policy, batch.action)
 
     value_clipped = batch.value + jnp.clip(value - batch.value, -clip_eps, clip_eps)
     value_loss = 0.5 * jnp.maximum(
         (value - batch.target) ** 2, (value_clipped - batch.target) ** 2
     ).mean()
 
-    log_ratio = log_prob - batch.log_prob
+    log_ratio = new_log_prob - batch.log_prob
     ratio = jnp.exp(log_ratio)
     advantage = (batch.advantage - batch.advantage.mean()) / (batch.advantage.std() + 1e-8)
-    actor_loss = -jnp.minimum(
-        ratio * advantage, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantage
-    ).mean()
-    entropy = policy.entropy().mean()
+    if config.objective == "dpo":
+        drift = dpo_drift(ratio, log_ratio, advantage, config.dpo_alpha, config.dpo_beta)
+        actor_loss = -(ratio * advantage - drift).mean()
+    else:
+        actor_loss = -jnp.minimum(
+            ratio * advantage, jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantage
+        ).mean()
+    mean_entropy = entropy(policy).mean()
 
-    total = actor_loss + vf_coef * value_loss - ent_coef * entropy
+    total = actor_loss + config.vf_coef * value_loss - config.ent_coef * mean_entropy
     info = LossInfo(
         value_loss=value_loss,
         actor_loss=actor_loss,
-        entropy=entropy,
+        entropy=mean_entropy,
         approx_kl=((ratio - 1.0) - log_ratio).mean(),
         clip_fraction=(jnp.abs(ratio - 1.0) > clip_eps).mean(),
     )
@@ -267,7 +338,8 @@ class Transition(eqx.Module):
     """One step of the rollout for all environments (a leading time axis once stacked)."""
 
     obs: Array
-    action: Int[Array, " num_envs"]
+    action: Array
+    """As sampled: unclipped for continuous actions."""
     log_prob: Float[Array, " num_envs"]
     value: Float[Array, " num_envs"]
     reward: Float[Array, " num_envs"]
@@ -295,14 +367,20 @@ def make_train(
     **Arguments:**
 
     - `network_fn`: builds the actor-critic's `Functional` (`apply(params, obs_batch) ->
-      (policy distribution, values)`); defaults to the Equinox `ActorCritic`.
+      (batch of policy distributions, values)`); defaults to the Equinox `ActorCritic` for
+      discrete actions and `pureeqxrl.ppo_continuous.GaussianActorCritic` for continuous ones.
     - `on_log`: host function `(row_index, row)` called after each metrics row (see `scan_logged`).
 
     `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
     """
     config.validate()
     env = make_env(config.env, config.num_envs, config.max_episode_steps)
-    network = (network_fn or equinox_actor_critic)(config, env)
+    if network_fn is None:
+        network_fn = equinox_actor_critic if env.discrete else _gaussian_actor_critic()
+    network = network_fn(config, env)
+    to_env_action = _action_for_env(env)
+    if config.normalize_obs or config.normalize_reward:
+        env = Normalize(env, config.normalize_obs, config.normalize_reward, config.gamma)
     gradient_steps_per_update = config.update_epochs * config.num_minibatches
 
     def learning_rate(count: Int[Array, ""]) -> Float[Array, ""]:
@@ -318,10 +396,10 @@ def make_train(
     def env_step(state: PPOState, _) -> tuple[PPOState, tuple[Transition, dict]]:
         key, action_key, step_key = jax.random.split(state.key, 3)
         policy, value = network.apply(state.params, state.obs)
-        action = policy.sample(action_key).astype(jnp.int32)
-        obs, env_state, step = env.step(step_key, state.env_state, action)
+        action = sample(policy, action_key)
+        obs, env_state, step = env.step(step_key, state.env_state, to_env_action(action))
         transition = Transition(
-            state.obs, action, policy.log_prob(action), value, step.reward, step.terminated,
+            state.obs, action, log_prob(policy, action), value, step.reward, step.terminated,
             step.done, step.next_obs,
         )
         state = PPOState(state.params, state.opt_state, env_state, obs, key)
@@ -330,7 +408,7 @@ def make_train(
     def gradient_step(params_and_opt, minibatch: Batch):
         params, opt_state = params_and_opt
         (loss, info), grads = jax.value_and_grad(ppo_loss, argnums=1, has_aux=True)(
-            network.apply, params, minibatch, config.clip_eps, config.vf_coef, config.ent_coef
+            network.apply, params, minibatch, config
         )
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), (loss, info)
@@ -384,9 +462,24 @@ def make_train(
         params = network.init(init_key)
         state = PPOState(params, optimizer.init(params), env_state, obs, loop_key)
         state, metrics = scan_logged(update, state, config.num_updates, config.log_interval, on_log)
-        return TrainResult(params=state.params, metrics=metrics)
+        obs_stats = state.env_state.obs_stats if config.normalize_obs else None
+        return TrainResult(params=state.params, metrics=metrics, obs_stats=obs_stats)
 
     return train
+
+
+def _gaussian_actor_critic() -> Callable[[PPOConfig, VecEnv], Functional]:
+    from pureeqxrl.ppo_continuous import gaussian_actor_critic  # it builds on this module
+
+    return gaussian_actor_critic
+
+
+def _action_for_env(env: VecEnv) -> Callable[[Array], Array]:
+    """Integer actions as they are; continuous ones clipped to the environment's bounds."""
+    if env.discrete:
+        return lambda action: action.astype(jnp.int32)
+    low, high = env.action_bounds
+    return lambda action: jnp.clip(action, low, high)
 
 
 # USING A TRAINED AGENT
@@ -398,15 +491,26 @@ def greedy_action(network: ActorCritic, obs: Float[Array, "..."]) -> Int[Array, 
     return logits.argmax()
 
 
-def greedy_policy(network: Functional, params: Any) -> Callable[[PRNGKeyArray, Array], Array]:
-    """`act(key, obs_batch)` taking the policy's most likely actions (what `pureeqxrl eval` runs)."""
-    return lambda key, obs: network.apply(params, obs)[0].mode().astype(jnp.int32)
+def policy(
+    network: Functional,
+    params: Any,
+    env: VecEnv,
+    obs_stats: RunningStats | None = None,
+    greedy: bool = True,
+) -> Callable[[PRNGKeyArray, Array], Array]:
+    """`act(key, obs_batch)` of trained params, as `pureeqxrl eval` runs it.
 
-
-def sampling_policy(network: Functional, params: Any) -> Callable[[PRNGKeyArray, Array], Array]:
-    """`act(key, obs_batch)` sampling from the policy, as in training (`pureeqxrl eval --sample`).
-
-    Greedy play can fail where the stochastic policy succeeds: on navix DoorKey-5x5 the trained
-    policies reach the goal ~70% of the time when sampled and get stuck in loops when greedy.
+    Observations are normalised with the frozen training statistics `obs_stats` (if any); actions
+    are the policy's most likely ones (`greedy`) or sampled as in training, continuous ones clipped
+    to the environment's bounds. Greedy play can fail where the stochastic policy succeeds: on
+    navix DoorKey-5x5 trained policies reach the goal ~75% of the time sampled, and loop greedy.
     """
-    return lambda key, obs: network.apply(params, obs)[0].sample(key).astype(jnp.int32)
+    to_env_action = _action_for_env(env)
+
+    def act(key: PRNGKeyArray, obs: Array) -> Array:
+        if obs_stats is not None:
+            obs = obs_stats.normalize(obs)
+        distribution, _ = network.apply(params, obs)
+        return to_env_action(mode(distribution) if greedy else sample(distribution, key))
+
+    return act

@@ -9,6 +9,7 @@ An algorithm that cannot learn these has a bug, and each probe isolates one part
 | `Discount-probe` | 1 | Q(first) = gamma, Q(second) = 1 | bootstrapping and discounting |
 | `ActionReward-probe` | 2 | Q(obs, a) = 1 if a matches the sign of obs else 0 | acting on the learnt values |
 | `TimeLimit-probe` | 1 | Q = 1 / (1 - gamma) | bootstrapping through truncations |
+| `ContinuousAction-probe` | Box [-1, 1] | mean action = obs / 2; V = -E[(a - obs / 2)^2] | Gaussian policies |
 
 `TimeLimit-probe` never terminates; it is truncated after `max_steps_in_episode` steps (default 1).
 An algorithm that treats truncation as termination learns Q = 1 there instead of 1 / (1 - gamma).
@@ -117,10 +118,24 @@ class TimeLimit(_Probe):
         return state.obs, jnp.array(1.0), jnp.array(False)
 
 
+class ContinuousAction(_Probe):
+    """One step, observation +-1, one action in [-1, 1]; reward -(action - obs / 2)^2."""
+
+    def action_space(self, params=None) -> spaces.Box:
+        return spaces.Box(-1.0, 1.0, (1,), jnp.float32)
+
+    def first_obs(self, key):
+        return _random_sign(key)
+
+    def transition(self, state, action):
+        return state.obs, -((action[0] - state.obs[0] / 2) ** 2), jnp.array(True)
+
+
 PROBES: dict[str, type[_Probe]] = {
     "ConstantReward-probe": ConstantReward,
     "ObsReward-probe": ObsReward,
     "Discount-probe": Discount,
     "ActionReward-probe": ActionReward,
     "TimeLimit-probe": TimeLimit,
+    "ContinuousAction-probe": ContinuousAction,
 }

@@ -22,9 +22,9 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from pureeqxrl import dqn, ppo
+from pureeqxrl import dqn, ppo, ppo_continuous
 from pureeqxrl.envs import make_env
-from pureeqxrl.nets import Functional
+from pureeqxrl.normalize import RunningStats
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,8 @@ class Algorithm:
     network_fn: Callable[[Any, Any], Any]
     linen_network_fn: Callable[[], Callable[[Any, Any], Any]]
     """Imported lazily: flax is only needed for Linen runs."""
-    greedy_policy: Callable[[Functional, Any], Callable[[Any, Any], Any]]
-    """`(network, params) -> act(key, obs_batch)`: the evaluation policy of trained params."""
-    sampling_policy: Callable[[Functional, Any], Callable[[Any, Any], Any]] | None = None
-    """The same for the stochastic policy, where the algorithm has one."""
+    policy: Callable[..., Callable[[Any, Any], Any]]
+    """`(network, params, env, obs_stats, greedy) -> act(key, obs_batch)`: the evaluation policy."""
 
     def network(self, linen: bool) -> Callable[[Any, Any], Any]:
         """The network builder of the Equinox version, or of the Linen control version."""
@@ -58,13 +56,22 @@ def _linen_ppo():
     return linen_actor_critic
 
 
+def _linen_ppo_continuous():
+    from pureeqxrl.linen.ppo import linen_gaussian_actor_critic
+
+    return linen_gaussian_actor_critic
+
+
 ALGORITHMS: dict[str, Algorithm] = {
     "dqn": Algorithm(
-        dqn.DQNConfig, dqn.make_train, dqn.equinox_q_function, _linen_dqn, dqn.greedy_policy
+        dqn.DQNConfig, dqn.make_train, dqn.equinox_q_function, _linen_dqn, dqn.policy
     ),
     "ppo": Algorithm(
-        ppo.PPOConfig, ppo.make_train, ppo.equinox_actor_critic, _linen_ppo, ppo.greedy_policy,
-        ppo.sampling_policy,
+        ppo.PPOConfig, ppo.make_train, ppo.equinox_actor_critic, _linen_ppo, ppo.policy
+    ),
+    "ppo_continuous": Algorithm(
+        ppo_continuous.PPOContinuousConfig, ppo_continuous.make_train,
+        ppo_continuous.gaussian_actor_critic, _linen_ppo_continuous, ppo.policy,
     ),
 }
 
@@ -178,30 +185,41 @@ def plot_learning_curve(path: Path, env_steps: np.ndarray, returns: np.ndarray, 
 # AGENTS
 
 
-def save_agent(path: Path, params: Any) -> None:
+def save_agent(path: Path, params: Any, obs_stats: RunningStats | None = None) -> None:
+    """Write one trained agent: its network and, if it was trained on normalised observations,
+    the normalisation statistics (without them the network would see the wrong inputs)."""
     buffer = io.BytesIO()
-    eqx.tree_serialise_leaves(buffer, params)
+    eqx.tree_serialise_leaves(buffer, (params, obs_stats))
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_agent(run_dir: Path | str, seed: int = 0) -> Any:
     """Load the trained network of one seed of a run folder.
 
-    For an Equinox run this is the Module itself (a `pureeqxrl.dqn.QNetwork` or a
-    `pureeqxrl.ppo.ActorCritic`: call it on one observation); for a `--linen` run it is the Linen
-    variables dict.
+    For an Equinox run this is the Module itself (a `pureeqxrl.dqn.QNetwork`, a
+    `pureeqxrl.ppo.ActorCritic` or a `pureeqxrl.ppo_continuous.GaussianActorCritic`: call it on one
+    observation); for a `--linen` run it is the Linen variables dict. If the run normalised
+    observations, use `load_agent_and_obs_stats` and normalise with the statistics too.
 
         network = pureeqxrl.runs.load_agent("runs/dqn-CartPole-v1-...", seed=0)
         action = pureeqxrl.dqn.greedy_action(network, obs)
     """
+    return load_agent_and_obs_stats(run_dir, seed)[0]
+
+
+def load_agent_and_obs_stats(run_dir: Path | str, seed: int = 0) -> tuple[Any, RunningStats | None]:
+    """The trained network of one seed and its observation statistics (None if not normalised)."""
     run_dir = Path(run_dir)
     saved, config, network_fn = read_run(run_dir)
     env = make_env(config.env, 1, config.max_episode_steps)
-    skeleton = eqx.filter_eval_shape(network_fn(config, env).init, jax.random.key(0))
+    params = eqx.filter_eval_shape(network_fn(config, env).init, jax.random.key(0))
+    obs_stats = None
+    if getattr(config, "normalize_obs", False):
+        obs_stats = eqx.filter_eval_shape(RunningStats.empty, env.observation_shape)
     path = run_dir / f"agent_seed{seed}.eqx"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found (the run has seeds 0..{saved['num_seeds'] - 1})")
-    return eqx.tree_deserialise_leaves(path, skeleton)
+    return eqx.tree_deserialise_leaves(path, (params, obs_stats))
 
 
 def read_run(run_dir: Path) -> tuple[dict, Any, Callable[[Any, Any], Any]]:

@@ -19,11 +19,12 @@ def strict_promotion():
 def no_compile(monkeypatch):
     """Make any `jax.jit` fail: a bad config must be rejected before anything is compiled.
 
-    navix (if installed) is imported first, since its modules call `jax.jit` at import time and the
-    error message for an unknown environment lists navix's names.
+    navix and brax (if installed) are imported first, since their modules call `jax.jit` at import
+    time and the error message for an unknown environment lists their names.
     """
-    try:
-        import navix  # noqa: F401
-    except ImportError:
-        pass
+    for optional in ("navix", "brax.envs"):
+        try:
+            __import__(optional)
+        except ImportError:
+            pass
     monkeypatch.setattr(jax, "jit", lambda *a, **k: pytest.fail("compiled before rejecting"))

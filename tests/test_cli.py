@@ -55,7 +55,7 @@ def test_eval_command(run_dir, capsys):
     assert cli.main(["eval", str(run_dir), "--episodes", "3"]) == 0
     assert "greedy return" in capsys.readouterr().out
     assert cli.main(["eval", str(run_dir), "--sample"]) == 2
-    assert "dqn has no stochastic policy" in capsys.readouterr().out
+    assert "DQN has no stochastic policy" in capsys.readouterr().out
 
 
 def test_existing_run_folder_is_never_overwritten(run_dir, capsys):
@@ -130,3 +130,19 @@ def test_ppo_sizes_that_do_not_divide_are_rejected(tmp_path, capsys, no_compile)
     assert cli.main(["train", "ppo", "--run-dir", str(target), "--num-minibatches", "5"]) == 2
     assert "num_minibatches (5) does not divide" in capsys.readouterr().out
     assert not target.exists()
+
+
+def test_ppo_continuous_saves_normalisation_statistics_with_the_agent(tmp_path, capsys):
+    run_dir = tmp_path / "pendulum"
+    args = ["train", "ppo_continuous", "--env", "Pendulum-v1", "--num-seeds", "2", "--run-dir",
+            str(run_dir), "--total-timesteps", "8192", "--num-envs", "16", "--num-steps", "32",
+            "--num-minibatches", "4", "--hidden-sizes", "16", "16", "--log-interval", "4"]
+    assert cli.main(args) == 0
+    network, obs_stats = runs.load_agent_and_obs_stats(run_dir, seed=1)
+    assert network.log_std.shape == (1,)
+    assert obs_stats.mean.shape == (3,) and float(obs_stats.count) > 8000  # all training obs
+    first_stats = runs.load_agent_and_obs_stats(run_dir, seed=0)[1]
+    assert not np.allclose(first_stats.mean, obs_stats.mean)  # each seed keeps its own
+    capsys.readouterr()
+    assert cli.main(["eval", str(run_dir), "--episodes", "2"]) == 0
+    assert "seed 1: greedy return" in capsys.readouterr().out

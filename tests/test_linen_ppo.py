@@ -1,5 +1,6 @@
 import dataclasses
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +23,11 @@ def _minibatch(key, obs_shape, num_actions, size=128):
     )
 
 
+def _loss_and_grads(network, params, batch, config):
+    loss = jax.value_and_grad(ppo.ppo_loss, argnums=1, has_aux=True)
+    return jax.jit(loss, static_argnums=(0, 3))(network.apply, params, batch, config)
+
+
 @pytest.mark.parametrize(("env_name", "activation"), [("CartPole-v1", "tanh"), ("Breakout-MinAtar", "relu")])
 def test_loss_and_gradients_match_linen(env_name, activation, key, strict_promotion):
     config = ppo.PPOConfig(env=env_name, activation=activation)
@@ -32,14 +38,9 @@ def test_loss_and_gradients_match_linen(env_name, activation, key, strict_promot
     params = eqx_net.init(params_key)
     batch = _minibatch(batch_key, env.observation_shape, env.num_actions)
 
-    def loss_and_grads(network, params):
-        return jax.jit(jax.value_and_grad(ppo.ppo_loss, argnums=1, has_aux=True), static_argnums=0)(
-            network.apply, params, batch, config.clip_eps, config.vf_coef, config.ent_coef
-        )
-
-    (eqx_loss, eqx_info), eqx_grads = loss_and_grads(eqx_net, params)
-    (linen_loss, linen_info), linen_grads = loss_and_grads(
-        linen_net, linen_ppo.params_from_equinox(params)
+    (eqx_loss, eqx_info), eqx_grads = _loss_and_grads(eqx_net, params, batch, config)
+    (linen_loss, linen_info), linen_grads = _loss_and_grads(
+        linen_net, linen_ppo.params_from_equinox(params), batch, config
     )
     assert abs(float(eqx_loss)) > 0.01
     np.testing.assert_allclose(eqx_loss, linen_loss, rtol=1e-6)
@@ -81,3 +82,31 @@ def test_linen_twin_trains_cartpole_like_equinox():
     # Both improve from ~20 (random) to well above it in 1/4 of the default run.
     for name, curve in returns.items():
         assert curve[-3:].mean() > 100, (name, curve)
+
+
+@pytest.mark.parametrize("objective", ["ppo", "dpo"])
+def test_gaussian_loss_and_gradients_match_linen(objective, key, strict_promotion):
+    from pureeqxrl import ppo_continuous
+
+    config = ppo_continuous.PPOContinuousConfig(objective=objective, ent_coef=0.01)
+    env = make_env("Pendulum-v1", 1)
+    eqx_net = ppo_continuous.gaussian_actor_critic(config, env)
+    linen_net = linen_ppo.linen_gaussian_actor_critic(config, env)
+    params_key, batch_key, action_key, std_key = jax.random.split(key, 4)
+    params = eqx_net.init(params_key)
+    params = eqx.tree_at(lambda n: n.log_std, params, jax.random.normal(std_key, (1,)) * 0.3)
+    batch = _minibatch(batch_key, env.observation_shape, 2)
+    batch = eqx.tree_at(lambda b: b.action, batch, jax.random.normal(action_key, (128, 1)))
+
+    (eqx_loss, eqx_info), eqx_grads = _loss_and_grads(eqx_net, params, batch, config)
+    (linen_loss, linen_info), linen_grads = _loss_and_grads(
+        linen_net, linen_ppo.params_from_equinox(params), batch, config
+    )
+    np.testing.assert_allclose(eqx_loss, linen_loss, rtol=1e-6)
+    for ours, theirs in zip(jax.tree.leaves(eqx_info), jax.tree.leaves(linen_info)):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)
+    ours = linen_ppo.params_from_equinox(eqx_grads)
+    assert float(jnp.abs(ours["params"]["log_std"]).max()) > 0  # the log-std is learnt
+    for mine, theirs in zip(jax.tree.leaves(ours), jax.tree.leaves(linen_grads)):
+        assert float(jnp.abs(theirs).max()) > 0
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-7)

@@ -123,6 +123,8 @@ def test_seeds_are_independent_and_runs_reproducible():
         ({"total_timesteps": 100}, "smaller than one rollout"),
         ({"activation": "gelu"}, "activation must be one of tanh, relu"),
         ({"hidden_sizes": (0,)}, "hidden_sizes must be positive"),
+        ({"objective": "trpo"}, "objective must be 'ppo' or 'dpo'"),
+        ({"dpo_alpha": -2.0}, "dpo_alpha must be positive"),
     ],
 )
 def test_impossible_configs_fail_before_compiling(change, message, no_compile):
@@ -141,7 +143,7 @@ def test_cartpole_reaches_475_with_default_config():
     network = ppo.equinox_actor_critic(ppo.PPOConfig(), env)
 
     def greedy(params, key):
-        return evaluate(env, ppo.greedy_policy(network, params), key)
+        return evaluate(env, ppo.policy(network, params, env), key)
 
     returns = jax.jit(jax.vmap(greedy))(result.params, jax.random.split(jax.random.key(1), 2))
     assert float(returns.mean()) >= 475, returns

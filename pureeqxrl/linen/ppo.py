@@ -1,8 +1,10 @@
-"""PPO with a Flax Linen actor-critic: the control group for `pureeqxrl.ppo`.
+"""PPO with Flax Linen actor-critics: the control group for `pureeqxrl.ppo` and
+`pureeqxrl.ppo_continuous`.
 
 Everything but the network is `pureeqxrl.ppo` itself (passed a Linen network as a `Functional`), so
 a speed or return difference between the two can only come from the network library. The layers
-get the same initialisation as the Equinox `ActorCritic` (orthogonal sqrt 2 / 0.01 / 1.0, zero bias).
+get the same initialisation as the Equinox `ActorCritic` and `GaussianActorCritic` (orthogonal
+sqrt 2 / 0.01 / 1.0, zero bias, log-std 0).
 """
 
 import math
@@ -14,31 +16,40 @@ import numpy as np
 from distreqx.distributions import Categorical
 from jaxtyping import PRNGKeyArray
 
-from pureeqxrl import ppo
+from pureeqxrl import ppo, ppo_continuous
+from pureeqxrl.ppo_continuous import GaussianActorCritic, PPOContinuousConfig, diagonal_gaussian
 from pureeqxrl.envs import VecEnv
 from pureeqxrl.metrics import TrainResult
 from pureeqxrl.nets import Functional, orthogonal
 
 
 class LinenActorCritic(nn.Module):
-    """PureJaxRL's ActorCritic: separate actor and critic Dense stacks on the flattened observation."""
+    """PureJaxRL's ActorCritic: separate actor and critic Dense stacks on the flattened observation.
+
+    With `free_log_std`, the actor's output is a Gaussian mean and a `log_std` parameter (zeros) is
+    returned too (PureJaxRL's continuous ActorCritic).
+    """
 
     hidden_sizes: tuple[int, ...]
-    num_actions: int
+    num_outputs: int
     activation: Callable = nn.tanh
+    free_log_std: bool = False
 
     @nn.compact
-    def __call__(self, obs: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    def __call__(self, obs: jnp.ndarray):
         x = obs.reshape(obs.shape[0], -1)
         outputs = []
-        for name, size, head_scale in (("actor", self.num_actions, 0.01), ("critic", 1, 1.0)):
+        for name, size, head_scale in (("actor", self.num_outputs, 0.01), ("critic", 1, 1.0)):
             h = x
             for i, width in enumerate(self.hidden_sizes):
                 h = nn.Dense(width, kernel_init=orthogonal(math.sqrt(2)), name=f"{name}_{i}")(h)
                 h = self.activation(h)
             outputs.append(nn.Dense(size, kernel_init=orthogonal(head_scale), name=f"{name}_head")(h))
-        logits, value = outputs
-        return logits, value[:, 0]
+        actor_out, value = outputs
+        if self.free_log_std:
+            log_std = self.param("log_std", nn.initializers.zeros, (self.num_outputs,))
+            return actor_out, log_std, value[:, 0]
+        return actor_out, value[:, 0]
 
 
 def linen_actor_critic(config: ppo.PPOConfig, env: VecEnv) -> Functional:
@@ -54,17 +65,38 @@ def linen_actor_critic(config: ppo.PPOConfig, env: VecEnv) -> Functional:
     return Functional(init=lambda key: module.init(key, dummy_obs), apply=apply)
 
 
+def linen_gaussian_actor_critic(config: ppo.PPOConfig, env: VecEnv) -> Functional:
+    (action_dim,) = env.action_shape
+    module = LinenActorCritic(
+        tuple(config.hidden_sizes), action_dim, ppo.ACTIVATIONS[config.activation], free_log_std=True
+    )
+    dummy_obs = jnp.zeros((1, int(np.prod(env.observation_shape))), jnp.float32)
+
+    def apply(params, obs):
+        mean, log_std, value = module.apply(params, obs)
+        return diagonal_gaussian(mean, log_std), value
+
+    return Functional(init=lambda key: module.init(key, dummy_obs), apply=apply)
+
+
 def make_train(
     config: ppo.PPOConfig, on_log=None
 ) -> Callable[[PRNGKeyArray], TrainResult]:
-    """`pureeqxrl.ppo.make_train` with the Linen network."""
+    """`pureeqxrl.ppo.make_train` (or `ppo_continuous.make_train`) with the Linen network."""
+    if isinstance(config, PPOContinuousConfig):
+        return ppo_continuous.make_train(config, linen_gaussian_actor_critic, on_log)
     return ppo.make_train(config, network_fn=linen_actor_critic, on_log=on_log)
 
 
-def params_from_equinox(network: ppo.ActorCritic) -> dict:
-    """The Linen variables holding exactly the numbers of an Equinox `ActorCritic`."""
+def params_from_equinox(network: ppo.ActorCritic | GaussianActorCritic) -> dict:
+    """The Linen variables holding exactly the numbers of an Equinox (Gaussian) actor-critic."""
     params = {}
-    for name, mlp in (("actor", network.actor), ("critic", network.critic)):
+    if isinstance(network, GaussianActorCritic):
+        params["log_std"] = network.log_std
+        actor = network.actor_mean
+    else:
+        actor = network.actor
+    for name, mlp in (("actor", actor), ("critic", network.critic)):
         *hidden, head = mlp.layers
         for i, layer in enumerate(hidden):
             params[f"{name}_{i}"] = {"kernel": layer.kernel, "bias": layer.bias}
