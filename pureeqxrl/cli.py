@@ -97,7 +97,7 @@ def train_command(algo_name: str, argv: list[str], console: Console) -> Path:
     library = "Linen" if options.linen else "Equinox"
     runs.plot_learning_curve(
         run_dir / "learning_curve.png", env_steps, metrics["episode_return"],
-        f"{algo_name.upper()} ({library}) on {config.env}",
+        f"{algo_name.upper().replace('_', ' ')} ({library}) on {config.env}",
     )
     for seed in range(options.num_seeds):
         params, obs_stats = jax.tree.map(lambda x: x[seed], (result.params, result.obs_stats))

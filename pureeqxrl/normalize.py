@@ -65,6 +65,8 @@ class Normalize:
     gamma: float = 0.99
 
     def __getattr__(self, name: str) -> Any:
+        if name == "env":  # not set yet (copying, unpickling): no delegation loop
+            raise AttributeError(name)
         return getattr(self.env, name)  # num_envs, observation_shape, action_space, ...
 
     def reset(self, key: PRNGKeyArray) -> tuple[Array, NormalizedState]:
