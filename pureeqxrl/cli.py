@@ -141,9 +141,10 @@ def eval_command(argv: list[str], console: Console) -> dict:
     saved, config, network_fn = runs.read_run(options.run_dir)
     env = make_env(config.env, options.episodes, config.max_episode_steps)
     network = network_fn(config, env)
-    policy = runs.ALGORITHMS[saved["algorithm"]].policy
-    kind = "sampled-policy" if options.sample else "greedy"
-    policy(network, None, env, None, greedy=not options.sample)  # fails early if it has no such policy
+    algorithm = runs.ALGORITHMS[saved["algorithm"]]
+    if options.sample and not algorithm.stochastic:
+        raise ValueError(f"{saved['algorithm']} has no stochastic policy to sample from")
+    policy, kind = algorithm.policy, "sampled-policy" if options.sample else "greedy"
 
     @jax.jit
     def policy_returns(params, obs_stats, key):

@@ -367,17 +367,15 @@ def make_train(
     **Arguments:**
 
     - `network_fn`: builds the actor-critic's `Functional` (`apply(params, obs_batch) ->
-      (batch of policy distributions, values)`); defaults to the Equinox `ActorCritic` for
-      discrete actions and `pureeqxrl.ppo_continuous.GaussianActorCritic` for continuous ones.
+      (batch of policy distributions, values)`); defaults to `default_network`, the Equinox
+      actor-critic for the environment's action space.
     - `on_log`: host function `(row_index, row)` called after each metrics row (see `scan_logged`).
 
     `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
     """
     config.validate()
     env = make_env(config.env, config.num_envs, config.max_episode_steps)
-    if network_fn is None:
-        network_fn = equinox_actor_critic if env.discrete else _gaussian_actor_critic()
-    network = network_fn(config, env)
+    network = (network_fn or default_network)(config, env)
     to_env_action = _action_for_env(env)
     if config.normalize_obs or config.normalize_reward:
         env = Normalize(env, config.normalize_obs, config.normalize_reward, config.gamma)
@@ -413,15 +411,13 @@ def make_train(
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), (loss, info)
 
-    def epoch(carry, key: PRNGKeyArray):
-        params_and_opt, batch = carry
+    def epoch(params_and_opt, key: PRNGKeyArray, batch: Batch):
         order = jax.random.permutation(key, config.steps_per_update)
         minibatches = jax.tree.map(
             lambda x: x[order].reshape(config.num_minibatches, config.minibatch_size, *x.shape[1:]),
             batch,
         )
-        params_and_opt, losses = jax.lax.scan(gradient_step, params_and_opt, minibatches)
-        return (params_and_opt, batch), losses
+        return jax.lax.scan(gradient_step, params_and_opt, minibatches)
 
     def update(state: PPOState) -> tuple[PPOState, dict]:
         # COLLECT TRAJECTORIES
@@ -442,8 +438,9 @@ def make_train(
             value=flat(rollout.value), advantage=flat(advantages), target=flat(targets),
         )
         key, epochs_key = jax.random.split(state.key)
-        ((params, opt_state), _), (loss, info) = jax.lax.scan(
-            epoch, ((state.params, state.opt_state), batch),
+        (params, opt_state), (loss, info) = jax.lax.scan(
+            lambda params_and_opt, key: epoch(params_and_opt, key, batch),
+            (state.params, state.opt_state),
             jax.random.split(epochs_key, config.update_epochs),
         )
         state = PPOState(params, opt_state, state.env_state, state.obs, key)
@@ -468,10 +465,14 @@ def make_train(
     return train
 
 
-def _gaussian_actor_critic() -> Callable[[PPOConfig, VecEnv], Functional]:
+def default_network(config: PPOConfig, env: VecEnv) -> Functional:
+    """The Equinox actor-critic for the action space: `ActorCritic` for discrete actions,
+    `pureeqxrl.ppo_continuous.GaussianActorCritic` for continuous ones."""
+    if env.discrete:
+        return equinox_actor_critic(config, env)
     from pureeqxrl.ppo_continuous import gaussian_actor_critic  # it builds on this module
 
-    return gaussian_actor_critic
+    return gaussian_actor_critic(config, env)
 
 
 def _action_for_env(env: VecEnv) -> Callable[[Array], Array]:

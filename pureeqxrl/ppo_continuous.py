@@ -26,7 +26,6 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from pureeqxrl import ppo
 from pureeqxrl.envs import VecEnv
-from pureeqxrl.metrics import LogCallback, TrainResult
 from pureeqxrl.nets import MLP, Functional
 
 
@@ -105,17 +104,7 @@ def gaussian_actor_critic(config: PPOContinuousConfig, env: VecEnv) -> Functiona
     return Functional(init=init, apply=apply)
 
 
-# TRAINING: pureeqxrl.ppo's loop with the Gaussian network
+# TRAINING: pureeqxrl.ppo's loop, which picks `GaussianActorCritic` for continuous actions and
+# returns the observation statistics to evaluate the policy with as `train(key).obs_stats`.
 
-
-def make_train(
-    config: PPOContinuousConfig,
-    network_fn: Callable[[PPOContinuousConfig, VecEnv], Functional] | None = None,
-    on_log: LogCallback | None = None,
-) -> Callable[[PRNGKeyArray], TrainResult]:
-    """`pureeqxrl.ppo.make_train` for a continuous action space (see `ppo.make_train`).
-
-    `train(key).obs_stats` holds the observation statistics to evaluate the policy with.
-    """
-    config.validate()
-    return ppo.make_train(config, network_fn or gaussian_actor_critic, on_log)
+make_train = ppo.make_train

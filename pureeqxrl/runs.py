@@ -38,6 +38,8 @@ class Algorithm:
     """Imported lazily: flax is only needed for Linen runs."""
     policy: Callable[..., Callable[[Any, Any], Any]]
     """`(network, params, env, obs_stats, greedy) -> act(key, obs_batch)`: the evaluation policy."""
+    stochastic: bool = True
+    """Whether `policy(..., greedy=False)` samples a stochastic policy (not for DQN)."""
 
     def network(self, linen: bool) -> Callable[[Any, Any], Any]:
         """The network builder of the Equinox version, or of the Linen control version."""
@@ -64,7 +66,8 @@ def _linen_ppo_continuous():
 
 ALGORITHMS: dict[str, Algorithm] = {
     "dqn": Algorithm(
-        dqn.DQNConfig, dqn.make_train, dqn.equinox_q_function, _linen_dqn, dqn.policy
+        dqn.DQNConfig, dqn.make_train, dqn.equinox_q_function, _linen_dqn, dqn.policy,
+        stochastic=False,
     ),
     "ppo": Algorithm(
         ppo.PPOConfig, ppo.make_train, ppo.equinox_actor_critic, _linen_ppo, ppo.policy

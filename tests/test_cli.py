@@ -55,7 +55,7 @@ def test_eval_command(run_dir, capsys):
     assert cli.main(["eval", str(run_dir), "--episodes", "3"]) == 0
     assert "greedy return" in capsys.readouterr().out
     assert cli.main(["eval", str(run_dir), "--sample"]) == 2
-    assert "DQN has no stochastic policy" in capsys.readouterr().out
+    assert "dqn has no stochastic policy" in capsys.readouterr().out
 
 
 def test_existing_run_folder_is_never_overwritten(run_dir, capsys):

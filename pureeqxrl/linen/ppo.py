@@ -16,8 +16,8 @@ import numpy as np
 from distreqx.distributions import Categorical
 from jaxtyping import PRNGKeyArray
 
-from pureeqxrl import ppo, ppo_continuous
-from pureeqxrl.ppo_continuous import GaussianActorCritic, PPOContinuousConfig, diagonal_gaussian
+from pureeqxrl import ppo
+from pureeqxrl.ppo_continuous import GaussianActorCritic, diagonal_gaussian
 from pureeqxrl.envs import VecEnv
 from pureeqxrl.metrics import TrainResult
 from pureeqxrl.nets import Functional, orthogonal
@@ -79,13 +79,18 @@ def linen_gaussian_actor_critic(config: ppo.PPOConfig, env: VecEnv) -> Functiona
     return Functional(init=lambda key: module.init(key, dummy_obs), apply=apply)
 
 
+def linen_network(config: ppo.PPOConfig, env: VecEnv) -> Functional:
+    """The Linen twin of `ppo.default_network`: the actor-critic for the env's action space."""
+    if env.discrete:
+        return linen_actor_critic(config, env)
+    return linen_gaussian_actor_critic(config, env)
+
+
 def make_train(
     config: ppo.PPOConfig, on_log=None
 ) -> Callable[[PRNGKeyArray], TrainResult]:
-    """`pureeqxrl.ppo.make_train` (or `ppo_continuous.make_train`) with the Linen network."""
-    if isinstance(config, PPOContinuousConfig):
-        return ppo_continuous.make_train(config, linen_gaussian_actor_critic, on_log)
-    return ppo.make_train(config, network_fn=linen_actor_critic, on_log=on_log)
+    """`pureeqxrl.ppo.make_train` with the Linen networks."""
+    return ppo.make_train(config, network_fn=linen_network, on_log=on_log)
 
 
 def params_from_equinox(network: ppo.ActorCritic | GaussianActorCritic) -> dict:
