@@ -504,7 +504,7 @@ def policy(
     Observations are normalised with the frozen training statistics `obs_stats` (if any); actions
     are the policy's most likely ones (`greedy`) or sampled as in training, continuous ones clipped
     to the environment's bounds. Greedy play can fail where the stochastic policy succeeds: on
-    navix DoorKey-5x5 trained policies reach the goal ~75% of the time sampled, and loop greedy.
+    navix DoorKey-5x5 trained policies reach the goal ~70% of the time sampled, and loop greedy.
     """
     to_env_action = _action_for_env(env)
 
