@@ -53,15 +53,9 @@ def _linen_dqn():
 
 
 def _linen_ppo():
-    from pureeqxrl.linen.ppo import linen_actor_critic
+    from pureeqxrl.linen.ppo import linen_network
 
-    return linen_actor_critic
-
-
-def _linen_ppo_continuous():
-    from pureeqxrl.linen.ppo import linen_gaussian_actor_critic
-
-    return linen_gaussian_actor_critic
+    return linen_network
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -69,12 +63,12 @@ ALGORITHMS: dict[str, Algorithm] = {
         dqn.DQNConfig, dqn.make_train, dqn.equinox_q_function, _linen_dqn, dqn.policy,
         stochastic=False,
     ),
-    "ppo": Algorithm(
-        ppo.PPOConfig, ppo.make_train, ppo.equinox_actor_critic, _linen_ppo, ppo.policy
-    ),
+    # Both PPO entries pick the actor-critic from the environment's action space; they differ in
+    # their config's defaults (discrete CartPole vs continuous Pendulum settings).
+    "ppo": Algorithm(ppo.PPOConfig, ppo.make_train, ppo.default_network, _linen_ppo, ppo.policy),
     "ppo_continuous": Algorithm(
-        ppo_continuous.PPOContinuousConfig, ppo_continuous.make_train,
-        ppo_continuous.gaussian_actor_critic, _linen_ppo_continuous, ppo.policy,
+        ppo_continuous.PPOContinuousConfig, ppo_continuous.make_train, ppo.default_network,
+        _linen_ppo, ppo.policy,
     ),
 }
 
