@@ -43,7 +43,9 @@ from pureeqxrl.metrics import LogCallback, TrainResult, scan_logged
 from pureeqxrl.nets import MLP, Functional, orthogonal
 from pureeqxrl.normalize import Normalize, RunningStats
 
-ACTIVATIONS: dict[str, Callable[[Array], Array]] = {"tanh": jax.nn.tanh, "relu": jax.nn.relu}
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "tanh": jax.nn.tanh, "relu": jax.nn.relu, "leaky_relu": jax.nn.leaky_relu,
+}
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ class PPOConfig:
     ent_coef: float = 0.01
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
-    activation: Literal["tanh", "relu"] = "tanh"
+    activation: Literal["tanh", "relu", "leaky_relu"] = "tanh"
     hidden_sizes: tuple[int, ...] = (64, 64)
     """Hidden widths of the actor and of the critic (two separate MLPs)."""
     normalize_obs: bool = False
@@ -102,6 +104,9 @@ class PPOConfig:
 
     def validate(self) -> None:
         """Raise `ValueError` for settings that cannot train, before anything is compiled."""
+        self._checks().raise_if_any()
+
+    def _checks(self) -> ConfigChecks:
         checks = ConfigChecks(self)
         checks.positive(
             "total_timesteps", "num_envs", "num_steps", "update_epochs", "num_minibatches",
@@ -126,7 +131,7 @@ class PPOConfig:
                 f"total_timesteps ({self.total_timesteps}) is smaller than one rollout "
                 f"(num_envs * num_steps = {self.steps_per_update}): not one update",
             )
-        checks.raise_if_any()
+        return checks
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -299,8 +304,18 @@ def ppo_loss(
     ratio minus DPO's drift (`dpo_drift`). Advantages are normalised over the minibatch, as in the
     reference.
     """
-    clip_eps = config.clip_eps
     policy, value = apply(params, batch.obs)
+    return loss_terms(policy, value, batch, config)
+
+
+def loss_terms(
+    policy: AbstractDistribution,
+    value: Float[Array, " batch"],
+    batch: Batch,
+    config: "PPOConfig",
+) -> tuple[Float[Array, ""], LossInfo]:
+    """`ppo_loss` given the network's outputs on `batch.obs` (a batch of distributions, values)."""
+    clip_eps = config.clip_eps
     new_log_prob = log_prob(policy, batch.action)
 
     value_clipped = batch.value + jnp.clip(value - batch.value, -clip_eps, clip_eps)
@@ -374,22 +389,10 @@ def make_train(
     `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
     """
     config.validate()
-    env = make_env(config.env, config.num_envs, config.max_episode_steps)
+    env = make_environment(config)
     network = (network_fn or default_network)(config, env)
     to_env_action = _action_for_env(env)
-    if config.normalize_obs or config.normalize_reward:
-        env = Normalize(env, config.normalize_obs, config.normalize_reward, config.gamma)
-    gradient_steps_per_update = config.update_epochs * config.num_minibatches
-
-    def learning_rate(count: Int[Array, ""]) -> Float[Array, ""]:
-        # The reference's schedule: constant within an update, decreasing by 1/num_updates.
-        fraction = 1.0 - (count // gradient_steps_per_update) / config.num_updates
-        return config.learning_rate * fraction
-
-    optimizer = optax.chain(
-        optax.clip_by_global_norm(config.max_grad_norm),
-        optax.adam(learning_rate if config.anneal_lr else config.learning_rate, eps=1e-5),
-    )
+    optimizer = make_optimizer(config)
 
     def env_step(state: PPOState, _) -> tuple[PPOState, tuple[Transition, dict]]:
         key, action_key, step_key = jax.random.split(state.key, 3)
@@ -444,14 +447,7 @@ def make_train(
             jax.random.split(epochs_key, config.update_epochs),
         )
         state = PPOState(params, opt_state, state.env_state, state.obs, key)
-
-        one = jnp.array(1.0)
-        stats = {
-            **jax.tree.map(jnp.sum, episodes),  # over the rollout's steps
-            "loss": (loss.mean(), one),
-            **{field.name: (getattr(info, field.name).mean(), one) for field in fields(info)},
-        }
-        return state, stats
+        return state, update_stats(episodes, loss, info)
 
     def train(key: PRNGKeyArray) -> TrainResult:
         env_key, init_key, loop_key = jax.random.split(key, 3)
@@ -463,6 +459,40 @@ def make_train(
         return TrainResult(params=state.params, metrics=metrics, obs_stats=obs_stats)
 
     return train
+
+
+def make_environment(config: PPOConfig) -> VecEnv | Normalize:
+    """`num_envs` copies of the configured environment, in `Normalize` if the config asks for it."""
+    env = make_env(config.env, config.num_envs, config.max_episode_steps)
+    if config.normalize_obs or config.normalize_reward:
+        env = Normalize(env, config.normalize_obs, config.normalize_reward, config.gamma)
+    return env
+
+
+def make_optimizer(config: PPOConfig) -> optax.GradientTransformation:
+    """Global-norm clipping, then Adam (eps 1e-5) with the reference's learning-rate schedule."""
+    gradient_steps_per_update = config.update_epochs * config.num_minibatches
+
+    def learning_rate(count: Int[Array, ""]) -> Float[Array, ""]:
+        # Constant within an update, decreasing by 1/num_updates after each.
+        fraction = 1.0 - (count // gradient_steps_per_update) / config.num_updates
+        return config.learning_rate * fraction
+
+    return optax.chain(
+        optax.clip_by_global_norm(config.max_grad_norm),
+        optax.adam(learning_rate if config.anneal_lr else config.learning_rate, eps=1e-5),
+    )
+
+
+def update_stats(episodes: dict, loss: Float[Array, "..."], info: LossInfo) -> dict:
+    """One update's metrics as `scan_logged` sums them: the episodes that ended in the rollout,
+    and the loss terms averaged over the update's gradient steps."""
+    one = jnp.array(1.0)
+    return {
+        **jax.tree.map(jnp.sum, episodes),  # over the rollout's steps
+        "loss": (loss.mean(), one),
+        **{field.name: (getattr(info, field.name).mean(), one) for field in fields(info)},
+    }
 
 
 def default_network(config: PPOConfig, env: VecEnv) -> Functional:

@@ -22,7 +22,7 @@ import equinox as eqx
 import jax
 import numpy as np
 
-from pureeqxrl import dqn, ppo, ppo_continuous
+from pureeqxrl import dqn, ppo, ppo_continuous, ppo_rnn
 from pureeqxrl.envs import make_env
 from pureeqxrl.normalize import RunningStats
 
@@ -58,6 +58,12 @@ def _linen_ppo():
     return linen_network
 
 
+def _linen_ppo_rnn():
+    from pureeqxrl.linen.ppo_rnn import linen_recurrent_actor_critic
+
+    return linen_recurrent_actor_critic
+
+
 ALGORITHMS: dict[str, Algorithm] = {
     "dqn": Algorithm(
         dqn.DQNConfig, dqn.make_train, dqn.equinox_q_function, _linen_dqn, dqn.policy,
@@ -69,6 +75,15 @@ ALGORITHMS: dict[str, Algorithm] = {
     "ppo_continuous": Algorithm(
         ppo_continuous.PPOContinuousConfig, ppo_continuous.make_train, ppo.default_network,
         _linen_ppo, ppo.policy,
+    ),
+    # Recurrent PPO: a GRU core (`ppo_rnn`) or S5 layers (`ppo_s5`, Equinox only).
+    "ppo_rnn": Algorithm(
+        ppo_rnn.PPORNNConfig, ppo_rnn.make_train, ppo_rnn.equinox_recurrent_actor_critic,
+        _linen_ppo_rnn, ppo_rnn.policy,
+    ),
+    "ppo_s5": Algorithm(
+        ppo_rnn.PPOS5Config, ppo_rnn.make_train, ppo_rnn.equinox_recurrent_actor_critic,
+        _linen_ppo_rnn, ppo_rnn.policy,
     ),
 }
 

@@ -146,3 +146,42 @@ def test_ppo_continuous_saves_normalisation_statistics_with_the_agent(tmp_path, 
     capsys.readouterr()
     assert cli.main(["eval", str(run_dir), "--episodes", "2"]) == 0
     assert "seed 1: greedy return" in capsys.readouterr().out
+
+
+RNN_TINY = ["--env", "MemoryChain-bsuite", "--total-timesteps", "2048", "--num-steps", "32",
+            "--log-interval", "4", "--encoder-sizes", "16", "--hidden-sizes", "16"]
+
+
+def test_recurrent_ppo_trains_and_evaluates_with_its_memory(tmp_path, capsys):
+    from pureeqxrl import ppo_rnn
+    from pureeqxrl.recurrent import S5
+
+    run_dir = tmp_path / "rnn"
+    assert cli.main(["train", "ppo_rnn", "--num-seeds", "2", "--run-dir", str(run_dir), *RNN_TINY]) == 0
+    network = runs.load_agent(run_dir, seed=1)
+    assert isinstance(network, ppo_rnn.RecurrentActorCritic)
+    hidden, logits, value = network.step(network.initial_hidden(), jnp.zeros(3), jnp.array(True))
+    assert hidden.shape == (16,) and logits.shape == (2,)
+    capsys.readouterr()
+    assert cli.main(["eval", str(run_dir), "--episodes", "2", "--sample"]) == 0
+    assert "seed 1: sampled-policy return" in capsys.readouterr().out
+
+    s5_dir = tmp_path / "s5"
+    assert cli.main(["train", "ppo_s5", "--run-dir", str(s5_dir), *RNN_TINY, "--s5-layers", "1",
+                     "--s5-state-size", "4"]) == 0
+    assert isinstance(runs.load_agent(s5_dir).core, S5)
+    assert cli.main(["eval", str(s5_dir), "--episodes", "2"]) == 0
+
+    linen_dir = tmp_path / "rnn-linen"
+    assert cli.main(["train", "ppo_rnn", "--linen", "--run-dir", str(linen_dir), *RNN_TINY]) == 0
+    assert set(runs.load_agent(linen_dir)["params"]["gru"]["cell"]) == {"ir", "iz", "in", "hr", "hz", "hn"}
+    assert cli.main(["eval", str(linen_dir), "--episodes", "2"]) == 0
+
+
+def test_recurrent_ppo_rejects_what_it_cannot_run(tmp_path, capsys, no_compile):
+    target = tmp_path / "never"
+    assert cli.main(["train", "ppo_s5", "--linen", "--run-dir", str(target)]) == 2
+    assert "GRU core only" in capsys.readouterr().out
+    assert cli.main(["train", "ppo_rnn", "--run-dir", str(target), "--num-envs", "6"]) == 2
+    assert "does not divide num_envs" in capsys.readouterr().out
+    assert not target.exists()

@@ -1,0 +1,126 @@
+"""Recurrent PPO with a Flax Linen GRU actor-critic: the control group for `pureeqxrl.ppo_rnn`.
+
+Everything but the network is `pureeqxrl.ppo_rnn.make_train` itself. The network is written the
+way Linen users write it (PureJaxRL's `ppo_rnn.py` does the same): Flax's own `nn.GRUCell`, scanned
+over time with `nn.scan`, the hidden state zeroed where an episode starts. Initialisation matches
+the Equinox `RecurrentActorCritic` (encoder orthogonal sqrt 2, GRU lecun-normal / orthogonal, heads
+orthogonal 2 / 0.01 / 1.0, zero biases). Only the GRU core has a twin; S5 is Equinox-only.
+"""
+
+import math
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+from distreqx.distributions import Categorical
+from jaxtyping import PRNGKeyArray
+
+from pureeqxrl import ppo
+from pureeqxrl.envs import VecEnv
+from pureeqxrl.metrics import TrainResult
+from pureeqxrl.nets import orthogonal
+from pureeqxrl.ppo_rnn import PPORNNConfig, RecurrentActorCritic, RecurrentFunctional
+from pureeqxrl.ppo_rnn import make_train as _make_train
+from pureeqxrl.recurrent import GRU
+
+
+class ResetGRU(nn.Module):
+    """One GRU step that first zeroes the hidden state of environments starting an episode."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, hidden, inputs):
+        x, reset = inputs
+        hidden = jnp.where(reset[:, None], 0.0, hidden)
+        return nn.GRUCell(self.features, name="cell")(hidden, x)
+
+
+class LinenRecurrentActorCritic(nn.Module):
+    """Dense encoder -> GRU scanned over time -> actor and critic Dense heads, on `(time, envs)`."""
+
+    encoder_sizes: tuple[int, ...]
+    hidden_sizes: tuple[int, ...]
+    num_actions: int
+    activation: Callable = nn.relu
+
+    @nn.compact
+    def __call__(self, hidden, obs, resets):
+        x = obs.reshape(*obs.shape[:2], -1)
+        for i, width in enumerate(self.encoder_sizes):
+            x = self.activation(nn.Dense(width, kernel_init=orthogonal(math.sqrt(2)), name=f"encoder_{i}")(x))
+        scan = nn.scan(ResetGRU, variable_broadcast="params", split_rngs={"params": False})
+        hidden, x = scan(self.encoder_sizes[-1], name="gru")(hidden, (x, resets))
+        outputs = []
+        for name, size, head_scale in (("actor", self.num_actions, 0.01), ("critic", 1, 1.0)):
+            h = x
+            for i, width in enumerate(self.hidden_sizes):
+                h = self.activation(nn.Dense(width, kernel_init=orthogonal(2.0), name=f"{name}_{i}")(h))
+            outputs.append(nn.Dense(size, kernel_init=orthogonal(head_scale), name=f"{name}_head")(h))
+        logits, value = outputs
+        return hidden, logits, value[..., 0]
+
+
+def linen_recurrent_actor_critic(config: PPORNNConfig, env: VecEnv) -> RecurrentFunctional:
+    if config.cell != "gru":
+        raise ValueError(f"the Linen twin has a GRU core only, got cell={config.cell!r}")
+    if not env.discrete:
+        raise ValueError(f"ppo_rnn supports discrete actions only; {config.env} has continuous ones")
+    module = LinenRecurrentActorCritic(
+        tuple(config.encoder_sizes), tuple(config.hidden_sizes), env.num_actions,
+        ppo.ACTIVATIONS[config.activation],
+    )
+    width = config.encoder_sizes[-1]
+    obs_size = int(np.prod(env.observation_shape))
+
+    def initial_hidden(num_envs: int):
+        return jnp.zeros((num_envs, width))
+
+    def init(key: PRNGKeyArray):
+        dummy_obs = jnp.zeros((1, 1, obs_size))
+        return module.init(key, initial_hidden(1), dummy_obs, jnp.zeros((1, 1), bool))
+
+    def step(params, hidden, obs, reset):
+        hidden, logits, value = module.apply(params, hidden, obs[None], reset[None])
+        return hidden, Categorical(logits=logits[0]), value[0]
+
+    def unroll(params, hidden, obs, resets):
+        _, logits, value = module.apply(params, hidden, obs, resets)
+        return Categorical(logits=logits.reshape(-1, logits.shape[-1])), value.reshape(-1)
+
+    return RecurrentFunctional(init=init, initial_hidden=initial_hidden, step=step, unroll=unroll)
+
+
+def make_train(config: PPORNNConfig, on_log=None) -> Callable[[PRNGKeyArray], TrainResult]:
+    """`pureeqxrl.ppo_rnn.make_train` with the Linen network."""
+    return _make_train(config, network_fn=linen_recurrent_actor_critic, on_log=on_log)
+
+
+def params_from_equinox_gru(gru: GRU) -> dict:
+    """The parameters of a Flax `nn.GRUCell` holding exactly the numbers of an Equinox `GRU`."""
+    cell = {}
+    for gate, kernel, bias, hidden_kernel in zip(
+        "rzn",
+        jnp.split(gru.input_kernel, 3, axis=1),
+        jnp.split(gru.input_bias, 3),
+        jnp.split(gru.hidden_kernel, 3, axis=1),
+    ):
+        cell[f"i{gate}"] = {"kernel": kernel, "bias": bias}
+        cell[f"h{gate}"] = {"kernel": hidden_kernel}
+    cell["hn"]["bias"] = gru.hidden_bias
+    return cell
+
+
+def params_from_equinox(network: RecurrentActorCritic) -> dict:
+    """The Linen variables holding exactly the numbers of an Equinox GRU `RecurrentActorCritic`."""
+    params = {}
+    for i, layer in enumerate(network.encoder.layers):
+        params[f"encoder_{i}"] = {"kernel": layer.kernel, "bias": layer.bias}
+    params["gru"] = {"cell": params_from_equinox_gru(network.core)}
+    for name, mlp in (("actor", network.actor), ("critic", network.critic)):
+        *hidden, head = mlp.layers
+        for i, layer in enumerate(hidden):
+            params[f"{name}_{i}"] = {"kernel": layer.kernel, "bias": layer.bias}
+        params[f"{name}_head"] = {"kernel": head.kernel, "bias": head.bias}
+    return {"params": params}

@@ -1,0 +1,372 @@
+"""PPO with memory in Equinox: PureJaxRL's `ppo_rnn.py` (a GRU) and `experimental/s5/ppo_s5.py`
+(a stack of S5 state-space layers), one `jax.jit` per training run.
+
+Read top to bottom: the config, the recurrent actor-critic (dense encoder -> GRU or S5 core ->
+separate actor and critic heads), then `make_train`. Training is `pureeqxrl.ppo`'s recipe (same
+GAE, loss, optimizer and metrics, imported, not copied) with what memory changes:
+
+- the rollout carries each environment's hidden state and a `reset` flag (the step starts a new
+  episode); the hidden state is zeroed at episode starts inside the scan, before the core reads it;
+- the hidden state the rollout started from is stored, and the update re-runs the network over
+  whole sequences from it, so minibatches are groups of environments with all their steps (the
+  order of steps, and the episode boundaries inside a sequence, are kept);
+- a truncated step is bootstrapped from `V(next_obs)`, the pre-reset observation, read with the
+  hidden state that step led to: one more core step per transition, batched over the whole rollout
+  once it is collected (not a second sequential pass);
+- the GRU projects a sequence's inputs for all steps before its loop (`pureeqxrl.recurrent.GRU`),
+  and S5 runs its sequences as a parallel scan; acting uses their one-step modes.
+
+The network library is a parameter (`network_fn` builds a `RecurrentFunctional`), so the Flax Linen
+twin of `pureeqxrl.linen.ppo_rnn` runs this very training loop. `PPOS5Config` holds the S5 run's
+settings (`pureeqxrl train ppo_s5`).
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from distreqx.distributions import AbstractDistribution, Categorical
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+from pureeqxrl import ppo
+from pureeqxrl.configs import ConfigChecks
+from pureeqxrl.envs import RecurrentPolicy, VecEnv, episode_stats
+from pureeqxrl.metrics import LogCallback, TrainResult, scan_logged
+from pureeqxrl.nets import MLP, orthogonal
+from pureeqxrl.normalize import RunningStats
+from pureeqxrl.recurrent import GRU, S5
+
+
+@dataclass(frozen=True)
+class PPORNNConfig(ppo.PPOConfig):
+    """Recurrent PPO; defaults are PureJaxRL's `ppo_rnn.py` (CartPole-v1, 4 envs x 128 steps, 5e5
+    steps, lr 2.5e-4 annealed, 4 epochs x 4 minibatches of whole environments, Dense 128 relu ->
+    GRU 128 -> heads of 128 relu). The other PPO settings mean what they mean in `PPOConfig`."""
+
+    activation: Literal["tanh", "relu", "leaky_relu"] = "relu"
+    cell: Literal["gru", "s5"] = "gru"
+    """The recurrent core: a GRU, or a stack of S5 layers (`s5_layers`, `s5_state_size`)."""
+    encoder_sizes: tuple[int, ...] = (128,)
+    """Dense layers (each followed by `activation`) before the core; the last one is the core's
+    width (the GRU's hidden size, S5's model width)."""
+    hidden_sizes: tuple[int, ...] = (128,)
+    """Hidden widths of the actor head and of the critic head, after the core."""
+    s5_layers: int = 4
+    s5_state_size: int = 128
+    """Complex states per S5 layer. With conjugate symmetry they stand for twice as many real
+    ones: PureJaxRL's `ssm_size=256` is 128 here."""
+
+    def _checks(self) -> ConfigChecks:
+        checks = super()._checks()
+        checks.positive("s5_layers", "s5_state_size")
+        checks.require(self.cell in ("gru", "s5"), f"cell must be 'gru' or 's5', got {self.cell!r}")
+        checks.require(len(self.encoder_sizes) > 0 and all(s > 0 for s in self.encoder_sizes),
+                       f"encoder_sizes must be one or more positive widths, got {self.encoder_sizes}")
+        if self.num_envs > 0 and self.num_minibatches > 0:
+            checks.require(
+                self.num_envs % self.num_minibatches == 0,
+                f"num_minibatches ({self.num_minibatches}) does not divide num_envs "
+                f"({self.num_envs}): recurrent minibatches are groups of whole environments",
+            )
+        return checks
+
+
+@dataclass(frozen=True)
+class PPOS5Config(PPORNNConfig):
+    """PureJaxRL's `ppo_s5.py`: Dense 128 -> Dense 256 (leaky relu) -> 4 S5 layers of width 256
+    with 128 conjugate-symmetric complex states -> heads of 128-128 leaky relu."""
+
+    cell: Literal["gru", "s5"] = "s5"
+    activation: Literal["tanh", "relu", "leaky_relu"] = "leaky_relu"
+    encoder_sizes: tuple[int, ...] = (128, 256)
+    hidden_sizes: tuple[int, ...] = (128, 128)
+
+
+# NETWORK
+
+
+class RecurrentActorCritic(eqx.Module):
+    """Dense encoder -> recurrent core -> separate actor and critic MLP heads, for one environment.
+
+    PureJaxRL's init: encoder kernels orthogonal(sqrt 2), head hidden kernels orthogonal(2), actor
+    output orthogonal(0.01), critic output orthogonal(1.0), zero biases; the core has its own (Flax
+    `GRUCell`'s, or S5's HiPPO-based one).
+    """
+
+    encoder: MLP
+    core: GRU | S5
+    actor: MLP
+    critic: MLP
+    activation: Callable[[Array], Array] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        obs_size: int,
+        num_actions: int,
+        config: PPORNNConfig,
+        *,
+        key: PRNGKeyArray,
+    ):
+        encoder_key, core_key, actor_key, critic_key = jax.random.split(key, 4)
+        *encoder_hidden, width = config.encoder_sizes
+        self.activation = ppo.ACTIVATIONS[config.activation]
+        self.encoder = MLP(obs_size, encoder_hidden, width, key=encoder_key,
+                           activation=self.activation, hidden_init=orthogonal(math.sqrt(2)),
+                           output_init=orthogonal(math.sqrt(2)))
+        if config.cell == "s5":
+            self.core = S5(width, config.s5_state_size, config.s5_layers, key=core_key)
+        else:
+            self.core = GRU(width, width, key=core_key)
+        self.actor = MLP(width, config.hidden_sizes, num_actions, key=actor_key,
+                         activation=self.activation, hidden_init=orthogonal(2.0),
+                         output_init=orthogonal(0.01))
+        self.critic = MLP(width, config.hidden_sizes, 1, key=critic_key,
+                          activation=self.activation, hidden_init=orthogonal(2.0),
+                          output_init=orthogonal(1.0))
+
+    def initial_hidden(self) -> Array:
+        return self.core.initial_hidden()
+
+    def _embed(self, obs: Float[Array, "..."]) -> Float[Array, " width"]:
+        return self.activation(self.encoder(obs.reshape(-1)))
+
+    def _heads(self, x: Float[Array, " width"]) -> tuple[Float[Array, " num_actions"], Float[Array, ""]]:
+        return self.actor(x), self.critic(x)[0]
+
+    def step(
+        self, hidden: Array, obs: Float[Array, "..."], reset: Bool[Array, ""]
+    ) -> tuple[Array, Float[Array, " num_actions"], Float[Array, ""]]:
+        """One time step: `(hidden, logits, value)`; `reset` zeroes the state first."""
+        hidden, x = self.core.step(hidden, self._embed(obs), reset)
+        return hidden, *self._heads(x)
+
+    def __call__(
+        self, hidden: Array, obs: Float[Array, "time ..."], resets: Bool[Array, " time"]
+    ) -> tuple[Array, Float[Array, "time num_actions"], Float[Array, " time"]]:
+        """A whole sequence from `hidden`: `(final hidden, logits, values)`."""
+        hidden, xs = self.core(hidden, jax.vmap(self._embed)(obs), resets)
+        logits, values = jax.vmap(self._heads)(xs)
+        return hidden, logits, values
+
+
+class RecurrentFunctional(NamedTuple):
+    """A recurrent network as the training loop sees it, whatever library it comes from (the
+    recurrent counterpart of `pureeqxrl.nets.Functional`). Batches are of environments.
+
+    - `init(key) -> params`; `initial_hidden(num_envs) -> hidden`;
+    - `step(params, hidden, obs, reset) -> (hidden, policy, value)`: one time step;
+    - `unroll(params, hidden, obs, resets) -> (policy, value)`: sequences, time-major `(time,
+      envs, ...)` inputs, outputs flattened to `time * envs` in the same order.
+    """
+
+    init: Callable[[PRNGKeyArray], Any]
+    initial_hidden: Callable[[int], Array]
+    step: Callable[[Any, Array, Array, Array], tuple[Array, AbstractDistribution, Array]]
+    unroll: Callable[[Any, Array, Array, Array], tuple[AbstractDistribution, Array]]
+
+
+def equinox_recurrent_actor_critic(config: PPORNNConfig, env: VecEnv) -> RecurrentFunctional:
+    """The Equinox `RecurrentActorCritic` as a `RecurrentFunctional`."""
+    if not env.discrete:
+        raise ValueError(f"ppo_rnn supports discrete actions only; {config.env} has continuous ones")
+    obs_size = int(np.prod(env.observation_shape))
+
+    def init(key: PRNGKeyArray) -> RecurrentActorCritic:
+        return RecurrentActorCritic(obs_size, env.num_actions, config, key=key)
+
+    hidden = eqx.filter_eval_shape(init, jax.random.key(0)).initial_hidden()
+
+    def step(network: RecurrentActorCritic, hidden, obs, reset):
+        hidden, logits, value = jax.vmap(network.step)(hidden, obs, reset)
+        return hidden, Categorical(logits=logits), value
+
+    def unroll(network: RecurrentActorCritic, hidden, obs, resets):
+        _, logits, values = jax.vmap(network, in_axes=(0, 1, 1), out_axes=(0, 1, 1))(hidden, obs, resets)
+        return Categorical(logits=logits.reshape(-1, logits.shape[-1])), values.reshape(-1)
+
+    return RecurrentFunctional(
+        init=init,
+        initial_hidden=lambda num_envs: jnp.zeros((num_envs, *hidden.shape), hidden.dtype),
+        step=step,
+        unroll=unroll,
+    )
+
+
+# TRAINING
+
+
+class Transition(ppo.Transition):
+    """`pureeqxrl.ppo.Transition` plus what the recurrent update needs."""
+
+    reset: Bool[Array, " num_envs"]
+    """Whether this step started a new episode (the state was zeroed before it)."""
+    hidden: Array
+    """Hidden state after the step: what `next_obs` would be read with."""
+
+
+class SequenceBatch(eqx.Module):
+    """Whole sequences of some environments: their hidden state before the rollout, the reset
+    flags, and the steps (leaves `(time, envs, ...)`)."""
+
+    hidden: Array
+    reset: Bool[Array, "time envs"]
+    steps: ppo.Batch
+
+
+def sequence_loss(
+    network: RecurrentFunctional, params: Any, minibatch: SequenceBatch, config: PPORNNConfig
+) -> tuple[Float[Array, ""], ppo.LossInfo]:
+    """`pureeqxrl.ppo.ppo_loss` on whole sequences: the network re-runs them from their stored
+    hidden state (resetting where episodes start), then every step counts as one example."""
+    policy, value = network.unroll(params, minibatch.hidden, minibatch.steps.obs, minibatch.reset)
+    steps = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), minibatch.steps)
+    return ppo.loss_terms(policy, value, steps, config)
+
+
+class RecurrentPPOState(eqx.Module):
+    params: Any
+    opt_state: Any
+    env_state: Any
+    obs: Array
+    reset: Bool[Array, " num_envs"]
+    hidden: Array
+    key: PRNGKeyArray
+
+
+def make_train(
+    config: PPORNNConfig,
+    network_fn: Callable[[PPORNNConfig, VecEnv], RecurrentFunctional] | None = None,
+    on_log: LogCallback | None = None,
+) -> Callable[[PRNGKeyArray], TrainResult]:
+    """Validate `config` and return `train(key) -> TrainResult`, pure and jittable.
+
+    **Arguments:**
+
+    - `network_fn`: builds the `RecurrentFunctional`; defaults to the Equinox
+      `RecurrentActorCritic` (`equinox_recurrent_actor_critic`).
+    - `on_log`: host function `(row_index, row)` called after each metrics row (see `scan_logged`).
+
+    `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
+    """
+    config.validate()
+    env = ppo.make_environment(config)
+    network = (network_fn or equinox_recurrent_actor_critic)(config, env)
+    optimizer = ppo.make_optimizer(config)
+    num_steps, num_envs = config.num_steps, config.num_envs
+
+    def env_step(state: RecurrentPPOState, _):
+        key, action_key, step_key = jax.random.split(state.key, 3)
+        hidden, policy, value = network.step(state.params, state.hidden, state.obs, state.reset)
+        action = ppo.sample(policy, action_key)
+        obs, env_state, step = env.step(step_key, state.env_state, action.astype(jnp.int32))
+        transition = Transition(
+            obs=state.obs, action=action, log_prob=ppo.log_prob(policy, action), value=value,
+            reward=step.reward, terminated=step.terminated, done=step.done,
+            next_obs=step.next_obs, reset=state.reset, hidden=hidden,
+        )
+        state = RecurrentPPOState(
+            state.params, state.opt_state, env_state, obs, step.done, hidden, key
+        )
+        return state, (transition, episode_stats(step))
+
+    def gradient_step(params_and_opt, minibatch: SequenceBatch):
+        params, opt_state = params_and_opt
+        (total, info), grads = jax.value_and_grad(sequence_loss, argnums=1, has_aux=True)(
+            network, params, minibatch, config
+        )
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), (total, info)
+
+    def epoch(params_and_opt, key: PRNGKeyArray, batch: SequenceBatch):
+        order = jax.random.permutation(key, num_envs)
+
+        def by_environment(x: Array, axis: int) -> Array:
+            # (..., envs, ...) -> (minibatches, ..., envs per minibatch, ...)
+            x = jnp.take(x, order, axis=axis)
+            x = x.reshape(*x.shape[:axis], config.num_minibatches, -1, *x.shape[axis + 1:])
+            return jnp.moveaxis(x, axis, 0)
+
+        minibatches = SequenceBatch(
+            hidden=by_environment(batch.hidden, 0),
+            reset=by_environment(batch.reset, 1),
+            steps=jax.tree.map(lambda x: by_environment(x, 1), batch.steps),
+        )
+        return jax.lax.scan(gradient_step, params_and_opt, minibatches)
+
+    def update(state: RecurrentPPOState):
+        # COLLECT TRAJECTORIES (from the hidden state stored here, which the update re-runs from)
+        initial_hidden = state.hidden
+        state, (rollout, episodes) = jax.lax.scan(env_step, state, None, num_steps)
+
+        # ADVANTAGES: V(pre-reset next obs) with the hidden state it follows, one batched core step
+        flat = lambda x: x.reshape(num_steps * num_envs, *x.shape[2:])  # noqa: E731
+        _, _, next_value = network.step(
+            state.params, flat(rollout.hidden), flat(rollout.next_obs),
+            jnp.zeros(num_steps * num_envs, bool),
+        )
+        advantages, targets = ppo.gae(
+            rollout.reward, rollout.value, next_value.reshape(rollout.reward.shape),
+            rollout.terminated, rollout.done, config.gamma, config.gae_lambda,
+        )
+
+        # UPDATE EPOCHS OF MINIBATCHES OF WHOLE SEQUENCES
+        batch = SequenceBatch(
+            hidden=initial_hidden,
+            reset=rollout.reset,
+            steps=ppo.Batch(obs=rollout.obs, action=rollout.action, log_prob=rollout.log_prob,
+                            value=rollout.value, advantage=advantages, target=targets),
+        )
+        key, epochs_key = jax.random.split(state.key)
+        (params, opt_state), (total, info) = jax.lax.scan(
+            lambda params_and_opt, key: epoch(params_and_opt, key, batch),
+            (state.params, state.opt_state),
+            jax.random.split(epochs_key, config.update_epochs),
+        )
+        state = RecurrentPPOState(
+            params, opt_state, state.env_state, state.obs, state.reset, state.hidden, key
+        )
+        return state, ppo.update_stats(episodes, total, info)
+
+    def train(key: PRNGKeyArray) -> TrainResult:
+        env_key, init_key, loop_key = jax.random.split(key, 3)
+        obs, env_state = env.reset(env_key)
+        params = network.init(init_key)
+        state = RecurrentPPOState(
+            params, optimizer.init(params), env_state, obs, jnp.ones(num_envs, bool),
+            network.initial_hidden(num_envs), loop_key,
+        )
+        state, metrics = scan_logged(update, state, config.num_updates, config.log_interval, on_log)
+        obs_stats = state.env_state.obs_stats if config.normalize_obs else None
+        return TrainResult(params=state.params, metrics=metrics, obs_stats=obs_stats)
+
+    return train
+
+
+# USING A TRAINED AGENT
+
+
+def policy(
+    network: RecurrentFunctional,
+    params: Any,
+    env: VecEnv,
+    obs_stats: RunningStats | None = None,
+    greedy: bool = True,
+) -> RecurrentPolicy:
+    """The trained agent as a `RecurrentPolicy` for `pureeqxrl.envs.evaluate` (what `pureeqxrl
+    eval` runs): the hidden state is carried from step to step and zeroed at episode starts;
+    actions are the most likely ones (`greedy`) or sampled as in training."""
+
+    def act(key: PRNGKeyArray, obs: Array, hidden: Array, reset: Array):
+        if obs_stats is not None:
+            obs = obs_stats.normalize(obs)
+        hidden, distribution, _ = network.step(params, hidden, obs, reset)
+        action = ppo.mode(distribution) if greedy else ppo.sample(distribution, key)
+        return action.astype(jnp.int32), hidden
+
+    return RecurrentPolicy(initial_hidden=network.initial_hidden, act=act)

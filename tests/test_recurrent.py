@@ -1,0 +1,116 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pureeqxrl.recurrent import GRU, S5, S5Layer, hippo_diagonal
+
+
+def _inputs(key, time, features, reset_at=(0, 5, 6, 13)):
+    resets = np.zeros(time, bool)
+    resets[list(reset_at)] = True
+    return jax.random.normal(key, (time, features)), jnp.asarray(resets)
+
+
+# GRU
+
+
+def test_gru_sequence_equals_its_step_mode_and_resets_at_episode_starts(key, strict_promotion):
+    gru_key, x_key, h_key = jax.random.split(key, 3)
+    gru = GRU(5, 8, key=gru_key)
+    xs, resets = _inputs(x_key, 20, 5, reset_at=(5, 6, 13))  # step 0 continues `hidden`
+    hidden = jax.random.normal(h_key, (8,))
+
+    final, ys = gru(hidden, xs, resets)
+    h, stepped = hidden, []
+    for x, reset in zip(xs, resets):
+        h, y = gru.step(h, x, reset)
+        stepped.append(y)
+    np.testing.assert_allclose(ys, jnp.stack(stepped), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(final, ys[-1])
+
+    # Each episode alone, the first from `hidden` and the others from zeros, gives the same outputs:
+    # nothing leaks over an episode boundary, and the state is zeroed before the new episode's step.
+    bounds = [0, 5, 6, 13, 20]
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        h0 = hidden if start == 0 else gru.initial_hidden()
+        _, alone = gru(h0, xs[start:end], jnp.zeros(end - start, bool))
+        np.testing.assert_allclose(ys[start:end], alone, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(ys[5], gru(ys[4], xs[5:6], jnp.zeros(1, bool))[1][0])
+
+
+def test_gru_initialisation_follows_flax():
+    gru = GRU(64, 128, key=jax.random.key(1))
+    for kernel in jnp.split(gru.hidden_kernel, 3, axis=1):  # orthogonal per gate
+        np.testing.assert_allclose(kernel.T @ kernel, np.eye(128), atol=1e-4)
+    assert abs(float(gru.input_kernel.std()) - 1 / np.sqrt(64)) < 0.01  # lecun normal
+    assert not gru.input_bias.any() and not gru.hidden_bias.any()
+
+
+# S5
+
+
+def test_hippo_diagonalisation_reconstructs_the_normal_hippo_matrix():
+    eigenvalues, v = hippo_diagonal(16)
+    n = np.arange(16)
+    legs = -np.tril(np.sqrt(np.outer(2 * n + 1, 2 * n + 1))) + np.diag(n)
+    normal = legs + np.outer(np.sqrt(n + 0.5), np.sqrt(n + 0.5))
+    np.testing.assert_allclose(v @ np.diag(eigenvalues) @ v.conj().T, normal, atol=1e-4)
+    np.testing.assert_allclose(eigenvalues.real, -0.5)
+    # Conjugate pairs: the first half's conjugates are the second half.
+    np.testing.assert_allclose(np.sort(eigenvalues[:8].conj().imag), np.sort(eigenvalues[8:].imag), atol=1e-4)
+
+
+def _sequential_s5_layer(layer: S5Layer, hidden, us, resets):
+    """The S5 layer as a plain loop in numpy (complex128), from its parameters."""
+    lam = np.asarray(layer.lambda_re, np.float64) + 1j * np.asarray(layer.lambda_im, np.float64)
+    step = np.exp(np.asarray(layer.log_step, np.float64))
+    a = np.exp(lam * step)
+    b = ((a - 1) / lam)[:, None] * (np.asarray(layer.b_re, np.float64) + 1j * np.asarray(layer.b_im, np.float64))
+    c = np.asarray(layer.c_re, np.float64) + 1j * np.asarray(layer.c_im, np.float64)
+    d, w, bias = (np.asarray(x, np.float64) for x in (layer.d, layer.gate.kernel, layer.gate.bias))
+    x, outputs = np.asarray(hidden, np.complex128), []
+    for u, reset in zip(np.asarray(us, np.float64), np.asarray(resets)):
+        x = (0.0 if reset else a * x) + b @ u
+        y = 2 * (c @ x).real + d * u
+        g = 0.5 * y * (1 + np.tanh(np.sqrt(2 / np.pi) * (y + 0.044715 * y**3)))  # tanh-GELU
+        outputs.append(u + g / (1 + np.exp(-(g @ w + bias))))
+    return x, np.stack(outputs)
+
+
+def test_s5_parallel_scan_equals_the_sequential_recurrence(key):
+    layer_key, x_key, h_key = jax.random.split(key, 3)
+    layer = S5Layer(16, 12, key=layer_key)
+    # Larger steps than at init, so that the state carries a lot from step to step.
+    layer = eqx.tree_at(lambda l: l.log_step, layer, jnp.linspace(-3.0, 0.0, 12))
+    us, resets = _inputs(x_key, 40, 16, reset_at=(7, 8, 21))
+    hidden = (jax.random.normal(h_key, (12,)) + 1j * jax.random.normal(h_key, (12,))).astype(jnp.complex64)
+
+    final, ys = jax.jit(S5Layer.__call__)(layer, hidden, us, resets)
+    expected_final, expected = _sequential_s5_layer(layer, hidden, us, resets)
+    np.testing.assert_allclose(ys, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(final, expected_final, rtol=1e-4, atol=1e-4)
+    assert np.abs(np.asarray(ys) - np.asarray(us)).max() > 0.1  # the layer does something
+
+    h, stepped = hidden, []
+    for u, reset in zip(us, resets):
+        h, y = layer.step(h, u, reset)
+        stepped.append(y)
+    np.testing.assert_allclose(jnp.stack(stepped), ys, rtol=1e-4, atol=1e-4)
+
+
+def test_s5_stack_resets_every_layer_at_episode_starts(key):
+    model_key, x_key = jax.random.split(key)
+    s5 = S5(8, 6, num_layers=3, key=model_key)
+    us, resets = _inputs(x_key, 12, 8, reset_at=(0, 4))
+    hidden, ys = s5(s5.initial_hidden(), us, resets)
+    assert hidden.shape == (3, 6) and hidden.dtype == jnp.complex64
+    _, second_episode = s5(s5.initial_hidden(), us[4:], jnp.zeros(8, bool))
+    np.testing.assert_allclose(ys[4:], second_episode, rtol=1e-5, atol=1e-5)
+
+    h, stepped = s5.initial_hidden(), []
+    for u, reset in zip(us, resets):
+        h, y = s5.step(h, u, reset)
+        stepped.append(y)
+    np.testing.assert_allclose(jnp.stack(stepped), ys, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(h, hidden, rtol=1e-4, atol=1e-5)
