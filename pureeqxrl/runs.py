@@ -210,7 +210,8 @@ def load_agent(run_dir: Path | str, seed: int = 0) -> Any:
 
     For an Equinox run this is the Module itself (a `pureeqxrl.dqn.QNetwork`, a
     `pureeqxrl.ppo.ActorCritic` or a `pureeqxrl.ppo_continuous.GaussianActorCritic`: call it on one
-    observation); for a `--linen` run it is the Linen variables dict. If the run normalised
+    observation; a `pureeqxrl.ppo_rnn.RecurrentActorCritic`: `step` it with a hidden state); for a
+    `--linen` run it is the Linen variables dict. If the run normalised
     observations, use `load_agent_and_obs_stats` and normalise with the statistics too.
 
         network = pureeqxrl.runs.load_agent("runs/dqn-CartPole-v1-...", seed=0)

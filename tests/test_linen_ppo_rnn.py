@@ -100,3 +100,21 @@ def test_linen_twin_rejects_s5_and_learns_the_memory_task():
 
 
 MEMORY = ppo_rnn.PPORNNConfig(env="MemoryChain-bsuite", log_interval=4)
+
+
+def test_vmapped_init_has_no_batched_qr():
+    # A batched QR inside jit(vmap(...)) can deadlock XLA:CPU on 2 cores (it did, with Flax's own
+    # orthogonal init in the GRU cell). Check the programs instead of waiting for a rare hang.
+    import re
+
+    config = ppo_rnn.PPORNNConfig()
+    env = make_env(config.env, 1)
+    keys = jax.random.split(jax.random.key(0), 8)
+    for build in (ppo_rnn.equinox_recurrent_actor_critic, linen_ppo_rnn.linen_recurrent_actor_critic):
+        jaxpr = str(jax.make_jaxpr(jax.vmap(build(config, env).init))(keys))
+        qr_outputs = re.findall(r"(\w+:f32\[[\d,]+\]) \w+:f32\[[\d,]+\] = qr\[", jaxpr)
+        assert qr_outputs, "expected the orthogonal init's QR"
+        assert all(output.count(",") == 1 for output in qr_outputs), qr_outputs  # matrices only
+    flax_orthogonal = jax.vmap(lambda k: nn.initializers.orthogonal()(k, (128, 128)))
+    batched = re.findall(r"(\w+:f32\[[\d,]+\]) \w+:f32\[[\d,]+\] = qr\[", str(jax.make_jaxpr(flax_orthogonal)(keys)))
+    assert batched and batched[0].count(",") == 2  # the check does see a batched QR

@@ -34,7 +34,10 @@ class ResetGRU(nn.Module):
     def __call__(self, hidden, inputs):
         x, reset = inputs
         hidden = jnp.where(reset[:, None], 0.0, hidden)
-        return nn.GRUCell(self.features, name="cell")(hidden, x)
+        # Flax's own orthogonal init can deadlock XLA:CPU under vmapped seeds; ours gives the
+        # same numbers without batched QR (`pureeqxrl.nets.orthogonal`).
+        cell = nn.GRUCell(self.features, recurrent_kernel_init=orthogonal(1.0), name="cell")
+        return cell(hidden, x)
 
 
 class LinenRecurrentActorCritic(nn.Module):
