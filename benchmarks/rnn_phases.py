@@ -10,8 +10,8 @@ as one jitted call (many repeats, median), for
   `flax.linen.GRUCell` under `nn.scan` does it (isolates that one difference);
 - `linen`: the Linen twin (`pureeqxrl.linen.ppo_rnn`), the way PureJaxRL writes it;
 
-plus `unroll`, the variants with the time loop unrolled 1, 2, 4 or 8 steps per iteration
-(`jax.lax.scan(unroll=k)`).
+plus `equinox-unrollK`, the Equinox GRU with its time loop unrolled K = 2, 4 or 8 steps per
+iteration (`jax.lax.scan(unroll=K)`).
 
     python benchmarks/rnn_phases.py --repeats 7 --out benchmarks/results/ppo_rnn_phases_cpu
 """
@@ -31,7 +31,6 @@ import jax.numpy as jnp
 import optax
 
 from pureeqxrl import ppo, ppo_rnn
-from pureeqxrl.envs import make_env
 from pureeqxrl.linen import ppo_rnn as linen_ppo_rnn
 from pureeqxrl.recurrent import GRU
 
@@ -39,10 +38,8 @@ from pureeqxrl.recurrent import GRU
 class StepwiseGRU(GRU):
     """`GRU` with the input projection done step by step inside the time loop."""
 
-    unroll: int = eqx.field(static=True, default=1)
-
     def __call__(self, hidden, xs, resets):
-        return jax.lax.scan(lambda h, inputs: self.step(h, *inputs), hidden, (xs, resets), unroll=self.unroll)
+        return jax.lax.scan(lambda h, inputs: self.step(h, *inputs), hidden, (xs, resets))
 
 
 class UnrolledGRU(GRU):
@@ -163,7 +160,7 @@ def main() -> None:
     equinox_net = ppo_rnn.equinox_recurrent_actor_critic(config, env)
     variants = {
         "equinox": equinox_net,
-        "equinox-stepwise": with_core(equinox_net, StepwiseGRU, unroll=1),
+        "equinox-stepwise": with_core(equinox_net, StepwiseGRU),
         "linen": linen_ppo_rnn.linen_recurrent_actor_critic(config, env),
         **{f"equinox-unroll{k}": with_core(equinox_net, UnrolledGRU, unroll=k) for k in (2, 4, 8)},
     }

@@ -374,7 +374,7 @@ class PPOState(eqx.Module):
 
 def make_train(
     config: PPOConfig,
-    network_fn: Callable[[PPOConfig, VecEnv], Functional] | None = None,
+    network_fn: Callable[[PPOConfig, VecEnv | Normalize], Functional] | None = None,
     on_log: LogCallback | None = None,
 ) -> Callable[[PRNGKeyArray], TrainResult]:
     """Validate `config` and return `train(key) -> TrainResult`, pure and jittable.

@@ -39,7 +39,7 @@ from pureeqxrl.configs import ConfigChecks
 from pureeqxrl.envs import RecurrentPolicy, VecEnv, episode_stats
 from pureeqxrl.metrics import LogCallback, TrainResult, scan_logged
 from pureeqxrl.nets import MLP, orthogonal
-from pureeqxrl.normalize import RunningStats
+from pureeqxrl.normalize import Normalize, RunningStats
 from pureeqxrl.recurrent import GRU, S5
 
 
@@ -241,7 +241,7 @@ class RecurrentPPOState(eqx.Module):
 
 def make_train(
     config: PPORNNConfig,
-    network_fn: Callable[[PPORNNConfig, VecEnv], RecurrentFunctional] | None = None,
+    network_fn: Callable[[PPORNNConfig, VecEnv | Normalize], RecurrentFunctional] | None = None,
     on_log: LogCallback | None = None,
 ) -> Callable[[PRNGKeyArray], TrainResult]:
     """Validate `config` and return `train(key) -> TrainResult`, pure and jittable.

@@ -165,7 +165,7 @@ class S5Layer(eqx.Module):
     def _output(self, states: Complex[Array, "... state"], u: Float[Array, "... features"]):
         y = 2.0 * (states @ (self.c_re + 1j * self.c_im).T).real + self.d * u
         y = jax.nn.gelu(y)
-        return u + y * jax.nn.sigmoid(y @ self.gate.kernel + self.gate.bias)
+        return u + y * jax.nn.sigmoid(self.gate(y))
 
     def step(
         self, hidden: Complex[Array, " state"], u: Float[Array, " features"], reset: Bool[Array, ""]

@@ -37,7 +37,8 @@ class Algorithm:
     linen_network_fn: Callable[[], Callable[[Any, Any], Any]]
     """Imported lazily: flax is only needed for Linen runs."""
     policy: Callable[..., Callable[[Any, Any], Any]]
-    """`(network, params, env, obs_stats, greedy) -> act(key, obs_batch)`: the evaluation policy."""
+    """`(network, params, env, obs_stats, greedy) -> act(key, obs_batch)` (or a
+    `pureeqxrl.envs.RecurrentPolicy`): the evaluation policy."""
     stochastic: bool = True
     """Whether `policy(..., greedy=False)` samples a stochastic policy (not for DQN)."""
 

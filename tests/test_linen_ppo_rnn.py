@@ -1,5 +1,5 @@
-import dataclasses
 
+import equinox as eqx
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,10 @@ def _loss_and_grads(network, params, batch, config):
 
 def test_gru_matches_flax_gru_cell(key):
     gru = GRU(6, 10, key=key)
+    # Non-zero biases, so that where each one enters (b_hn inside r * (...)) is checked too.
+    bias_keys = jax.random.split(jax.random.key(3))
+    gru = eqx.tree_at(lambda g: (g.input_bias, g.hidden_bias), gru,
+                      (jax.random.normal(bias_keys[0], (30,)), jax.random.normal(bias_keys[1], (10,))))
     params = linen_ppo_rnn.params_from_equinox_gru(gru)
     hidden, x = jax.random.normal(jax.random.key(1), (10,)), jax.random.normal(jax.random.key(2), (6,))
     theirs, _ = nn.GRUCell(10).apply({"params": params}, hidden, x)
@@ -93,13 +97,11 @@ def test_linen_init_has_the_equinox_layout_and_scales(key):
 def test_linen_twin_rejects_s5_and_learns_the_memory_task():
     with pytest.raises(ValueError, match="GRU core only"):
         linen_ppo_rnn.make_train(ppo_rnn.PPOS5Config())
-    config = dataclasses.replace(MEMORY, total_timesteps=40_960)
+    config = ppo_rnn.PPORNNConfig(env="MemoryChain-bsuite", total_timesteps=40_960, log_interval=4)
     train = jax.jit(jax.vmap(linen_ppo_rnn.make_train(config)))
     result = train(jax.random.split(jax.random.key(0), 2))
     assert final_return(np.asarray(result.metrics["episode_return"])).min() >= 0.9
 
-
-MEMORY = ppo_rnn.PPORNNConfig(env="MemoryChain-bsuite", log_interval=4)
 
 
 def test_vmapped_init_has_no_batched_qr():

@@ -45,7 +45,7 @@ def test_config_errors_are_reported_before_compiling(no_compile):
             ppo_rnn.make_train(dataclasses.replace(ppo_rnn.PPORNNConfig(), **changes))
 
 
-def test_truncation_is_bootstrapped_with_the_hidden_state_it_led_to():
+def test_truncated_episodes_are_bootstrapped():
     # Reward 1 forever, truncated every 3 steps: every value is 1 / (1 - gamma) = 2. Treating the
     # truncation as an end would give 1.75, 1.5, 1 along the episode.
     config = dataclasses.replace(

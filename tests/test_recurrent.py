@@ -2,6 +2,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from pureeqxrl.recurrent import GRU, S5, S5Layer, hippo_diagonal
 
@@ -78,12 +79,13 @@ def _sequential_s5_layer(layer: S5Layer, hidden, us, resets):
     return x, np.stack(outputs)
 
 
-def test_s5_parallel_scan_equals_the_sequential_recurrence(key):
+@pytest.mark.parametrize("reset_at", [(7, 8, 21), (0, 7, 8, 21)])
+def test_s5_parallel_scan_equals_the_sequential_recurrence(reset_at, key):
     layer_key, x_key, h_key = jax.random.split(key, 3)
     layer = S5Layer(16, 12, key=layer_key)
     # Larger steps than at init, so that the state carries a lot from step to step.
     layer = eqx.tree_at(lambda l: l.log_step, layer, jnp.linspace(-3.0, 0.0, 12))
-    us, resets = _inputs(x_key, 40, 16, reset_at=(7, 8, 21))
+    us, resets = _inputs(x_key, 40, 16, reset_at=reset_at)  # with and without a reset at step 0
     hidden = (jax.random.normal(h_key, (12,)) + 1j * jax.random.normal(h_key, (12,))).astype(jnp.complex64)
 
     final, ys = jax.jit(S5Layer.__call__)(layer, hidden, us, resets)
