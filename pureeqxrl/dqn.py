@@ -30,8 +30,8 @@ import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from pureeqxrl.configs import ConfigChecks
-from pureeqxrl.envs import VecEnv, episode_stats, make_env
-from pureeqxrl.metrics import LogCallback, TrainResult, scan_logged
+from pureeqxrl.envs import Step, VecEnv, episode_stats, make_env
+from pureeqxrl.metrics import LogCallback, TrainResult, UpdateSteps, scan_logged
 from pureeqxrl.nets import MLP, Functional
 
 
@@ -257,6 +257,24 @@ def make_train(
 
     `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
     """
+    steps = make_update_steps(config, network_fn)
+
+    def train(key: PRNGKeyArray) -> TrainResult:
+        state, metrics = scan_logged(
+            steps.update, steps.init(key), config.num_updates, config.log_interval, on_log
+        )
+        return TrainResult(params=state.params, metrics=metrics)
+
+    return train
+
+
+def make_update_steps(
+    config: DQNConfig, network_fn: Callable[[DQNConfig, VecEnv], Functional] | None = None
+) -> UpdateSteps:
+    """Validate `config` and build the pieces of one update (`pureeqxrl.metrics.UpdateSteps`):
+    `collect(state) -> (state, step, epsilon)` takes one epsilon-greedy step in every environment
+    and stores it; `learn(state, key) -> (state, loss, q_value)` is one gradient step on a sampled
+    batch; `update` does both (learning only when it is time) and updates the target network."""
     config.validate()
     env = make_env(config.env, config.num_envs, config.max_episode_steps)
     network = (network_fn or equinox_q_function)(config, env)
@@ -274,10 +292,7 @@ def make_train(
         params = optax.apply_updates(state.params, updates)
         return eqx.tree_at(lambda s: (s.params, s.opt_state), state, (params, opt_state)), loss, q_value
 
-    def update(state: DQNState) -> tuple[DQNState, dict]:
-        key, act_key, step_key, learn_key = jax.random.split(state.key, 4)
-
-        # COLLECT ONE STEP PER ENVIRONMENT
+    def step_environments(state: DQNState, key, act_key, step_key) -> tuple[DQNState, Step, Array]:
         epsilon = epsilon_at(config, state.timesteps)
         action = epsilon_greedy(act_key, network.apply(state.params, state.obs), epsilon)
         obs, env_state, step = env.step(step_key, state.env_state, action)
@@ -289,6 +304,18 @@ def make_train(
             state.params, state.target_params, state.opt_state, buffer, env_state, obs,
             timesteps, key,
         )
+        return state, step, epsilon
+
+    def collect(state: DQNState) -> tuple[DQNState, Step, Array]:
+        key, act_key, step_key, _ = jax.random.split(state.key, 4)  # as `update` splits it
+        return step_environments(state, key, act_key, step_key)
+
+    def update(state: DQNState) -> tuple[DQNState, dict]:
+        key, act_key, step_key, learn_key = jax.random.split(state.key, 4)
+
+        # COLLECT ONE STEP PER ENVIRONMENT
+        state, step, epsilon = step_environments(state, key, act_key, step_key)
+        buffer, timesteps = state.buffer, state.timesteps
 
         # LEARN
         is_learn_time = (
@@ -321,7 +348,7 @@ def make_train(
         }
         return state, stats
 
-    def train(key: PRNGKeyArray) -> TrainResult:
+    def init(key: PRNGKeyArray) -> DQNState:
         env_key, init_key, loop_key = jax.random.split(key, 3)
         obs, env_state = env.reset(env_key)
         params = network.init(init_key)
@@ -332,7 +359,7 @@ def make_train(
             next_obs=obs[0],
             terminated=jnp.array(False),
         )
-        state = DQNState(
+        return DQNState(
             params=params,
             target_params=params,
             opt_state=optimizer.init(params),
@@ -342,10 +369,8 @@ def make_train(
             timesteps=jnp.array(0),
             key=loop_key,
         )
-        state, metrics = scan_logged(update, state, config.num_updates, config.log_interval, on_log)
-        return TrainResult(params=state.params, metrics=metrics)
 
-    return train
+    return UpdateSteps(network=network, init=init, collect=collect, learn=learn, update=update)
 
 
 # USING A TRAINED AGENT

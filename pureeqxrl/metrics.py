@@ -8,7 +8,7 @@ environment steps, and a host callback after every chunk drives progress bars an
 
 import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import equinox as eqx
 import jax
@@ -33,6 +33,24 @@ class TrainResult(eqx.Module):
     params: Any
     metrics: dict[str, Array]
     obs_stats: Any = None
+
+
+class UpdateSteps(NamedTuple):
+    """The pieces of one training update of an algorithm, each a pure function: what its
+    `make_train` scans with `scan_logged`, and what `benchmarks/per_op.py` times one by one.
+
+    - `network`: the algorithm's network (`init`/`apply`);
+    - `init(key) -> state`: initial network, optimizer, environments (and buffer);
+    - `collect(state) -> (state, experience, ...)`: the update's environment steps;
+    - `learn(state, ...) -> (state, ...)`: the update's gradient steps (arguments per algorithm);
+    - `update(state) -> (state, stats)`: one whole update, with the stats `scan_logged` sums.
+    """
+
+    network: Any
+    init: Callable[..., Any]
+    collect: Callable[..., Any]
+    learn: Callable[..., Any]
+    update: Callable[[Any], tuple[Any, Stats]]
 
 
 def _reduce(stats: Stats) -> dict[str, Array]:

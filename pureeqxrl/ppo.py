@@ -39,7 +39,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from pureeqxrl.configs import ConfigChecks
 from pureeqxrl.envs import VecEnv, episode_stats, make_env
-from pureeqxrl.metrics import LogCallback, TrainResult, scan_logged
+from pureeqxrl.metrics import LogCallback, TrainResult, UpdateSteps, scan_logged
 from pureeqxrl.nets import MLP, Functional, orthogonal
 from pureeqxrl.normalize import Normalize, RunningStats
 
@@ -388,6 +388,33 @@ def make_train(
 
     `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
     """
+    return train_from_steps(make_update_steps(config, network_fn), config, on_log)
+
+
+def train_from_steps(
+    steps: UpdateSteps, config: PPOConfig, on_log: LogCallback | None = None
+) -> Callable[[PRNGKeyArray], TrainResult]:
+    """`train(key)`: `steps.init`, then `num_updates` of `steps.update` logged by `scan_logged`;
+    the trained params and, if observations were normalised, their statistics. (Also
+    `pureeqxrl.ppo_rnn`'s loop.)"""
+
+    def train(key: PRNGKeyArray) -> TrainResult:
+        state = steps.init(key)
+        state, metrics = scan_logged(steps.update, state, config.num_updates, config.log_interval, on_log)
+        obs_stats = state.env_state.obs_stats if config.normalize_obs else None
+        return TrainResult(params=state.params, metrics=metrics, obs_stats=obs_stats)
+
+    return train
+
+
+def make_update_steps(
+    config: PPOConfig,
+    network_fn: Callable[[PPOConfig, VecEnv | Normalize], Functional] | None = None,
+) -> UpdateSteps:
+    """Validate `config` and build the pieces of one update (`pureeqxrl.metrics.UpdateSteps`):
+    `collect(state) -> (state, rollout, episodes)` steps every environment `num_steps` times;
+    `learn(state, rollout) -> (state, loss, info)` computes advantages and runs `update_epochs`
+    epochs of `num_minibatches` gradient steps."""
     config.validate()
     env = make_environment(config)
     network = (network_fn or default_network)(config, env)
@@ -422,10 +449,11 @@ def make_train(
         )
         return jax.lax.scan(gradient_step, params_and_opt, minibatches)
 
-    def update(state: PPOState) -> tuple[PPOState, dict]:
-        # COLLECT TRAJECTORIES
+    def collect(state: PPOState) -> tuple[PPOState, Transition, dict]:
         state, (rollout, episodes) = jax.lax.scan(env_step, state, None, config.num_steps)
+        return state, rollout, episodes
 
+    def learn(state: PPOState, rollout: Transition) -> tuple[PPOState, Array, LossInfo]:
         # ADVANTAGES: bootstrap from the pre-reset next observation, cut at episode ends
         flat_next_obs = rollout.next_obs.reshape(config.steps_per_update, *env.observation_shape)
         _, next_value = network.apply(state.params, flat_next_obs)
@@ -446,19 +474,20 @@ def make_train(
             (state.params, state.opt_state),
             jax.random.split(epochs_key, config.update_epochs),
         )
-        state = PPOState(params, opt_state, state.env_state, state.obs, key)
+        return PPOState(params, opt_state, state.env_state, state.obs, key), loss, info
+
+    def update(state: PPOState) -> tuple[PPOState, dict]:
+        state, rollout, episodes = collect(state)  # COLLECT TRAJECTORIES
+        state, loss, info = learn(state, rollout)  # ADVANTAGES AND UPDATE EPOCHS
         return state, update_stats(episodes, loss, info)
 
-    def train(key: PRNGKeyArray) -> TrainResult:
+    def init(key: PRNGKeyArray) -> PPOState:
         env_key, init_key, loop_key = jax.random.split(key, 3)
         obs, env_state = env.reset(env_key)
         params = network.init(init_key)
-        state = PPOState(params, optimizer.init(params), env_state, obs, loop_key)
-        state, metrics = scan_logged(update, state, config.num_updates, config.log_interval, on_log)
-        obs_stats = state.env_state.obs_stats if config.normalize_obs else None
-        return TrainResult(params=state.params, metrics=metrics, obs_stats=obs_stats)
+        return PPOState(params, optimizer.init(params), env_state, obs, loop_key)
 
-    return train
+    return UpdateSteps(network=network, init=init, collect=collect, learn=learn, update=update)
 
 
 def make_environment(config: PPOConfig) -> VecEnv | Normalize:

@@ -37,7 +37,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 from pureeqxrl import ppo
 from pureeqxrl.configs import ConfigChecks
 from pureeqxrl.envs import RecurrentPolicy, VecEnv, episode_stats
-from pureeqxrl.metrics import LogCallback, TrainResult, scan_logged
+from pureeqxrl.metrics import LogCallback, TrainResult, UpdateSteps
 from pureeqxrl.nets import MLP, orthogonal
 from pureeqxrl.normalize import Normalize, RunningStats
 from pureeqxrl.recurrent import GRU, S5
@@ -254,6 +254,17 @@ def make_train(
 
     `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
     """
+    return ppo.train_from_steps(make_update_steps(config, network_fn), config, on_log)
+
+
+def make_update_steps(
+    config: PPORNNConfig,
+    network_fn: Callable[[PPORNNConfig, VecEnv | Normalize], RecurrentFunctional] | None = None,
+) -> UpdateSteps:
+    """Validate `config` and build the pieces of one update (`pureeqxrl.metrics.UpdateSteps`):
+    `collect(state) -> (state, (initial_hidden, rollout), episodes)` steps every environment
+    `num_steps` times from the hidden state it returns; `learn(state, (initial_hidden, rollout))
+    -> (state, loss, info)` computes advantages and runs the epochs over whole sequences."""
     config.validate()
     env = ppo.make_environment(config)
     network = (network_fn or equinox_recurrent_actor_critic)(config, env)
@@ -299,10 +310,13 @@ def make_train(
         )
         return jax.lax.scan(gradient_step, params_and_opt, minibatches)
 
-    def update(state: RecurrentPPOState):
-        # COLLECT TRAJECTORIES (from the hidden state stored here, which the update re-runs from)
-        initial_hidden = state.hidden
+    def collect(state: RecurrentPPOState):
+        initial_hidden = state.hidden  # stored: the update re-runs the sequences from it
         state, (rollout, episodes) = jax.lax.scan(env_step, state, None, num_steps)
+        return state, (initial_hidden, rollout), episodes
+
+    def learn(state: RecurrentPPOState, experience: tuple[Array, Transition]):
+        initial_hidden, rollout = experience
 
         # ADVANTAGES: V(pre-reset next obs) with the hidden state it follows, one batched core step
         flat = lambda x: x.reshape(num_steps * num_envs, *x.shape[2:])  # noqa: E731
@@ -331,21 +345,23 @@ def make_train(
         state = RecurrentPPOState(
             params, opt_state, state.env_state, state.obs, state.reset, state.hidden, key
         )
+        return state, total, info
+
+    def update(state: RecurrentPPOState):
+        state, experience, episodes = collect(state)  # COLLECT TRAJECTORIES
+        state, total, info = learn(state, experience)  # ADVANTAGES AND UPDATE EPOCHS
         return state, ppo.update_stats(episodes, total, info)
 
-    def train(key: PRNGKeyArray) -> TrainResult:
+    def init(key: PRNGKeyArray) -> RecurrentPPOState:
         env_key, init_key, loop_key = jax.random.split(key, 3)
         obs, env_state = env.reset(env_key)
         params = network.init(init_key)
-        state = RecurrentPPOState(
+        return RecurrentPPOState(
             params, optimizer.init(params), env_state, obs, jnp.ones(num_envs, bool),
             network.initial_hidden(num_envs), loop_key,
         )
-        state, metrics = scan_logged(update, state, config.num_updates, config.log_interval, on_log)
-        obs_stats = state.env_state.obs_stats if config.normalize_obs else None
-        return TrainResult(params=state.params, metrics=metrics, obs_stats=obs_stats)
 
-    return train
+    return UpdateSteps(network=network, init=init, collect=collect, learn=learn, update=update)
 
 
 # USING A TRAINED AGENT
