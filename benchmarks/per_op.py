@@ -10,8 +10,8 @@ default config, the pieces of its `make_update_steps` (`pureeqxrl.metrics.Update
 - full step: one whole update (`update`), what `make_train` scans.
 
 Each is timed two ways: `--inner` calls of a jitted function from a Python loop (dispatch
-included), and `--inner` iterations inside one jitted `lax.scan` (25 times as many for the forward
-pass). Equinox and Linen run the same code from the same initial numbers, interleaved over
+included), and `--inner` iterations inside one jitted `lax.scan` (for the forward pass, 25 times
+as many of both). Equinox and Linen run the same code from the same initial numbers, interleaved over
 `--rounds`; medians, with the min-max of the rounds' Equinox/Linen ratios.
 
     python benchmarks/per_op.py --algo ppo --out benchmarks/results/per_op_ppo_cpu  # and so on
@@ -61,19 +61,23 @@ def operations(algo: str, config, library: str) -> dict:
     if algo == "dqn":  # fill the replay buffer past `learning_starts` first
         warmup = config.learning_starts // config.num_envs + 1
         state = jax.jit(lambda s: jax.lax.scan(lambda c, _: (steps.collect(c)[0], None), s, None, warmup)[0])(state)
-        learn = lambda s: steps.learn(s, jax.random.fold_in(s.key, s.timesteps))[0]  # noqa: E731
+        def learn(s):  # a fresh key every call, so that each iteration samples a new batch
+            key, sample_key = jax.random.split(s.key)
+            return steps.learn(eqx.tree_at(lambda t: t.key, s, key), sample_key)[0]
     else:
         _, experience, _ = jax.jit(steps.collect)(state)
         learn = lambda s: steps.learn(s, experience)[0]  # noqa: E731
 
     def forward(obs):
         if algo == "dqn":
-            out = steps.network.apply(state.params, obs).sum(-1)
+            outputs = steps.network.apply(state.params, obs)
         elif algo == "ppo_rnn":
-            out = steps.network.step(state.params, state.hidden, obs, state.reset)[2]
+            outputs = steps.network.step(state.params, state.hidden, obs, state.reset)[1:]
         else:
-            out = steps.network.apply(state.params, obs)[1]
-        return obs + 1e-6 * out.reshape(-1, *([1] * (obs.ndim - 1)))  # a dependency: no hoisting
+            outputs = steps.network.apply(state.params, obs)  # (policy, value)
+        # Every output feeds the next input, so that nothing is dead code and nothing is hoisted.
+        out = sum(leaf.reshape(leaf.shape[0], -1).sum(-1) for leaf in jax.tree.leaves(outputs))
+        return obs + 1e-6 * out.reshape(-1, *([1] * (obs.ndim - 1)))
 
     return {
         "forward pass": (forward, state.obs),
