@@ -57,7 +57,8 @@ def main() -> None:
     samples = {(lib, n): [] for n in args.seeds for lib in LIBRARIES}
     for repeat in range(args.repeats):
         for num_seeds in args.seeds:
-            for library in LIBRARIES:  # interleaved, so drift hits both alike
+            # Interleaved, so drift hits both alike; which goes first alternates, so order does not.
+            for library in (LIBRARIES if repeat % 2 == 0 else LIBRARIES[::-1]):
                 sample = measure(algorithm, library, num_seeds, config, seed=repeat)
                 samples[library, num_seeds].append(sample)
                 print(repeat, library, num_seeds, {k: round(v, 2) for k, v in sample.items()}, flush=True)

@@ -121,7 +121,8 @@ def main() -> None:
     samples = {(lib, op, how): [] for lib in LIBRARIES for op in ops[lib] for how in ("loop", "scan")}
     for round_ in range(args.rounds):
         for op in ops["equinox"]:
-            for lib in LIBRARIES:  # interleaved
+            # Interleaved, and which library goes first alternates: a fixed order can bias one side.
+            for lib in (LIBRARIES if round_ % 2 == 0 else LIBRARIES[::-1]):
                 loop_us, scan_us = ops[lib][op]()
                 samples[lib, op, "loop"].append(loop_us)
                 samples[lib, op, "scan"].append(scan_us)
