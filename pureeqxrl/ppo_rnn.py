@@ -172,9 +172,7 @@ class RecurrentFunctional(NamedTuple):
 
 
 def equinox_recurrent_actor_critic(config: PPORNNConfig, env: VecEnv) -> RecurrentFunctional:
-    """The Equinox `RecurrentActorCritic` as a `RecurrentFunctional`."""
-    if not env.discrete:
-        raise ValueError(f"ppo_rnn supports discrete actions only; {config.env} has continuous ones")
+    """The Equinox `RecurrentActorCritic` as a `RecurrentFunctional` (discrete actions)."""
     obs_size = int(np.prod(env.observation_shape))
 
     def init(key: PRNGKeyArray) -> RecurrentActorCritic:
@@ -267,6 +265,8 @@ def make_update_steps(
     -> (state, loss, info)` computes advantages and runs the epochs over whole sequences."""
     config.validate()
     env = ppo.make_environment(config)
+    if not env.discrete:  # whatever the network library: the heads are categorical
+        raise ValueError(f"ppo_rnn supports discrete actions only; {config.env} has continuous ones")
     network = (network_fn or equinox_recurrent_actor_critic)(config, env)
     optimizer = ppo.make_optimizer(config)
     num_steps, num_envs = config.num_steps, config.num_envs

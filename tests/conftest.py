@@ -1,4 +1,6 @@
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 
@@ -28,3 +30,18 @@ def no_compile(monkeypatch):
         except ImportError:
             pass
     monkeypatch.setattr(jax, "jit", lambda *a, **k: pytest.fail("compiled before rejecting"))
+
+
+@pytest.fixture
+def assert_same_gradients():
+    """`check(ours, theirs)`: the Equinox gradients (converted to the Linen layout) have Linen's
+    structure and equal Linen's leaf by leaf, and no Linen gradient is all zero (a parity test
+    that compared zeros would prove nothing)."""
+
+    def check(ours, theirs):
+        assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+        for mine, other in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+            assert float(jnp.abs(other).max()) > 0
+            np.testing.assert_allclose(mine, other, rtol=1e-5, atol=1e-7)
+
+    return check

@@ -68,8 +68,6 @@ class LinenRecurrentActorCritic(nn.Module):
 def linen_recurrent_actor_critic(config: PPORNNConfig, env: VecEnv) -> RecurrentFunctional:
     if config.cell != "gru":
         raise ValueError(f"the Linen twin has a GRU core only, got cell={config.cell!r}")
-    if not env.discrete:
-        raise ValueError(f"ppo_rnn supports discrete actions only; {config.env} has continuous ones")
     module = LinenRecurrentActorCritic(
         tuple(config.encoder_sizes), tuple(config.hidden_sizes), env.num_actions,
         ppo.ACTIVATIONS[config.activation],
