@@ -5,21 +5,25 @@ minibatch 128. It is called N times from a Python loop as
 
 - `equinox jax.jit`: the array-only Equinox Module through plain `jax.jit` (this project's pattern);
 - `equinox eqx.filter_jit`: the same function through `eqx.filter_jit`;
-- `equinox jax.jit on flat leaves`: the same, but the Module and optimizer state cross the jit
-  boundary as one flat list of arrays and are rebuilt inside;
+- `equinox jax.jit on flat leaves`: the same, but the network and optimizer state are kept as one
+  flat list of arrays between calls (flattened once before the loop), rebuilt inside the jit and
+  flattened again inside it, so no Module crosses the boundary;
 - `linen jax.jit`: the Linen twin's variables dict through `jax.jit`;
+- `linen jax.jit on flat leaves`: the same flat-list pattern for Linen;
 
 and, for each, N steps inside one jitted `lax.scan` (no Python between steps). The difference
 between a Python-loop call and a scanned step is the per-call overhead: flattening the arguments,
-dispatch, and (for `filter_jit`) partitioning the pytree and waiting for the result. Medians of
-interleaved repeats, microseconds per step, with the min-max of the rounds' medians.
+dispatch, and (for `filter_jit`) partitioning the pytree and waiting for the result. Every round
+runs every variant, in a fresh shuffled order; microseconds per step, medians over the rounds, with
+the min-max of the rounds' values.
 
-    python benchmarks/dispatch.py --out benchmarks/results/dispatch_cpu
+    python benchmarks/dispatch.py --rounds 7 --repeats 9 --out benchmarks/results/dispatch_cpu
 """
 
 import argparse
 import json
 import os
+import random
 import statistics
 import time
 from pathlib import Path
@@ -58,6 +62,7 @@ def per_step_us(run, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -123,16 +128,19 @@ def main() -> None:
         "equinox eqx.filter_jit": (python_loop(eqx.filter_jit(equinox_step), equinox_params), None),
         "equinox jax.jit on flat leaves": (on_leaves(equinox_step, equinox_params), None),
         "linen jax.jit": (python_loop(jax.jit(linen_step), linen_params), scanned(linen_step, linen_params)),
+        "linen jax.jit on flat leaves": (on_leaves(linen_step, linen_params), None),
     }
     samples = {name: {"python_loop": [], "scan": []} for name in variants}
-    for _ in range(3):  # interleaved rounds
-        for name, (loop, scan) in variants.items():
-            samples[name]["python_loop"].append(per_step_us(loop, args.repeats))
-            if scan is not None:
-                samples[name]["scan"].append(per_step_us(scan, args.repeats))
+    runs = [(name, kind, run) for name, (loop, scan) in variants.items()
+            for kind, run in (("python_loop", loop), ("scan", scan)) if run is not None]
+    for round_ in range(args.rounds):
+        random.Random(round_).shuffle(runs)  # a fixed order can favour whichever runs first
+        for name, kind, run in runs:
+            samples[name][kind].append(per_step_us(run, args.repeats))
     medians = {name: {kind: statistics.median(v) for kind, v in s.items() if v} for name, s in samples.items()}
     same_program = medians["equinox jax.jit"]["scan"]  # the other Equinox rows scan the same step
-    scan_time = {"equinox eqx.filter_jit": same_program, "equinox jax.jit on flat leaves": same_program}
+    scan_time = {"equinox eqx.filter_jit": same_program, "equinox jax.jit on flat leaves": same_program,
+                 "linen jax.jit on flat leaves": medians["linen jax.jit"]["scan"]}
 
     def flatten_round_trip_us(params) -> float:
         tree = (params, optimizer.init(params))
@@ -146,14 +154,14 @@ def main() -> None:
 
     machine = {"cpu_count": os.cpu_count(), "backend": jax.default_backend(), "jax": jax.__version__,
                "equinox": eqx.__version__, "flax": flax.__version__}
-    command = f"python benchmarks/dispatch.py --repeats {args.repeats} --out {args.out}"
+    command = f"python benchmarks/dispatch.py --rounds {args.rounds} --repeats {args.repeats} --out {args.out}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(
         {"command": command, "machine": machine, "medians_us": medians, "samples_us": samples,
          "flatten_unflatten_us": round_trip}, indent=2))
     lines = [
         f"One PPO gradient step (CartPole-v1 default network, minibatch 128, Adam), microseconds per step, "
-        f"medians of 3 interleaved rounds x {args.repeats} repeats of {STEPS} steps. "
+        f"medians of {args.rounds} rounds (shuffled order) x {args.repeats} repeats of {STEPS} steps. "
         f"{machine['cpu_count']} CPU cores, {machine['backend']}, jax {machine['jax']}, "
         f"equinox {machine['equinox']}, flax {machine['flax']}.",
         f"Command: `{command}`",
@@ -167,7 +175,8 @@ def main() -> None:
     for name, m in medians.items():
         scan = m.get("scan", scan_time.get(name))
         loop_rounds = samples[name]["python_loop"]
-        scan_rounds = samples[name]["scan"] or samples["equinox jax.jit"]["scan"]
+        scan_rounds = samples[name]["scan"] or samples[
+            "linen jax.jit" if name.startswith("linen") else "equinox jax.jit"]["scan"]
         lines.append(f"| {name} | {m['python_loop']:,.1f} {spread(loop_rounds)} | {scan:,.1f} "
                      f"{spread(scan_rounds)} | {m['python_loop'] - scan:,.1f} |")
     lines += ["", f"Flattening and rebuilding the step's arguments (network + Adam state, 38 arrays) in Python: "

@@ -38,7 +38,7 @@ from pureeqxrl import ppo
 from pureeqxrl.configs import ConfigChecks
 from pureeqxrl.envs import RecurrentPolicy, VecEnv, episode_stats
 from pureeqxrl.metrics import LogCallback, TrainResult, UpdateSteps
-from pureeqxrl.nets import MLP, orthogonal
+from pureeqxrl.nets import MLP, fold_in_keys, orthogonal
 from pureeqxrl.normalize import Normalize, RunningStats
 from pureeqxrl.recurrent import GRU, S5
 
@@ -113,7 +113,7 @@ class RecurrentActorCritic(eqx.Module):
         *,
         key: PRNGKeyArray,
     ):
-        encoder_key, core_key, actor_key, critic_key = jax.random.split(key, 4)
+        encoder_key, core_key, actor_key, critic_key = fold_in_keys(key, 4)
         *encoder_hidden, width = config.encoder_sizes
         self.activation = ppo.ACTIVATIONS[config.activation]
         self.encoder = MLP(obs_size, encoder_hidden, width, key=encoder_key,

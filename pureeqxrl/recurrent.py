@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Complex, Float, PRNGKeyArray
 
-from pureeqxrl.nets import Linear, lecun_normal, orthogonal
+from pureeqxrl.nets import Linear, fold_in_keys, lecun_normal, orthogonal
 
 
 class GRU(eqx.Module):
@@ -41,7 +41,7 @@ class GRU(eqx.Module):
     """The candidate gate's recurrent bias (`b_hn`): inside `r * (...)`, so not foldable into `b_in`."""
 
     def __init__(self, in_features: int, hidden_size: int, *, key: PRNGKeyArray):
-        keys = jax.random.split(key, 6)
+        keys = fold_in_keys(key, 6)
         input_init, hidden_init = lecun_normal(), orthogonal(1.0)
         self.input_kernel = jnp.concatenate(
             [input_init(k, (in_features, hidden_size), jnp.float32) for k in keys[:3]], axis=1

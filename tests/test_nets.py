@@ -31,7 +31,7 @@ def test_orthogonal_under_vmap_matches_unbatched(key):
 
 def test_linear_defaults_to_flax_dense_init(key):
     layer = Linear(5, 7, key=key)
-    kernel_key, _ = jax.random.split(key)
+    kernel_key = jax.random.fold_in(key, 0)
     np.testing.assert_array_equal(
         layer.kernel, jax.nn.initializers.lecun_normal()(kernel_key, (5, 7), jnp.float32)
     )
@@ -40,11 +40,22 @@ def test_linear_defaults_to_flax_dense_init(key):
     np.testing.assert_allclose(layer(x), x @ layer.kernel, rtol=1e-6)
 
 
+def test_mlp_draws_every_kernel_and_bias_from_its_own_key(key):
+    normal = jax.nn.initializers.normal(1.0)
+    mlp = MLP(3, (8,), 2, key=key, hidden_init=normal, output_init=normal)
+    kernel_keys = [jax.random.fold_in(key, 0), jax.random.fold_in(key, 2)]
+    for (kernel, bias), kernel_key, shape in zip(mlp.layers, kernel_keys, [(3, 8), (8, 2)]):
+        np.testing.assert_array_equal(kernel, normal(kernel_key, shape, jnp.float32))
+        np.testing.assert_array_equal(bias, jnp.zeros(shape[1]))
+    kernels = np.concatenate([np.ravel(kernel) for kernel, _ in mlp.layers])
+    assert len(np.unique(kernels)) == kernels.size  # no two layers share a stream
+
+
 def test_mlp_layers_and_inits(key):
     mlp = MLP(3, (8, 8), 2, key=key, activation=jnp.tanh,
               hidden_init=orthogonal(np.sqrt(2)), output_init=orthogonal(0.01))
-    assert [layer.kernel.shape for layer in mlp.layers] == [(3, 8), (8, 8), (8, 2)]
-    assert float(jnp.abs(mlp.layers[-1].kernel).max()) < 0.02
+    assert [kernel.shape for kernel, _ in mlp.layers] == [(3, 8), (8, 8), (8, 2)]
+    assert float(jnp.abs(mlp.layers[-1][0]).max()) < 0.02
     assert mlp(jnp.ones(3)).shape == (2,)
     # Array-only: every leaf is an array, so plain jax.jit takes the Module.
     assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(mlp))

@@ -71,9 +71,10 @@ def test_gru_remembers_what_feed_forward_ppo_cannot():
 
 
 def test_s5_learns_the_memory_task_and_its_greedy_policy_remembers():
-    # A small S5 (one layer of width 32, 16 complex states; a larger learning rate) keeps it fast.
+    # A small S5 (one layer of width 64, 16 complex states; a larger learning rate) keeps it fast.
+    # With these settings 8 seeds of 8 reached >= 0.98 (at width 32, 2 of 8 stayed near 0.7).
     config = dataclasses.replace(MEMORY, cell="s5", s5_layers=1, s5_state_size=16,
-                                 encoder_sizes=(32,), hidden_sizes=(32,), learning_rate=1e-3)
+                                 encoder_sizes=(64,), hidden_sizes=(64,), learning_rate=1e-3)
     result = _train(config)
     assert final_return(np.asarray(result.metrics["episode_return"])).min() >= 0.9
 

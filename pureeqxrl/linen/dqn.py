@@ -48,7 +48,7 @@ def params_from_equinox(network: dqn.QNetwork) -> dict:
     """The Linen variables holding exactly the numbers of an Equinox `QNetwork`."""
     return {
         "params": {
-            f"Dense_{i}": {"kernel": layer.kernel, "bias": layer.bias}
-            for i, layer in enumerate(network.mlp.layers)
+            f"Dense_{i}": {"kernel": kernel, "bias": bias}
+            for i, (kernel, bias) in enumerate(network.mlp.layers)
         }
     }

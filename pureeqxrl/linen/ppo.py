@@ -104,6 +104,6 @@ def params_from_equinox(network: ppo.ActorCritic | GaussianActorCritic) -> dict:
     for name, mlp in (("actor", actor), ("critic", network.critic)):
         *hidden, head = mlp.layers
         for i, layer in enumerate(hidden):
-            params[f"{name}_{i}"] = {"kernel": layer.kernel, "bias": layer.bias}
-        params[f"{name}_head"] = {"kernel": head.kernel, "bias": head.bias}
+            params[f"{name}_{i}"] = {"kernel": layer[0], "bias": layer[1]}
+        params[f"{name}_head"] = {"kernel": head[0], "bias": head[1]}
     return {"params": params}

@@ -117,11 +117,11 @@ def params_from_equinox(network: RecurrentActorCritic) -> dict:
     """The Linen variables holding exactly the numbers of an Equinox GRU `RecurrentActorCritic`."""
     params = {}
     for i, layer in enumerate(network.encoder.layers):
-        params[f"encoder_{i}"] = {"kernel": layer.kernel, "bias": layer.bias}
+        params[f"encoder_{i}"] = {"kernel": layer[0], "bias": layer[1]}
     params["gru"] = {"cell": params_from_equinox_gru(network.core)}
     for name, mlp in (("actor", network.actor), ("critic", network.critic)):
         *hidden, head = mlp.layers
         for i, layer in enumerate(hidden):
-            params[f"{name}_{i}"] = {"kernel": layer.kernel, "bias": layer.bias}
-        params[f"{name}_head"] = {"kernel": head.kernel, "bias": head.bias}
+            params[f"{name}_{i}"] = {"kernel": layer[0], "bias": layer[1]}
+        params[f"{name}_head"] = {"kernel": head[0], "bias": head[1]}
     return {"params": params}

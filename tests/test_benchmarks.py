@@ -1,0 +1,60 @@
+"""The benchmark scripts run and write what the README's tables are made of (no timing is asserted:
+timings belong in `benchmarks/results`, not in tests)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from pureeqxrl.dqn import DQNConfig
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_script(monkeypatch, name: str, *argv: str) -> None:
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv])
+    load(name).main()
+
+
+def test_end_to_end_and_chart_write_tables_json_and_png(tmp_path, monkeypatch):
+    config = DQNConfig(total_timesteps=12_000)
+    steps = config.num_updates * config.steps_per_update
+    assert steps >= 12_000
+    out = tmp_path / "dqn_test"
+    run_script(monkeypatch, "end_to_end", "--algo", "dqn", "--repeats", "2", "--seeds", "1", "2",
+               "--total-timesteps", "12000", "--out", str(out))
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [row["num_seeds"] for row in data["rows"]] == [1, 2]
+    for row in data["rows"]:
+        for library in ("equinox", "linen"):
+            assert row[library]["train_s"] > 0 and row[library]["compile_s"] > 0
+            for sample in data["samples"][f"{library}/{row['num_seeds']}"]:
+                # steps/s counts every seed's environment steps.
+                assert sample["steps_per_s"] == pytest.approx(
+                    steps * row["num_seeds"] / sample["train_s"], rel=1e-6)
+        for quantity in ("compile", "train"):
+            low, high = row[f"{quantity}_time_ratio_min_max"]
+            assert 0 < low <= row[f"{quantity}_time_ratio_median"] <= high
+    # Two repeats, both libraries each time, for each number of seeds.
+    assert {key: len(samples) for key, samples in data["samples"].items()} == {
+        "equinox/1": 2, "linen/1": 2, "equinox/2": 2, "linen/2": 2}
+    table = out.with_suffix(".md").read_text()
+    assert "--seeds 1 2" in table and table.count("| equinox |") == 2 and table.count("| linen |") == 2
+
+    run_script(monkeypatch, "chart", "--results", str(tmp_path), "--suffix", "test")
+    png = tmp_path / "ratios_test.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_chart_says_when_there_is_nothing_to_draw(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="no benchmark JSON"):
+        run_script(monkeypatch, "chart", "--results", str(tmp_path), "--suffix", "cpu")
