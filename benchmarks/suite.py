@@ -22,7 +22,7 @@ HERE = Path(__file__).parent
 # slower ones (continuous PPO: a quarter of its 1M steps; recurrent PPO: 32,768 steps).
 TOTAL_TIMESTEPS = {"dqn": 500_000, "ppo": 500_000, "ppo_continuous": 262_144, "ppo_rnn": 32_768}
 # Per-operation iterations per timing: more for the cheap operations.
-INNER = {"dqn": 200, "ppo": 20, "ppo_continuous": 20, "ppo_rnn": 10}
+INNER = {"dqn": 1000, "ppo": 20, "ppo_continuous": 20, "ppo_rnn": 10}
 
 
 def main() -> None:

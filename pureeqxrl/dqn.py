@@ -119,16 +119,19 @@ class DQNConfig:
 # NETWORK
 
 
-class QNetwork(eqx.Module):
-    """MLP from a (flattened) observation to one Q-value per action, Flax Dense init."""
+class QNetwork(MLP):
+    """MLP from a (flattened) observation to one Q-value per action: relu, Flax Dense init.
 
-    mlp: MLP
+    An `MLP` itself rather than a Module holding one: every Module in a pytree costs a Python call
+    to flatten it and another to rebuild it each time it crosses `jax.jit` from Python, and a DQN
+    state holds the network four times (online, target, Adam's two moments).
+    """
 
     def __init__(self, obs_size: int, num_actions: int, hidden_sizes, *, key: PRNGKeyArray):
-        self.mlp = MLP(obs_size, hidden_sizes, num_actions, key=key, activation=jax.nn.relu)
+        super().__init__(obs_size, hidden_sizes, num_actions, key=key, activation=jax.nn.relu)
 
     def __call__(self, obs: Float[Array, "..."]) -> Float[Array, " num_actions"]:
-        return self.mlp(obs.reshape(-1))
+        return super().__call__(obs.reshape(-1))
 
 
 def equinox_q_function(config: DQNConfig, env: VecEnv) -> Functional:
