@@ -39,10 +39,10 @@ def bars(ax, groups: list[tuple[str, list[tuple[str, float, float, float]]]], ti
                     errors[1].append(high - median)
         ax.bar(xs, medians, width, yerr=errors, capsize=2, label=name, color=colours(s))
     ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
-    ax.set_xticks(range(len(groups)), [label for label, _ in groups], fontsize=8)
+    ax.set_xticks(range(len(groups)), [label for label, _ in groups], fontsize=8, rotation=30, ha="right")
     ax.set_ylabel("time Equinox / Linen (median, min-max)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
 def main() -> None:
@@ -58,7 +58,7 @@ def main() -> None:
             data = json.loads(path.read_text())
             machine = machine or data["machine"]
             for row in data["rows"]:
-                per_op.append((f"{algo}\n{row['operation']}", [
+                per_op.append((f"{algo}: {row['operation']}", [
                     (label, row[how]["ratio_median"], *row[how]["ratio_min_max"])
                     for how, label in (("loop", "called from Python"), ("scan", "inside one jitted scan"))]))
         path = args.results / f"{algo}_{args.suffix}.json"

@@ -5,7 +5,7 @@ Runs, one after another (never two JAX jobs at once: they would share the cores)
 go to `benchmarks/results/*_<backend>.{md,json}` and `ratios_<backend>.png`, where `<backend>` is
 `jax.default_backend()` (`cpu`, `gpu`).
 
-    python benchmarks/suite.py                      # all of it: about 80 minutes on 2 CPU cores
+    python benchmarks/suite.py                      # all of it: about 50 minutes on 2 CPU cores
     python benchmarks/suite.py --algos ppo --skip-dispatch
 """
 
