@@ -138,7 +138,7 @@ class MLP(eqx.Module):
     Each time a pytree crosses `jax.jit` from Python, every Module in it costs a Python call to
     flatten it and another to rebuild it (about 1.3 us together); tuples are handled in C++. With
     the optimizer's two copies of the network, a training state holds the network four times, so
-    this keeps a jitted step called from Python as cheap as Linen's dicts (`benchmarks/dispatch.py`).
+    this keeps a jitted step called from Python close to Linen's dicts (`benchmarks/dispatch.py`).
     """
 
     layers: tuple[tuple[Float[Array, "in out"], Float[Array, " out"]], ...]

@@ -20,7 +20,7 @@ from pureeqxrl import ppo
 from pureeqxrl.ppo_continuous import GaussianActorCritic, diagonal_gaussian
 from pureeqxrl.envs import VecEnv
 from pureeqxrl.metrics import TrainResult
-from pureeqxrl.nets import Functional, orthogonal
+from pureeqxrl.nets import MLP, Functional, orthogonal
 
 
 class LinenActorCritic(nn.Module):
@@ -93,6 +93,14 @@ def make_train(
     return ppo.make_train(config, network_fn=linen_network, on_log=on_log)
 
 
+def mlp_params(name: str, mlp: MLP) -> dict:
+    """The Linen Dense layers `{name}_0, {name}_1, ..., {name}_head` holding an Equinox `MLP`'s numbers."""
+    *hidden, (head_kernel, head_bias) = mlp.layers
+    params = {f"{name}_{i}": {"kernel": kernel, "bias": bias} for i, (kernel, bias) in enumerate(hidden)}
+    params[f"{name}_head"] = {"kernel": head_kernel, "bias": head_bias}
+    return params
+
+
 def params_from_equinox(network: ppo.ActorCritic | GaussianActorCritic) -> dict:
     """The Linen variables holding exactly the numbers of an Equinox (Gaussian) actor-critic."""
     params = {}
@@ -101,9 +109,4 @@ def params_from_equinox(network: ppo.ActorCritic | GaussianActorCritic) -> dict:
         actor = network.actor_mean
     else:
         actor = network.actor
-    for name, mlp in (("actor", actor), ("critic", network.critic)):
-        *hidden, head = mlp.layers
-        for i, layer in enumerate(hidden):
-            params[f"{name}_{i}"] = {"kernel": layer[0], "bias": layer[1]}
-        params[f"{name}_head"] = {"kernel": head[0], "bias": head[1]}
-    return {"params": params}
+    return {"params": params | mlp_params("actor", actor) | mlp_params("critic", network.critic)}

@@ -19,6 +19,7 @@ from jaxtyping import PRNGKeyArray
 from pureeqxrl import ppo
 from pureeqxrl.envs import VecEnv
 from pureeqxrl.metrics import TrainResult
+from pureeqxrl.linen.ppo import mlp_params
 from pureeqxrl.nets import orthogonal
 from pureeqxrl.ppo_rnn import PPORNNConfig, RecurrentActorCritic, RecurrentFunctional
 from pureeqxrl.ppo_rnn import make_train as _make_train
@@ -115,13 +116,7 @@ def params_from_equinox_gru(gru: GRU) -> dict:
 
 def params_from_equinox(network: RecurrentActorCritic) -> dict:
     """The Linen variables holding exactly the numbers of an Equinox GRU `RecurrentActorCritic`."""
-    params = {}
-    for i, layer in enumerate(network.encoder.layers):
-        params[f"encoder_{i}"] = {"kernel": layer[0], "bias": layer[1]}
+    params = {f"encoder_{i}": {"kernel": kernel, "bias": bias}
+              for i, (kernel, bias) in enumerate(network.encoder.layers)}
     params["gru"] = {"cell": params_from_equinox_gru(network.core)}
-    for name, mlp in (("actor", network.actor), ("critic", network.critic)):
-        *hidden, head = mlp.layers
-        for i, layer in enumerate(hidden):
-            params[f"{name}_{i}"] = {"kernel": layer[0], "bias": layer[1]}
-        params[f"{name}_head"] = {"kernel": head[0], "bias": head[1]}
-    return {"params": params}
+    return {"params": params | mlp_params("actor", network.actor) | mlp_params("critic", network.critic)}
