@@ -8,6 +8,7 @@ train time, 1 and N vmapped seeds). A bar below the dashed line at 1.0 means Equ
 """
 
 import argparse
+import io
 import json
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from pureeqxrl.runs import atomic_write_bytes  # noqa: E402
 
 ALGOS = ("dqn", "ppo", "ppo_continuous", "ppo_rnn")
 
@@ -84,7 +87,9 @@ def main() -> None:
                  f"{versions}. Below 1.0: Equinox faster.", fontsize=11)
     fig.tight_layout()
     out = args.results / f"ratios_{args.suffix}.png"
-    fig.savefig(out, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    atomic_write_bytes(out, buffer.getvalue())  # never a half-written chart in place of the last one
     print(out)
 
 

@@ -21,19 +21,17 @@ the min-max of the rounds' values.
 """
 
 import argparse
-import json
-import os
 import random
 import statistics
 import time
 from pathlib import Path
 
 import equinox as eqx
-import flax
 import jax
 import jax.numpy as jnp
 import optax
 
+import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 from pureeqxrl import ppo
 from pureeqxrl.envs import make_env
 from pureeqxrl.linen import ppo as linen_ppo
@@ -152,18 +150,14 @@ def main() -> None:
 
     round_trip = {"equinox": flatten_round_trip_us(equinox_params), "linen": flatten_round_trip_us(linen_params)}
 
-    machine = {"cpu_count": os.cpu_count(), "backend": jax.default_backend(), "jax": jax.__version__,
-               "equinox": eqx.__version__, "flax": flax.__version__}
+    machine = bench_io.machine()
     command = f"python benchmarks/dispatch.py --rounds {args.rounds} --repeats {args.repeats} --out {args.out}"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(
-        {"command": command, "machine": machine, "medians_us": medians, "samples_us": samples,
-         "flatten_unflatten_us": round_trip}, indent=2))
+    data = {"command": command, "machine": machine, "medians_us": medians, "samples_us": samples,
+            "flatten_unflatten_us": round_trip}
     lines = [
         f"One PPO gradient step (CartPole-v1 default network, minibatch 128, Adam), microseconds per step, "
         f"medians of {args.rounds} rounds (shuffled order) x {args.repeats} repeats of {STEPS} steps. "
-        f"{machine['cpu_count']} CPU cores, {machine['backend']}, jax {machine['jax']}, "
-        f"equinox {machine['equinox']}, flax {machine['flax']}.",
+        f"{bench_io.machine_line(machine)}",
         f"Command: `{command}`",
         "",
         "| how the step is called | Python loop, us/step | inside one jitted scan, us/step | per-call overhead, us |",
@@ -181,7 +175,7 @@ def main() -> None:
                      f"{spread(scan_rounds)} | {m['python_loop'] - scan:,.1f} |")
     lines += ["", f"Flattening and rebuilding the step's arguments (network + Adam state, 38 arrays) in Python: "
               f"Equinox Modules {round_trip['equinox']:.1f} us, Linen dicts {round_trip['linen']:.1f} us."]
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    bench_io.write_results(args.out, data, lines)
     print("\n".join(lines))
 
 

@@ -13,17 +13,14 @@ whole `jax.jit(jax.vmap(train))`; train time is one call of the compiled program
 """
 
 import argparse
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
-import equinox
-import flax
 import jax
 import numpy as np
 
+import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 from pureeqxrl.metrics import final_return
 from pureeqxrl.runs import ALGORITHMS, Algorithm
 
@@ -79,20 +76,15 @@ def main() -> None:
             row[f"{quantity}_time_ratio_min_max"] = [min(ratios), max(ratios)]
         rows.append(row)
 
-    machine = {"platform": platform.platform(), "processor": platform.processor(),
-               "cpu_count": __import__("os").cpu_count(), "backend": jax.default_backend(),
-               "jax": jax.__version__, "equinox": equinox.__version__, "flax": flax.__version__}
+    machine = bench_io.machine()
     command = (f"python benchmarks/end_to_end.py --algo {args.algo} --repeats {args.repeats} --seeds "
                f"{' '.join(map(str, args.seeds))} --total-timesteps {args.total_timesteps} --out {args.out}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(
-        {"command": command, "machine": machine, "rows": rows, "samples":
-         {f"{lib}/{n}": s for (lib, n), s in samples.items()}}, indent=2))
+    data = {"command": command, "machine": machine, "rows": rows,
+            "samples": {f"{lib}/{n}": s for (lib, n), s in samples.items()}}
 
     lines = [
         f"{args.algo.upper()}, {config.env}, {args.total_timesteps:,} env steps per seed, medians of {args.repeats} "
-        f"interleaved repeats. {machine['cpu_count']} CPU cores, {machine['backend']}, jax "
-        f"{machine['jax']}, equinox {machine['equinox']}, flax {machine['flax']}.",
+        f"interleaved repeats. {bench_io.machine_line(machine)}",
         f"Command: `{command}`",
         "",
         "| seeds | library | compile s | train s | env steps/s | final return | Equinox/Linen compile (min-max) "
@@ -110,7 +102,7 @@ def main() -> None:
             ratios = f"{ratio(row, 'compile')} | {ratio(row, 'train')}" if library == "equinox" else " | "
             lines.append(f"| {row['num_seeds']} | {library} | {m['compile_s']:.2f} | {m['train_s']:.2f} | "
                          f"{m['steps_per_s']:,.0f} | {m['final_return']:.1f} | {ratios} |")
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    bench_io.write_results(args.out, data, lines)
     print("\n".join(lines))
 
 

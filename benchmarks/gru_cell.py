@@ -9,18 +9,15 @@ plain `jax.lax.scan`. All four hold the same numbers. Microseconds per jitted ca
 """
 
 import argparse
-import json
-import os
 import statistics
 import time
 from pathlib import Path
 
-import equinox as eqx
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 from pureeqxrl.linen.ppo_rnn import params_from_equinox_gru
 from pureeqxrl.recurrent import GRU
 
@@ -80,23 +77,19 @@ def main() -> None:
             samples[name].append((time.perf_counter() - start) / 50 * 1e6)
     medians = {name: statistics.median(s) for name, s in samples.items()}
 
-    machine = {"cpu_count": os.cpu_count(), "backend": jax.default_backend(), "jax": jax.__version__,
-               "equinox": eqx.__version__, "flax": flax.__version__}
+    machine = bench_io.machine()
     command = f"python benchmarks/gru_cell.py --repeats {args.repeats} --out {args.out}"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(
-        {"command": command, "machine": machine, "medians_us": medians, "samples_us": samples}, indent=2))
+    data = {"command": command, "machine": machine, "medians_us": medians, "samples_us": samples}
     lines = [
         f"Gradient of a {TIME}-step GRU sequence, width {WIDTH}, one environment; microseconds per jitted "
-        f"call, medians of {args.repeats} interleaved repeats of 50 calls. {machine['cpu_count']} CPU cores, "
-        f"{machine['backend']}, jax {machine['jax']}, equinox {machine['equinox']}, flax {machine['flax']}.",
+        f"call, medians of {args.repeats} interleaved repeats of 50 calls. {bench_io.machine_line(machine)}",
         f"Command: `{command}`",
         "",
         "| GRU | gradient us |",
         "|---|---|",
         *(f"| {name} | {m:,.0f} |" for name, m in medians.items()),
     ]
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    bench_io.write_results(args.out, data, lines)
     print("\n".join(lines))
 
 

@@ -18,16 +18,14 @@ as many of both). Equinox and Linen run the same code from the same initial numb
 """
 
 import argparse
-import json
-import os
 import statistics
 import time
 from pathlib import Path
 
 import equinox as eqx
-import flax
 import jax
 
+import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 from pureeqxrl import dqn, ppo, ppo_rnn
 from pureeqxrl.linen import dqn as linen_dqn
 from pureeqxrl.linen import ppo as linen_ppo
@@ -128,8 +126,7 @@ def main() -> None:
                 samples[lib, op, "scan"].append(scan_us)
                 print(round_, op, lib, round(loop_us), round(scan_us), flush=True)
 
-    machine = {"cpu_count": os.cpu_count(), "backend": jax.default_backend(), "jax": jax.__version__,
-               "equinox": eqx.__version__, "flax": flax.__version__}
+    machine = bench_io.machine()
     command = (f"python benchmarks/per_op.py --algo {args.algo} --rounds {args.rounds} --inner {args.inner} "
                f"--out {args.out}")
     rows = []
@@ -141,17 +138,14 @@ def main() -> None:
             row[how] = {"equinox_us": statistics.median(eq), "linen_us": statistics.median(li),
                         "ratio_median": statistics.median(ratios), "ratio_min_max": [min(ratios), max(ratios)]}
         rows.append(row)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(
-        {"command": command, "machine": machine, "rows": rows,
-         "samples": {"/".join(k): v for k, v in samples.items()}}, indent=2))
+    data = {"command": command, "machine": machine, "rows": rows,
+            "samples": {"/".join(k): v for k, v in samples.items()}}
     sizes = (f"{config.num_envs} envs x {config.num_steps} steps, {config.update_epochs} x "
              f"{config.num_minibatches} minibatches" if hasattr(config, "num_steps") else
              f"{config.num_envs} envs, batch {config.batch_size}")
     lines = [
         f"{args.algo.upper()}, {config.env}, {sizes}; microseconds, medians of {args.rounds} "
-        f"interleaved rounds. {machine['cpu_count']} CPU cores, {machine['backend']}, jax {machine['jax']}, "
-        f"equinox {machine['equinox']}, flax {machine['flax']}.",
+        f"interleaved rounds. {bench_io.machine_line(machine)}",
         f"Command: `{command}`",
         "",
         "| operation | called from Python: Equinox | Linen | Equinox/Linen (min-max) | "
@@ -165,7 +159,7 @@ def main() -> None:
             cells += [f"{r['equinox_us']:,.0f}", f"{r['linen_us']:,.0f}",
                       f"**{r['ratio_median']:.3f}** ({r['ratio_min_max'][0]:.3f}-{r['ratio_min_max'][1]:.3f})"]
         lines.append(f"| {row['operation']} | " + " | ".join(cells) + " |")
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    bench_io.write_results(args.out, data, lines)
     print("\n".join(lines))
 
 

@@ -17,19 +17,16 @@ iteration (`jax.lax.scan(unroll=K)`).
 """
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import equinox as eqx
-import flax
 import jax
 import jax.numpy as jnp
 import optax
 
+import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 from pureeqxrl import ppo, ppo_rnn
 from pureeqxrl.linen import ppo_rnn as linen_ppo_rnn
 from pureeqxrl.recurrent import GRU
@@ -173,19 +170,14 @@ def main() -> None:
     medians = {name: {k: statistics.median(s[k] for s in samples) for k in samples[0]}
                for name, samples in results.items()}
 
-    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-               "backend": jax.default_backend(), "jax": jax.__version__,
-               "equinox": eqx.__version__, "flax": flax.__version__}
+    machine = bench_io.machine()
     command = f"python benchmarks/rnn_phases.py --repeats {args.repeats} --out {args.out}"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(
-        {"command": command, "machine": machine, "medians": medians, "samples": results}, indent=2))
+    data = {"command": command, "machine": machine, "medians": medians, "samples": results}
     columns = list(next(iter(medians.values())))
     lines = [
         f"PPO-RNN phases, {config.env}, {config.num_envs} envs x {config.num_steps} steps, minibatches of "
         f"{config.num_envs // config.num_minibatches} env x {config.num_steps} steps; microseconds per "
-        f"jitted call, medians. {machine['cpu_count']} CPU cores, {machine['backend']}, jax {machine['jax']}, "
-        f"equinox {machine['equinox']}, flax {machine['flax']}.",
+        f"jitted call, medians. {bench_io.machine_line(machine)}",
         f"Command: `{command}`",
         "",
         "| network | " + " | ".join(c.removesuffix("_us").replace("_", " ") for c in columns) + " |",
@@ -193,7 +185,7 @@ def main() -> None:
     ]
     for name, m in medians.items():
         lines.append(f"| {name} | " + " | ".join(f"{m[c]:,.0f}" for c in columns) + " |")
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    bench_io.write_results(args.out, data, lines)
     print("\n".join(lines))
 
 

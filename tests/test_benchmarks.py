@@ -22,6 +22,7 @@ def load(name: str):
 
 def run_script(monkeypatch, name: str, *argv: str) -> None:
     monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv])
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as `python benchmarks/<name>.py` has it (bench_io)
     load(name).main()
 
 
