@@ -3,8 +3,9 @@
 Both versions run the same training code (`pureeqxrl.<algo>.make_train`); only the network library
 differs. Runs are interleaved (each repeat runs both libraries, and which goes first alternates) and
 each row reports the median of the repeats, with the min-max of the per-repeat Equinox/Linen ratios
-of compile time and of train time. Compile time is tracing, lowering and XLA compilation of the
-whole `jax.jit(jax.vmap(train))`; train time is one call of the compiled program.
+of compile time and of train time (after one unrecorded warm-up compile per library). Compile time
+is tracing, lowering and XLA compilation of the whole `jax.jit(jax.vmap(train))`; train time is one
+call of the compiled program.
 
     python benchmarks/end_to_end.py --algo dqn --repeats 5 --seeds 1 8 --out benchmarks/results/dqn_cpu
     python benchmarks/end_to_end.py --algo ppo --repeats 5 --seeds 1 8 --out benchmarks/results/ppo_cpu
@@ -27,11 +28,15 @@ from pureeqxrl.runs import ALGORITHMS, Algorithm
 LIBRARIES = ("equinox", "linen")
 
 
-def measure(algorithm: Algorithm, library: str, num_seeds: int, config, seed: int) -> dict:
+def compile_train(algorithm: Algorithm, library: str, config, keys):
     train = algorithm.make_train(config, network_fn=algorithm.network(linen=library == "linen"))
+    return jax.jit(jax.vmap(train)).lower(keys).compile()
+
+
+def measure(algorithm: Algorithm, library: str, num_seeds: int, config, seed: int) -> dict:
     keys = jax.random.split(jax.random.key(seed), num_seeds)
     start = time.perf_counter()
-    compiled = jax.jit(jax.vmap(train)).lower(keys).compile()
+    compiled = compile_train(algorithm, library, config, keys)
     compile_s = time.perf_counter() - start
     start = time.perf_counter()
     result = jax.block_until_ready(compiled(keys))
@@ -56,6 +61,10 @@ def main() -> None:
     algorithm = ALGORITHMS[args.algo]
     config = algorithm.config_cls(total_timesteps=args.total_timesteps)
     samples = {(lib, n): [] for n in args.seeds for lib in LIBRARIES}
+    # Warm-up, not recorded: the first compile in a process also pays one-off costs (JAX's and
+    # XLA's own caches and thread pools), which would land on whichever library went first.
+    for library in LIBRARIES:
+        compile_train(algorithm, library, config, jax.random.split(jax.random.key(0), 1))
     for repeat in range(args.repeats):
         for num_seeds in args.seeds:
             # Interleaved, so drift hits both alike; which goes first alternates, so order does not.

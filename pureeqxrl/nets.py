@@ -134,14 +134,19 @@ class MLP(eqx.Module):
     - `activation`: applied after every hidden layer (a static field, not a leaf).
     - `hidden_init`, `output_init`: kernel initializers (default lecun-normal); biases start at zero.
 
-    `layers` holds one `(kernel, bias)` pair of arrays per layer, not a `Linear` Module per layer.
+    `layers` holds one `(bias, kernel)` pair of arrays per layer, not a `Linear` Module per layer.
     Each time a pytree crosses `jax.jit` from Python, every Module in it costs a Python call to
     flatten it and another to rebuild it (about 1.3 us together); tuples are handled in C++. With
     the optimizer's two copies of the network, a training state holds the network four times, so
     this keeps a jitted step called from Python close to Linen's dicts (`benchmarks/dispatch.py`).
+
+    Bias first, because that is the order of a Linen `Dense`'s leaves (its dict's keys are sorted):
+    the order of the leaves is the order of the training loop's carried buffers, and from it XLA
+    schedules and fuses the step. In (kernel, bias) order, the vmapped DQN compiled to a different
+    program that ran 1-3% slower than Linen's; in this order it is Linen's program, op for op.
     """
 
-    layers: tuple[tuple[Float[Array, "in out"], Float[Array, " out"]], ...]
+    layers: tuple[tuple[Float[Array, " out"], Float[Array, "in out"]], ...]
     activation: Callable[[Array], Array] = eqx.field(static=True)
 
     def __init__(
@@ -158,15 +163,17 @@ class MLP(eqx.Module):
         sizes = [in_features, *hidden_sizes, out_features]
         keys = fold_in_keys(key, 2 * (len(sizes) - 1))  # kernel, bias, kernel, bias, ...
         inits = [hidden_init] * len(hidden_sizes) + [output_init]
-        self.layers = tuple(
-            dense_init(n_in, n_out, kernel_key, bias_key, init)
-            for n_in, n_out, kernel_key, bias_key, init
-            in zip(sizes[:-1], sizes[1:], keys[::2], keys[1::2], inits)
-        )
+        layers = []
+        for n_in, n_out, kernel_key, bias_key, init in zip(
+            sizes[:-1], sizes[1:], keys[::2], keys[1::2], inits
+        ):
+            kernel, bias = dense_init(n_in, n_out, kernel_key, bias_key, init)
+            layers.append((bias, kernel))
+        self.layers = tuple(layers)
         self.activation = activation
 
     def __call__(self, x: Float[Array, " in_features"]) -> Float[Array, " out_features"]:
-        for kernel, bias in self.layers[:-1]:
+        for bias, kernel in self.layers[:-1]:
             x = self.activation(x @ kernel + bias)
-        kernel, bias = self.layers[-1]
+        bias, kernel = self.layers[-1]
         return x @ kernel + bias

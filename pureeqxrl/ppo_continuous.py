@@ -57,11 +57,13 @@ class GaussianActorCritic(eqx.Module):
     """Actor MLP for the action mean, a free log-std per action dimension, a separate critic MLP.
 
     PureJaxRL's init (`ppo.actor_and_critic_mlps`), and log-std 0 (a unit standard deviation).
+    `log_std` is the last field, where the Linen twin's sorted parameter names put it, so that both
+    training loops carry their buffers in one order (see `pureeqxrl.nets.MLP`).
     """
 
     actor_mean: MLP
-    log_std: Float[Array, " action_dim"]
     critic: MLP
+    log_std: Float[Array, " action_dim"]
 
     def __init__(
         self,

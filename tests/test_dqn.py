@@ -88,7 +88,7 @@ def test_seeds_are_independent_and_runs_reproducible():
         def init(key):
             network = q_function.init(key)
             jax.debug.callback(lambda kernel: inits.append(np.asarray(kernel)),
-                               network.layers[0][0])
+                               network.layers[0][1])
             return network
 
         return q_function._replace(init=init)
@@ -101,7 +101,7 @@ def test_seeds_are_independent_and_runs_reproducible():
     assert not np.allclose(inits[0], inits[1])  # different initial networks
     returns = first.metrics["episode_return"]
     assert not np.allclose(returns[0], returns[1])  # different experience
-    assert not np.allclose(first.params.layers[0][0][0], first.params.layers[0][0][1])
+    assert not np.allclose(first.params.layers[0][1][0], first.params.layers[0][1][1])
     np.testing.assert_array_equal(returns, second.metrics["episode_return"])  # same key, same run
 
 

@@ -61,6 +61,15 @@ def test_linen_param_layout_matches_its_own_init(key):
                 np.testing.assert_allclose(np.std(kernel), expected_std, rtol=0.15)
 
 
+def test_equinox_leaves_come_in_linens_order(key):
+    # The order of the leaves is the order of the training loop's buffers, from which XLA schedules
+    # the step: in this order the two libraries' vmapped DQN compile to the same program.
+    network = dqn.equinox_q_function(dqn.DQNConfig(), make_env("CartPole-v1", 1)).init(key)
+    ours, linens = jax.tree.leaves(network), jax.tree.leaves(linen_dqn.params_from_equinox(network))
+    assert len(ours) == len(linens) == 6
+    assert all(a is b for a, b in zip(ours, linens))
+
+
 def test_linen_twin_learns_the_probe_too():
     config = dataclasses.replace(
         dqn.DQNConfig(), env="ObsReward-probe", total_timesteps=24_000, num_envs=4,

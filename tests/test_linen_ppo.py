@@ -68,6 +68,18 @@ def test_linen_init_matches_the_reference_init(key):
             np.testing.assert_allclose(gram, np.eye(len(gram)), atol=1e-5)
 
 
+@pytest.mark.parametrize("env_name", ["CartPole-v1", "Pendulum-v1"])
+def test_equinox_leaves_come_in_linens_order(env_name, key):
+    # As for DQN: the training loop carries the parameters in the same order as the Linen twin's.
+    from pureeqxrl import ppo_continuous
+
+    config = ppo.PPOConfig() if env_name == "CartPole-v1" else ppo_continuous.PPOContinuousConfig()
+    network = ppo.default_network(config, make_env(env_name, 1)).init(key)
+    ours, linens = jax.tree.leaves(network), jax.tree.leaves(linen_ppo.params_from_equinox(network))
+    assert len(ours) == len(linens) == 12 + (env_name == "Pendulum-v1")
+    assert all(a is b for a, b in zip(ours, linens))
+
+
 def test_linen_twin_trains_cartpole_like_equinox():
     config = dataclasses.replace(ppo.PPOConfig(), total_timesteps=131_072)
     keys = jax.random.split(jax.random.key(0), 2)

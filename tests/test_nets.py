@@ -44,18 +44,18 @@ def test_mlp_draws_every_kernel_and_bias_from_its_own_key(key):
     normal = jax.nn.initializers.normal(1.0)
     mlp = MLP(3, (8,), 2, key=key, hidden_init=normal, output_init=normal)
     kernel_keys = [jax.random.fold_in(key, 0), jax.random.fold_in(key, 2)]
-    for (kernel, bias), kernel_key, shape in zip(mlp.layers, kernel_keys, [(3, 8), (8, 2)]):
+    for (bias, kernel), kernel_key, shape in zip(mlp.layers, kernel_keys, [(3, 8), (8, 2)]):
         np.testing.assert_array_equal(kernel, normal(kernel_key, shape, jnp.float32))
         np.testing.assert_array_equal(bias, jnp.zeros(shape[1]))
-    kernels = np.concatenate([np.ravel(kernel) for kernel, _ in mlp.layers])
+    kernels = np.concatenate([np.ravel(kernel) for _, kernel in mlp.layers])
     assert len(np.unique(kernels)) == kernels.size  # no two layers share a stream
 
 
 def test_mlp_layers_and_inits(key):
     mlp = MLP(3, (8, 8), 2, key=key, activation=jnp.tanh,
               hidden_init=orthogonal(np.sqrt(2)), output_init=orthogonal(0.01))
-    assert [kernel.shape for kernel, _ in mlp.layers] == [(3, 8), (8, 8), (8, 2)]
-    assert float(jnp.abs(mlp.layers[-1][0]).max()) < 0.02
+    assert [kernel.shape for _, kernel in mlp.layers] == [(3, 8), (8, 8), (8, 2)]
+    assert float(jnp.abs(mlp.layers[-1][1]).max()) < 0.02
     assert mlp(jnp.ones(3)).shape == (2,)
     # Array-only: every leaf is an array, so plain jax.jit takes the Module.
     assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(mlp))

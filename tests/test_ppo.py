@@ -100,7 +100,7 @@ def test_seeds_are_independent_and_runs_reproducible():
     train = jax.jit(jax.vmap(ppo.make_train(config)))
     keys = jax.random.split(jax.random.key(3), 2)
     first, second = train(keys), train(keys)
-    kernels = first.params.actor.layers[0][0]
+    kernels = first.params.actor.layers[0][1]
     assert not np.allclose(kernels[0], kernels[1])
     returns = first.metrics["episode_return"]
     assert not np.allclose(returns[0], returns[1])

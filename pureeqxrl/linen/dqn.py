@@ -49,6 +49,6 @@ def params_from_equinox(network: dqn.QNetwork) -> dict:
     return {
         "params": {
             f"Dense_{i}": {"kernel": kernel, "bias": bias}
-            for i, (kernel, bias) in enumerate(network.layers)
+            for i, (bias, kernel) in enumerate(network.layers)
         }
     }

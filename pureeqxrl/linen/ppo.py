@@ -95,8 +95,8 @@ def make_train(
 
 def mlp_params(name: str, mlp: MLP) -> dict:
     """The Linen Dense layers `{name}_0, {name}_1, ..., {name}_head` holding an Equinox `MLP`'s numbers."""
-    *hidden, (head_kernel, head_bias) = mlp.layers
-    params = {f"{name}_{i}": {"kernel": kernel, "bias": bias} for i, (kernel, bias) in enumerate(hidden)}
+    *hidden, (head_bias, head_kernel) = mlp.layers
+    params = {f"{name}_{i}": {"kernel": kernel, "bias": bias} for i, (bias, kernel) in enumerate(hidden)}
     params[f"{name}_head"] = {"kernel": head_kernel, "bias": head_bias}
     return params
 

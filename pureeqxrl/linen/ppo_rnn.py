@@ -117,6 +117,6 @@ def params_from_equinox_gru(gru: GRU) -> dict:
 def params_from_equinox(network: RecurrentActorCritic) -> dict:
     """The Linen variables holding exactly the numbers of an Equinox GRU `RecurrentActorCritic`."""
     params = {f"encoder_{i}": {"kernel": kernel, "bias": bias}
-              for i, (kernel, bias) in enumerate(network.encoder.layers)}
+              for i, (bias, kernel) in enumerate(network.encoder.layers)}
     params["gru"] = {"cell": params_from_equinox_gru(network.core)}
     return {"params": params | mlp_params("actor", network.actor) | mlp_params("critic", network.critic)}
