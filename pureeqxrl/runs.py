@@ -233,7 +233,14 @@ def load_agent_and_obs_stats(run_dir: Path | str, seed: int = 0) -> tuple[Any, R
     path = run_dir / f"agent_seed{seed}.eqx"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found (the run has seeds 0..{saved['num_seeds'] - 1})")
-    return eqx.tree_deserialise_leaves(path, (params, obs_stats))
+    try:
+        return eqx.tree_deserialise_leaves(path, (params, obs_stats))
+    except RuntimeError as error:  # equinox: a saved leaf's shape or dtype differs from the network's
+        raise ValueError(
+            f"{path} does not hold this network's parameters ({error}). Agents saved before "
+            "2026-11-25 (commit ad4e144) store each MLP layer as (kernel, bias); this version stores "
+            "(bias, kernel), Linen's order (see pureeqxrl.nets.MLP): load those with an earlier commit."
+        ) from error
 
 
 def read_run(run_dir: Path) -> tuple[dict, Any, Callable[[Any, Any], Any]]:

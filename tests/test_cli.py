@@ -1,6 +1,8 @@
 import csv
 import json
+import shutil
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -49,6 +51,16 @@ def test_saved_agents_load_and_act(run_dir):
     assert int(dqn.greedy_action(first, obs)) in (0, 1)
     with pytest.raises(FileNotFoundError, match="seeds 0..1"):
         runs.load_agent(run_dir, seed=2)
+
+
+def test_agent_saved_in_the_old_layer_order_gets_a_clear_error(run_dir, tmp_path):
+    old_dir = tmp_path / "old-run"
+    shutil.copytree(run_dir, old_dir)
+    network = runs.load_agent(run_dir)
+    kernel_first = eqx.tree_at(lambda n: n.layers, network, tuple((k, b) for b, k in network.layers))
+    eqx.tree_serialise_leaves(old_dir / "agent_seed0.eqx", (kernel_first, None))
+    with pytest.raises(ValueError, match=r"\(kernel, bias\)"):
+        runs.load_agent(old_dir)
 
 
 def test_eval_command(run_dir, capsys):
