@@ -40,7 +40,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from pureeqxrl.configs import ConfigChecks
 from pureeqxrl.envs import VecEnv, episode_stats, make_env
 from pureeqxrl.metrics import LogCallback, TrainResult, UpdateSteps, scan_logged
-from pureeqxrl.nets import MLP, Functional, fold_in_keys, orthogonal
+from pureeqxrl.nets import MLP, Functional, orthogonal
 from pureeqxrl.normalize import Normalize, RunningStats
 
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
@@ -151,12 +151,11 @@ def actor_and_critic_mlps(
     """PureJaxRL's separate actor and critic MLPs: hidden kernels orthogonal(sqrt 2), actor head
     orthogonal(0.01) (a near-uniform / near-zero-mean first policy), critic head orthogonal(1.0),
     zero biases."""
-    actor_key, critic_key = fold_in_keys(key, 2)
     hidden_init = orthogonal(math.sqrt(2))
-    actor = MLP(obs_size, hidden_sizes, actor_outputs, key=actor_key, activation=activation,
+    actor = MLP(obs_size, hidden_sizes, actor_outputs, key=key, activation=activation,
                 hidden_init=hidden_init, output_init=orthogonal(0.01))
-    critic = MLP(obs_size, hidden_sizes, 1, key=critic_key, activation=activation,
-                 hidden_init=hidden_init, output_init=orthogonal(1.0))
+    critic = MLP(obs_size, hidden_sizes, 1, key=key, activation=activation, hidden_init=hidden_init,
+                 output_init=orthogonal(1.0), key_start=2 * (len(hidden_sizes) + 1))  # after the actor's
     return actor, critic
 
 

@@ -49,6 +49,10 @@ def test_mlp_draws_every_kernel_and_bias_from_its_own_key(key):
         np.testing.assert_array_equal(bias, jnp.zeros(shape[1]))
     kernels = np.concatenate([np.ravel(kernel) for _, kernel in mlp.layers])
     assert len(np.unique(kernels)) == kernels.size  # no two layers share a stream
+    # A second MLP on the same key, from the next free index, draws from the next streams.
+    second = MLP(3, (8,), 2, key=key, hidden_init=normal, output_init=normal, key_start=4)
+    np.testing.assert_array_equal(second.layers[0][1], normal(jax.random.fold_in(key, 4), (3, 8), jnp.float32))
+    np.testing.assert_array_equal(second.layers[1][1], normal(jax.random.fold_in(key, 6), (8, 2), jnp.float32))
 
 
 def test_mlp_layers_and_inits(key):
