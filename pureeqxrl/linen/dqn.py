@@ -13,6 +13,7 @@ from jaxtyping import PRNGKeyArray
 
 from pureeqxrl import dqn
 from pureeqxrl.envs import VecEnv
+from pureeqxrl.linen import dense_params
 from pureeqxrl.metrics import TrainResult
 from pureeqxrl.nets import Functional
 
@@ -46,9 +47,4 @@ def make_train(
 
 def params_from_equinox(network: dqn.QNetwork) -> dict:
     """The Linen variables holding exactly the numbers of an Equinox `QNetwork`."""
-    return {
-        "params": {
-            f"Dense_{i}": {"kernel": kernel, "bias": bias}
-            for i, (bias, kernel) in enumerate(network.layers)
-        }
-    }
+    return {"params": dense_params([f"Dense_{i}" for i in range(len(network.layers))], network.layers)}

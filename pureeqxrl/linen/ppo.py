@@ -19,6 +19,7 @@ from jaxtyping import PRNGKeyArray
 from pureeqxrl import ppo
 from pureeqxrl.ppo_continuous import GaussianActorCritic, diagonal_gaussian
 from pureeqxrl.envs import VecEnv
+from pureeqxrl.linen import dense_params
 from pureeqxrl.metrics import TrainResult
 from pureeqxrl.nets import MLP, Functional, orthogonal
 
@@ -95,10 +96,8 @@ def make_train(
 
 def mlp_params(name: str, mlp: MLP) -> dict:
     """The Linen Dense layers `{name}_0, {name}_1, ..., {name}_head` holding an Equinox `MLP`'s numbers."""
-    *hidden, (head_bias, head_kernel) = mlp.layers
-    params = {f"{name}_{i}": {"kernel": kernel, "bias": bias} for i, (bias, kernel) in enumerate(hidden)}
-    params[f"{name}_head"] = {"kernel": head_kernel, "bias": head_bias}
-    return params
+    names = [f"{name}_{i}" for i in range(len(mlp.layers) - 1)] + [f"{name}_head"]
+    return dense_params(names, mlp.layers)
 
 
 def params_from_equinox(network: ppo.ActorCritic | GaussianActorCritic) -> dict:

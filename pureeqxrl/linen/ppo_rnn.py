@@ -19,6 +19,7 @@ from jaxtyping import PRNGKeyArray
 from pureeqxrl import ppo
 from pureeqxrl.envs import VecEnv
 from pureeqxrl.metrics import TrainResult
+from pureeqxrl.linen import dense_params
 from pureeqxrl.linen.ppo import mlp_params
 from pureeqxrl.nets import orthogonal
 from pureeqxrl.ppo_rnn import PPORNNConfig, RecurrentActorCritic, RecurrentFunctional
@@ -116,7 +117,7 @@ def params_from_equinox_gru(gru: GRU) -> dict:
 
 def params_from_equinox(network: RecurrentActorCritic) -> dict:
     """The Linen variables holding exactly the numbers of an Equinox GRU `RecurrentActorCritic`."""
-    params = {f"encoder_{i}": {"kernel": kernel, "bias": bias}
-              for i, (bias, kernel) in enumerate(network.encoder.layers)}
+    encoder = network.encoder.layers
+    params = dense_params([f"encoder_{i}" for i in range(len(encoder))], encoder)
     params["gru"] = {"cell": params_from_equinox_gru(network.core)}
     return {"params": params | mlp_params("actor", network.actor) | mlp_params("critic", network.critic)}
