@@ -15,15 +15,23 @@ from pureeqxrl.runs import atomic_write_text
 
 def machine() -> dict:
     """The machine, backend and library versions a result was measured with."""
-    return {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-            "backend": jax.default_backend(), "jax": jax.__version__, "equinox": equinox.__version__,
-            "flax": flax.__version__}
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "backend": jax.default_backend(),
+        "jax": jax.__version__,
+        "equinox": equinox.__version__,
+        "flax": flax.__version__,
+    }
 
 
 def machine_line(info: dict) -> str:
     """`machine()` as the sentence every table's header ends with."""
-    return (f"{info['cpu_count']} CPU cores, {info['backend']}, jax {info['jax']}, "
-            f"equinox {info['equinox']}, flax {info['flax']}.")
+    return (
+        f"{info['cpu_count']} CPU cores, {info['backend']}, jax {info['jax']}, "
+        f"equinox {info['equinox']}, flax {info['flax']}."
+    )
 
 
 def write_results(out: Path, data: dict, table_lines: list[str]) -> None:

@@ -61,9 +61,18 @@ def main() -> None:
             data = json.loads(path.read_text())
             machine = machine or data["machine"]
             for row in data["rows"]:
-                per_op.append((f"{algo}: {row['operation']}", [
-                    (label, row[how]["ratio_median"], *row[how]["ratio_min_max"])
-                    for how, label in (("loop", "called from Python"), ("scan", "inside one jitted scan"))]))
+                per_op.append(
+                    (
+                        f"{algo}: {row['operation']}",
+                        [
+                            (label, row[how]["ratio_median"], *row[how]["ratio_min_max"])
+                            for how, label in (
+                                ("loop", "called from Python"),
+                                ("scan", "inside one jitted scan"),
+                            )
+                        ],
+                    )
+                )
         path = args.results / f"{algo}_{args.suffix}.json"
         if path.exists():
             data = json.loads(path.read_text())
@@ -73,8 +82,13 @@ def main() -> None:
                 seeds = f"{row['num_seeds']} seed" + ("s" if row["num_seeds"] > 1 else "")
                 for quantity in ("compile", "train"):
                     if f"{quantity}_time_ratio_median" in row:
-                        items.append((f"{quantity}, {seeds}", row[f"{quantity}_time_ratio_median"],
-                                      *row[f"{quantity}_time_ratio_min_max"]))
+                        items.append(
+                            (
+                                f"{quantity}, {seeds}",
+                                row[f"{quantity}_time_ratio_median"],
+                                *row[f"{quantity}_time_ratio_min_max"],
+                            )
+                        )
             end_to_end.append((algo, items))
     if not per_op and not end_to_end:
         raise SystemExit(f"no benchmark JSON with suffix {args.suffix!r} in {args.results}")
@@ -83,8 +97,11 @@ def main() -> None:
     bars(top, per_op, "Per operation (benchmarks/per_op.py)")
     bars(bottom, end_to_end, "End to end (benchmarks/end_to_end.py)")
     versions = ", ".join(f"{k} {machine[k]}" for k in ("jax", "equinox", "flax") if k in machine)
-    fig.suptitle(f"Equinox vs Flax Linen: {machine['cpu_count']} CPU cores, {machine['backend']} backend; "
-                 f"{versions}. Below 1.0: Equinox faster.", fontsize=11)
+    fig.suptitle(
+        f"Equinox vs Flax Linen: {machine['cpu_count']} CPU cores, {machine['backend']} backend; "
+        f"{versions}. Below 1.0: Equinox faster.",
+        fontsize=11,
+    )
     fig.tight_layout()
     out = args.results / f"ratios_{args.suffix}.png"
     buffer = io.BytesIO()

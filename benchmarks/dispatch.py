@@ -26,13 +26,13 @@ import statistics
 import time
 from pathlib import Path
 
+import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
 
-import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
-from pureeqxrl import ppo
+from pureeqxrl import heads, policy_gradient
 from pureeqxrl.envs import make_env
 from pureeqxrl.linen import ppo as linen_ppo
 
@@ -41,7 +41,9 @@ STEPS = 200
 
 def gradient_step_fn(network, optimizer, config):
     def step(params, opt_state, batch):
-        grads, _ = jax.grad(ppo.ppo_loss, argnums=1, has_aux=True)(network.apply, params, batch, config)
+        grads, _ = jax.grad(policy_gradient.ppo_loss, argnums=1, has_aux=True)(
+            network.apply, params, batch, config
+        )
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
@@ -65,17 +67,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
-    config = ppo.PPOConfig()
+    config = policy_gradient.PPOConfig()
     env = make_env(config.env, 1)
-    optimizer = ppo.make_optimizer(config)
+    optimizer = policy_gradient.make_optimizer(config)
     keys = jax.random.split(jax.random.key(0), 4)
-    batch = ppo.Batch(
+    batch = policy_gradient.Batch(
         obs=jax.random.normal(keys[0], (128, *env.observation_shape)),
         action=jax.random.randint(keys[1], (128,), 0, env.num_actions),
-        log_prob=jnp.full((128,), -0.7), value=jax.random.normal(keys[2], (128,)),
-        advantage=jax.random.normal(keys[3], (128,)), target=jnp.zeros(128),
+        log_prob=jnp.full((128,), -0.7),
+        value=jax.random.normal(keys[2], (128,)),
+        advantage=jax.random.normal(keys[3], (128,)),
+        target=jnp.zeros(128),
     )
-    equinox_net = ppo.equinox_actor_critic(config, env)
+    equinox_net = heads.categorical_actor_critic(config, env)
     linen_net = linen_ppo.linen_actor_critic(config, env)
     equinox_params = equinox_net.init(jax.random.key(1))
     linen_params = linen_ppo.params_from_equinox(equinox_params)  # same numbers in both
@@ -122,23 +126,35 @@ def main() -> None:
     equinox_step = gradient_step_fn(equinox_net, optimizer, config)
     linen_step = gradient_step_fn(linen_net, optimizer, config)
     variants = {
-        "equinox jax.jit": (python_loop(jax.jit(equinox_step), equinox_params), scanned(equinox_step, equinox_params)),
+        "equinox jax.jit": (
+            python_loop(jax.jit(equinox_step), equinox_params),
+            scanned(equinox_step, equinox_params),
+        ),
         "equinox eqx.filter_jit": (python_loop(eqx.filter_jit(equinox_step), equinox_params), None),
         "equinox jax.jit on flat leaves": (on_leaves(equinox_step, equinox_params), None),
         "linen jax.jit": (python_loop(jax.jit(linen_step), linen_params), scanned(linen_step, linen_params)),
         "linen jax.jit on flat leaves": (on_leaves(linen_step, linen_params), None),
     }
     samples = {name: {"python_loop": [], "scan": []} for name in variants}
-    runs = [(name, kind, run) for name, (loop, scan) in variants.items()
-            for kind, run in (("python_loop", loop), ("scan", scan)) if run is not None]
+    runs = [
+        (name, kind, run)
+        for name, (loop, scan) in variants.items()
+        for kind, run in (("python_loop", loop), ("scan", scan))
+        if run is not None
+    ]
     for round_ in range(args.rounds):
         random.Random(round_).shuffle(runs)  # a fixed order can favour whichever runs first
         for name, kind, run in runs:
             samples[name][kind].append(per_step_us(run, args.repeats))
-    medians = {name: {kind: statistics.median(v) for kind, v in s.items() if v} for name, s in samples.items()}
+    medians = {
+        name: {kind: statistics.median(v) for kind, v in s.items() if v} for name, s in samples.items()
+    }
     same_program = medians["equinox jax.jit"]["scan"]  # the other Equinox rows scan the same step
-    scan_time = {"equinox eqx.filter_jit": same_program, "equinox jax.jit on flat leaves": same_program,
-                 "linen jax.jit on flat leaves": medians["linen jax.jit"]["scan"]}
+    scan_time = {
+        "equinox eqx.filter_jit": same_program,
+        "equinox jax.jit on flat leaves": same_program,
+        "linen jax.jit on flat leaves": medians["linen jax.jit"]["scan"],
+    }
 
     def flatten_round_trip_us(params) -> float:
         tree = (params, optimizer.init(params))
@@ -148,12 +164,22 @@ def main() -> None:
             jax.tree.unflatten(treedef, jax.tree.flatten(tree)[0])
         return (time.perf_counter() - start) / 2000 * 1e6
 
-    round_trip = {"equinox": flatten_round_trip_us(equinox_params), "linen": flatten_round_trip_us(linen_params)}
+    round_trip = {
+        "equinox": flatten_round_trip_us(equinox_params),
+        "linen": flatten_round_trip_us(linen_params),
+    }
 
     machine = bench_io.machine()
-    command = f"python benchmarks/dispatch.py --rounds {args.rounds} --repeats {args.repeats} --out {args.out}"
-    data = {"command": command, "machine": machine, "medians_us": medians, "samples_us": samples,
-            "flatten_unflatten_us": round_trip}
+    command = (
+        f"python benchmarks/dispatch.py --rounds {args.rounds} --repeats {args.repeats} --out {args.out}"
+    )
+    data = {
+        "command": command,
+        "machine": machine,
+        "medians_us": medians,
+        "samples_us": samples,
+        "flatten_unflatten_us": round_trip,
+    }
     lines = [
         f"One PPO gradient step (CartPole-v1 default network, minibatch 128, Adam), microseconds per step, "
         f"medians of {args.rounds} rounds (shuffled order) x {args.repeats} repeats of {STEPS} steps. "
@@ -163,18 +189,26 @@ def main() -> None:
         "| how the step is called | Python loop, us/step | inside one jitted scan, us/step | per-call overhead, us |",
         "|---|---|---|---|",
     ]
+
     def spread(values):
         return f"({min(values):,.0f}-{max(values):,.0f})"
 
     for name, m in medians.items():
         scan = m.get("scan", scan_time.get(name))
         loop_rounds = samples[name]["python_loop"]
-        scan_rounds = samples[name]["scan"] or samples[
-            "linen jax.jit" if name.startswith("linen") else "equinox jax.jit"]["scan"]
-        lines.append(f"| {name} | {m['python_loop']:,.1f} {spread(loop_rounds)} | {scan:,.1f} "
-                     f"{spread(scan_rounds)} | {m['python_loop'] - scan:,.1f} |")
-    lines += ["", f"Flattening and rebuilding the step's arguments (network + Adam state, 38 arrays) in Python: "
-              f"Equinox Modules {round_trip['equinox']:.1f} us, Linen dicts {round_trip['linen']:.1f} us."]
+        scan_rounds = (
+            samples[name]["scan"]
+            or samples["linen jax.jit" if name.startswith("linen") else "equinox jax.jit"]["scan"]
+        )
+        lines.append(
+            f"| {name} | {m['python_loop']:,.1f} {spread(loop_rounds)} | {scan:,.1f} "
+            f"{spread(scan_rounds)} | {m['python_loop'] - scan:,.1f} |"
+        )
+    lines += [
+        "",
+        f"Flattening and rebuilding the step's arguments (network + Adam state, 38 arrays) in Python: "
+        f"Equinox Modules {round_trip['equinox']:.1f} us, Linen dicts {round_trip['linen']:.1f} us.",
+    ]
     bench_io.write_results(args.out, data, lines)
     print("\n".join(lines))
 

@@ -1,11 +1,11 @@
 """Equinox vs Flax Linen, end to end: one algorithm's whole training run with its default config.
 
-Both versions run the same training code (`pureeqxrl.<algo>.make_train`); only the network library
-differs. Runs are interleaved (each repeat runs both libraries, and which goes first alternates) and
-each row reports the median of the repeats, with the min-max of the per-repeat Equinox/Linen ratios
-of compile time and of train time (after one unrecorded warm-up compile per library). Compile time
-is tracing, lowering and XLA compilation of the whole `jax.jit(jax.vmap(train))`; train time is one
-call of the compiled program.
+Both versions run the same training code (`make_train` of `pureeqxrl.registry.ALGORITHMS[algo]`);
+only the network library differs. Runs are interleaved (each repeat runs both libraries, and which
+goes first alternates) and each row reports the median of the repeats, with the min-max of the
+per-repeat Equinox/Linen ratios of compile time and of train time (after one unrecorded warm-up
+compile per library). Compile time is tracing, lowering and XLA compilation of the whole
+`jax.jit(jax.vmap(train))`; train time is one call of the compiled program.
 
     python benchmarks/end_to_end.py --algo dqn --repeats 5 --seeds 1 8 --out benchmarks/results/dqn_cpu
     python benchmarks/end_to_end.py --algo ppo --repeats 5 --seeds 1 8 --out benchmarks/results/ppo_cpu
@@ -18,12 +18,12 @@ import statistics
 import time
 from pathlib import Path
 
+import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 import jax
 import numpy as np
 
-import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
-from pureeqxrl.metrics import final_return
-from pureeqxrl.runs import ALGORITHMS, Algorithm
+from pureeqxrl.loop import final_return
+from pureeqxrl.registry import ALGORITHMS, Algorithm
 
 LIBRARIES = ("equinox", "linen")
 
@@ -68,28 +68,43 @@ def main() -> None:
     for repeat in range(args.repeats):
         for num_seeds in args.seeds:
             # Interleaved, so drift hits both alike; which goes first alternates, so order does not.
-            for library in (LIBRARIES if repeat % 2 == 0 else LIBRARIES[::-1]):
+            for library in LIBRARIES if repeat % 2 == 0 else LIBRARIES[::-1]:
                 sample = measure(algorithm, library, num_seeds, config, seed=repeat)
                 samples[library, num_seeds].append(sample)
                 print(repeat, library, num_seeds, {k: round(v, 2) for k, v in sample.items()}, flush=True)
 
     rows = []
     for num_seeds in args.seeds:
-        medians = {lib: {k: statistics.median(s[k] for s in samples[lib, num_seeds])
-                         for k in samples[lib, num_seeds][0]} for lib in LIBRARIES}
+        medians = {
+            lib: {
+                k: statistics.median(s[k] for s in samples[lib, num_seeds])
+                for k in samples[lib, num_seeds][0]
+            }
+            for lib in LIBRARIES
+        }
         row = {"num_seeds": num_seeds, "equinox": medians["equinox"], "linen": medians["linen"]}
         for quantity in ("compile", "train"):
-            ratios = [e[f"{quantity}_s"] / l[f"{quantity}_s"] for e, l in
-                      zip(samples["equinox", num_seeds], samples["linen", num_seeds])]
+            ratios = [
+                ours[f"{quantity}_s"] / theirs[f"{quantity}_s"]
+                for ours, theirs in zip(
+                    samples["equinox", num_seeds], samples["linen", num_seeds], strict=True
+                )
+            ]
             row[f"{quantity}_time_ratio_median"] = statistics.median(ratios)
             row[f"{quantity}_time_ratio_min_max"] = [min(ratios), max(ratios)]
         rows.append(row)
 
     machine = bench_io.machine()
-    command = (f"python benchmarks/end_to_end.py --algo {args.algo} --repeats {args.repeats} --seeds "
-               f"{' '.join(map(str, args.seeds))} --total-timesteps {args.total_timesteps} --out {args.out}")
-    data = {"command": command, "machine": machine, "rows": rows,
-            "samples": {f"{lib}/{n}": s for (lib, n), s in samples.items()}}
+    command = (
+        f"python benchmarks/end_to_end.py --algo {args.algo} --repeats {args.repeats} --seeds "
+        f"{' '.join(map(str, args.seeds))} --total-timesteps {args.total_timesteps} --out {args.out}"
+    )
+    data = {
+        "command": command,
+        "machine": machine,
+        "rows": rows,
+        "samples": {f"{lib}/{n}": s for (lib, n), s in samples.items()},
+    }
 
     lines = [
         f"{args.algo.upper()}, {config.env}, {args.total_timesteps:,} env steps per seed, medians of {args.repeats} "
@@ -109,8 +124,10 @@ def main() -> None:
         for library in LIBRARIES:
             m = row[library]
             ratios = f"{ratio(row, 'compile')} | {ratio(row, 'train')}" if library == "equinox" else " | "
-            lines.append(f"| {row['num_seeds']} | {library} | {m['compile_s']:.2f} | {m['train_s']:.2f} | "
-                         f"{m['steps_per_s']:,.0f} | {m['final_return']:.1f} | {ratios} |")
+            lines.append(
+                f"| {row['num_seeds']} | {library} | {m['compile_s']:.2f} | {m['train_s']:.2f} | "
+                f"{m['steps_per_s']:,.0f} | {m['final_return']:.1f} | {ratios} |"
+            )
     bench_io.write_results(args.out, data, lines)
     print("\n".join(lines))
 

@@ -13,11 +13,11 @@ import statistics
 import time
 from pathlib import Path
 
+import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 from pureeqxrl.linen.ppo_rnn import params_from_equinox_gru
 from pureeqxrl.recurrent import GRU
 
@@ -27,8 +27,9 @@ WIDTH, TIME = 128, 128
 class ScannedCell(nn.Module):
     @nn.compact
     def __call__(self, hidden, xs):
-        scan = nn.scan(lambda cell, h, x: cell(h, x), variable_broadcast="params",
-                       split_rngs={"params": False})
+        scan = nn.scan(
+            lambda cell, h, x: cell(h, x), variable_broadcast="params", split_rngs={"params": False}
+        )
         return scan(nn.GRUCell(WIDTH, name="cell"), hidden, xs)
 
 

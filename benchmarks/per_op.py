@@ -22,15 +22,15 @@ import statistics
 import time
 from pathlib import Path
 
+import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 import equinox as eqx
 import jax
 
-import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 from pureeqxrl import dqn, ppo, ppo_rnn
 from pureeqxrl.linen import dqn as linen_dqn
 from pureeqxrl.linen import ppo as linen_ppo
 from pureeqxrl.linen import ppo_rnn as linen_ppo_rnn
-from pureeqxrl.runs import ALGORITHMS
+from pureeqxrl.registry import ALGORITHMS
 
 LIBRARIES = ("equinox", "linen")
 MODULES = {  # the algorithm's module (its `make_update_steps`) and its Linen twin's
@@ -58,7 +58,10 @@ def operations(algo: str, config, library: str) -> dict:
             state = eqx.tree_at(lambda s: s.target_params, state, same)
     if algo == "dqn":  # fill the replay buffer past `learning_starts` first
         warmup = config.learning_starts // config.num_envs + 1
-        state = jax.jit(lambda s: jax.lax.scan(lambda c, _: (steps.collect(c)[0], None), s, None, warmup)[0])(state)
+        state = jax.jit(lambda s: jax.lax.scan(lambda c, _: (steps.collect(c)[0], None), s, None, warmup)[0])(
+            state
+        )
+
         def learn(s):  # a fresh key every call, so that each iteration samples a new batch
             key, sample_key = jax.random.split(s.key)
             return steps.learn(eqx.tree_at(lambda t: t.key, s, key), sample_key)[0]
@@ -114,35 +117,53 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     config = ALGORITHMS[args.algo].config_cls()
-    ops = {lib: {op: compile_op(fn, value, args.inner * INNER_SCALE.get(op, 1))
-                 for op, (fn, value) in operations(args.algo, config, lib).items()} for lib in LIBRARIES}
+    ops = {
+        lib: {
+            op: compile_op(fn, value, args.inner * INNER_SCALE.get(op, 1))
+            for op, (fn, value) in operations(args.algo, config, lib).items()
+        }
+        for lib in LIBRARIES
+    }
     samples = {(lib, op, how): [] for lib in LIBRARIES for op in ops[lib] for how in ("loop", "scan")}
     for round_ in range(args.rounds):
         for op in ops["equinox"]:
             # Interleaved, and which library goes first alternates: a fixed order can bias one side.
-            for lib in (LIBRARIES if round_ % 2 == 0 else LIBRARIES[::-1]):
+            for lib in LIBRARIES if round_ % 2 == 0 else LIBRARIES[::-1]:
                 loop_us, scan_us = ops[lib][op]()
                 samples[lib, op, "loop"].append(loop_us)
                 samples[lib, op, "scan"].append(scan_us)
                 print(round_, op, lib, round(loop_us), round(scan_us), flush=True)
 
     machine = bench_io.machine()
-    command = (f"python benchmarks/per_op.py --algo {args.algo} --rounds {args.rounds} --inner {args.inner} "
-               f"--out {args.out}")
+    command = (
+        f"python benchmarks/per_op.py --algo {args.algo} --rounds {args.rounds} --inner {args.inner} "
+        f"--out {args.out}"
+    )
     rows = []
     for op in ops["equinox"]:
         row = {"operation": op}
         for how in ("loop", "scan"):
             eq, li = samples["equinox", op, how], samples["linen", op, how]
-            ratios = [e / l for e, l in zip(eq, li)]
-            row[how] = {"equinox_us": statistics.median(eq), "linen_us": statistics.median(li),
-                        "ratio_median": statistics.median(ratios), "ratio_min_max": [min(ratios), max(ratios)]}
+            ratios = [ours / theirs for ours, theirs in zip(eq, li, strict=True)]
+            row[how] = {
+                "equinox_us": statistics.median(eq),
+                "linen_us": statistics.median(li),
+                "ratio_median": statistics.median(ratios),
+                "ratio_min_max": [min(ratios), max(ratios)],
+            }
         rows.append(row)
-    data = {"command": command, "machine": machine, "rows": rows,
-            "samples": {"/".join(k): v for k, v in samples.items()}}
-    sizes = (f"{config.num_envs} envs x {config.num_steps} steps, {config.update_epochs} x "
-             f"{config.num_minibatches} minibatches" if hasattr(config, "num_steps") else
-             f"{config.num_envs} envs, batch {config.batch_size}")
+    data = {
+        "command": command,
+        "machine": machine,
+        "rows": rows,
+        "samples": {"/".join(k): v for k, v in samples.items()},
+    }
+    sizes = (
+        f"{config.num_envs} envs x {config.num_steps} steps, {config.update_epochs} x "
+        f"{config.num_minibatches} minibatches"
+        if hasattr(config, "num_steps")
+        else f"{config.num_envs} envs, batch {config.batch_size}"
+    )
     lines = [
         f"{args.algo.upper()}, {config.env}, {sizes}; microseconds, medians of {args.rounds} "
         f"interleaved rounds. {bench_io.machine_line(machine)}",
@@ -156,8 +177,11 @@ def main() -> None:
         cells = []
         for how in ("loop", "scan"):
             r = row[how]
-            cells += [f"{r['equinox_us']:,.0f}", f"{r['linen_us']:,.0f}",
-                      f"**{r['ratio_median']:.3f}** ({r['ratio_min_max'][0]:.3f}-{r['ratio_min_max'][1]:.3f})"]
+            cells += [
+                f"{r['equinox_us']:,.0f}",
+                f"{r['linen_us']:,.0f}",
+                f"**{r['ratio_median']:.3f}** ({r['ratio_min_max'][0]:.3f}-{r['ratio_min_max'][1]:.3f})",
+            ]
         lines.append(f"| {row['operation']} | " + " | ".join(cells) + " |")
     bench_io.write_results(args.out, data, lines)
     print("\n".join(lines))

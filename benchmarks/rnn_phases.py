@@ -21,13 +21,13 @@ import statistics
 import time
 from pathlib import Path
 
+import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
 
-import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
-from pureeqxrl import ppo, ppo_rnn
+from pureeqxrl import heads, policy_gradient, ppo_rnn
 from pureeqxrl.linen import ppo_rnn as linen_ppo_rnn
 from pureeqxrl.recurrent import GRU
 
@@ -87,7 +87,7 @@ def timed(fn, *args, repeats: int, inner: int) -> float:
 def phases(network: ppo_rnn.RecurrentFunctional, config, env, repeats: int) -> dict:
     key = jax.random.key(0)
     params = network.init(key)
-    optimizer = ppo.make_optimizer(config)
+    optimizer = policy_gradient.make_optimizer(config)
     opt_state = optimizer.init(params)
     obs, env_state = env.reset(key)
     hidden = network.initial_hidden(config.num_envs)
@@ -99,12 +99,13 @@ def phases(network: ppo_rnn.RecurrentFunctional, config, env, repeats: int) -> d
             env_state, obs, hidden, resets = carry
             action_key, env_key = jax.random.split(step_key)
             hidden, policy, value = network.step(params, hidden, obs, resets)
-            action = ppo.sample(policy, action_key)
+            action = heads.sample(policy, action_key)
             obs, env_state, step = env.step(env_key, env_state, action.astype(jnp.int32))
             return (env_state, obs, hidden, step.done), value
 
-        return jax.lax.scan(one_step, (env_state, obs, hidden, resets),
-                            jax.random.split(key, config.num_steps))
+        return jax.lax.scan(
+            one_step, (env_state, obs, hidden, resets), jax.random.split(key, config.num_steps)
+        )
 
     envs_per_minibatch = config.num_envs // config.num_minibatches
     t, e = config.num_steps, envs_per_minibatch
@@ -112,11 +113,13 @@ def phases(network: ppo_rnn.RecurrentFunctional, config, env, repeats: int) -> d
     minibatch = ppo_rnn.SequenceBatch(
         hidden=network.initial_hidden(e),
         reset=jax.random.bernoulli(k[0], 0.05, (t, e)),
-        steps=ppo.Batch(
+        steps=policy_gradient.Batch(
             obs=jax.random.normal(k[1], (t, e, *env.observation_shape)),
             action=jax.random.randint(k[2], (t, e), 0, env.num_actions),
-            log_prob=jnp.full((t, e), -0.7), value=jax.random.normal(k[3], (t, e)),
-            advantage=jax.random.normal(k[4], (t, e)), target=jax.random.normal(k[5], (t, e)),
+            log_prob=jnp.full((t, e), -0.7),
+            value=jax.random.normal(k[3], (t, e)),
+            advantage=jax.random.normal(k[4], (t, e)),
+            target=jax.random.normal(k[5], (t, e)),
         ),
     )
 
@@ -138,12 +141,14 @@ def phases(network: ppo_rnn.RecurrentFunctional, config, env, repeats: int) -> d
         return jax.lax.scan(body, (params, opt_state), None, config.update_epochs * config.num_minibatches)[0]
 
     return {
-        "rollout_128_steps_us": timed(rollout, params, env_state, obs, hidden, resets, key,
-                                      repeats=repeats, inner=20),
+        "rollout_128_steps_us": timed(
+            rollout, params, env_state, obs, hidden, resets, key, repeats=repeats, inner=20
+        ),
         "sequence_forward_us": timed(forward, params, minibatch, repeats=repeats, inner=50),
         "gradient_step_us": timed(gradient_step, params, opt_state, minibatch, repeats=repeats, inner=50),
-        "16_gradient_steps_in_scan_us": timed(sixteen_gradient_steps, params, opt_state, minibatch,
-                                              repeats=repeats, inner=5),
+        "16_gradient_steps_in_scan_us": timed(
+            sixteen_gradient_steps, params, opt_state, minibatch, repeats=repeats, inner=5
+        ),
     }
 
 
@@ -153,7 +158,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     config = ppo_rnn.PPORNNConfig()
-    env = ppo.make_environment(config)
+    env = policy_gradient.make_environment(config)
     equinox_net = ppo_rnn.equinox_recurrent_actor_critic(config, env)
     variants = {
         "equinox": equinox_net,
@@ -167,8 +172,10 @@ def main() -> None:
             sample = phases(network, config, env, args.repeats)
             results[name].append(sample)
             print(repeat, name, {k: round(v) for k, v in sample.items()}, flush=True)
-    medians = {name: {k: statistics.median(s[k] for s in samples) for k in samples[0]}
-               for name, samples in results.items()}
+    medians = {
+        name: {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+        for name, samples in results.items()
+    }
 
     machine = bench_io.machine()
     command = f"python benchmarks/rnn_phases.py --repeats {args.repeats} --out {args.out}"

@@ -33,8 +33,9 @@ def main() -> None:
     parser.add_argument("--skip-per-op", action="store_true")
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--skip-dispatch", action="store_true")
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"),
-                        help="relative to the repository root")
+    parser.add_argument(
+        "--results", type=Path, default=Path("benchmarks/results"), help="relative to the repository root"
+    )
     args = parser.parse_args()
     if args.repeats < 1 or args.rounds < 1:
         parser.error("--repeats and --rounds must be positive")
@@ -44,20 +45,48 @@ def main() -> None:
     commands = []
     for algo in args.algos:
         if not args.skip_per_op:
-            commands.append(["per_op.py", "--algo", algo, "--rounds", str(args.rounds), "--inner",
-                             str(INNER[algo]), "--out", str(out / f"per_op_{algo}_{suffix}")])
+            commands.append(
+                [
+                    "per_op.py",
+                    "--algo",
+                    algo,
+                    "--rounds",
+                    str(args.rounds),
+                    "--inner",
+                    str(INNER[algo]),
+                    "--out",
+                    str(out / f"per_op_{algo}_{suffix}"),
+                ]
+            )
         if not args.skip_end_to_end:
-            commands.append(["end_to_end.py", "--algo", algo, "--repeats", str(args.repeats), "--seeds", "1",
-                             "8", "--total-timesteps", str(TOTAL_TIMESTEPS[algo]),
-                             "--out", str(out / f"{algo}_{suffix}")])
+            commands.append(
+                [
+                    "end_to_end.py",
+                    "--algo",
+                    algo,
+                    "--repeats",
+                    str(args.repeats),
+                    "--seeds",
+                    "1",
+                    "8",
+                    "--total-timesteps",
+                    str(TOTAL_TIMESTEPS[algo]),
+                    "--out",
+                    str(out / f"{algo}_{suffix}"),
+                ]
+            )
     if not args.skip_dispatch:
-        commands.append(["dispatch.py", "--rounds", "7", "--repeats", "9", "--out", str(out / f"dispatch_{suffix}")])
+        commands.append(
+            ["dispatch.py", "--rounds", "7", "--repeats", "9", "--out", str(out / f"dispatch_{suffix}")]
+        )
     commands.append(["chart.py", "--results", str(out), "--suffix", suffix])
 
     for command in commands:
         start = time.perf_counter()
         print("$ python benchmarks/" + " ".join(command), flush=True)
-        subprocess.run([sys.executable, f"benchmarks/{command[0]}", *command[1:]], check=True, cwd=HERE.parent)
+        subprocess.run(
+            [sys.executable, f"benchmarks/{command[0]}", *command[1:]], check=True, cwd=HERE.parent
+        )
         print(f"({time.perf_counter() - start:.0f} s)", flush=True)
 
 

@@ -4,4 +4,4 @@ One module per algorithm (`pureeqxrl.dqn`, ...), each with a typed config and `m
 returning a pure `train(key)` to `jax.jit` and `jax.vmap` over seeds.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

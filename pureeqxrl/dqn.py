@@ -14,12 +14,14 @@ Where this differs from PureJaxRL, on purpose:
 - "every N steps" triggers whenever N is crossed, so any `num_envs` works (same schedule as the
   reference whenever `num_envs` divides N).
 
-The network library is a parameter (`network_fn`, see `pureeqxrl.nets.Functional`): `pureeqxrl.linen.dqn` runs this same algorithm with
-a Flax Linen network, which is the control group of the benchmarks.
+The network library is a parameter (`network_fn`, see `pureeqxrl.nets.Functional`):
+`pureeqxrl.linen.dqn` runs this same algorithm with a Flax Linen network, the control group of the
+benchmarks.
 """
 
+import dataclasses
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import equinox as eqx
@@ -29,32 +31,22 @@ import numpy as np
 import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from pureeqxrl.configs import ConfigChecks
+from pureeqxrl.config import ConfigChecks, TrainConfig
 from pureeqxrl.envs import Step, VecEnv, episode_stats, make_env
-from pureeqxrl.metrics import LogCallback, TrainResult, UpdateSteps, scan_logged
+from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, train_from_steps
 from pureeqxrl.nets import MLP, Functional
 
 
 @dataclass(frozen=True)
-class DQNConfig:
+class DQNConfig(TrainConfig):
     """DQN hyperparameters; defaults are PureJaxRL's CartPole-v1 settings."""
 
-    env: str = "CartPole-v1"
-    """gymnax environment id (or a `pureeqxrl.probes` name)."""
-    max_episode_steps: int | None = None
-    """Override the environment's time limit; episodes are truncated (and bootstrapped) there."""
-    total_timesteps: int = 500_000
-    """Environment steps over all parallel environments."""
     num_envs: int = 10
     """Parallel environments; one update steps each of them once."""
     buffer_size: int = 10_000
     """Replay capacity in transitions."""
     batch_size: int = 128
     """Transitions per gradient step."""
-    learning_rate: float = 2.5e-4
-    lr_linear_decay: bool = False
-    """Anneal the learning rate linearly to zero over the run."""
-    gamma: float = 0.99
     epsilon_start: float = 1.0
     epsilon_finish: float = 0.05
     epsilon_anneal_time: int = 250_000
@@ -69,28 +61,19 @@ class DQNConfig:
     """Target update rate (1.0 = hard copy)."""
     hidden_sizes: tuple[int, ...] = (120, 84)
     log_interval: int = 500
-    """Updates per logged metrics row."""
 
-    @property
-    def steps_per_update(self) -> int:
-        return self.num_envs
-
-    @property
-    def num_updates(self) -> int:
-        return self.total_timesteps // self.num_envs
-
-    def validate(self) -> None:
-        """Raise `ValueError` for settings that cannot train, before anything is compiled."""
-        checks = ConfigChecks(self)
+    def check(self, checks: ConfigChecks) -> None:
+        super().check(checks)
         checks.positive(
-            "total_timesteps", "num_envs", "buffer_size", "batch_size", "epsilon_anneal_time",
-            "training_interval", "target_update_interval", "log_interval", "learning_rate",
+            "buffer_size",
+            "batch_size",
+            "epsilon_anneal_time",
+            "training_interval",
+            "target_update_interval",
         )
-        checks.in_unit_interval("gamma", "epsilon_start", "epsilon_finish")
+        checks.in_unit_interval("epsilon_start", "epsilon_finish")
         checks.require(0 < self.tau <= 1, f"tau must be in (0, 1], got {self.tau}")
         checks.non_negative("learning_starts")
-        checks.require(all(size > 0 for size in self.hidden_sizes),
-                       f"hidden_sizes must be positive, got {self.hidden_sizes}")
         checks.require(
             self.batch_size <= self.buffer_size,
             f"batch_size ({self.batch_size}) is larger than buffer_size ({self.buffer_size})",
@@ -102,18 +85,17 @@ class DQNConfig:
         )
         if self.num_envs > 0:  # the checks below divide by it
             if self.total_timesteps < self.num_envs:
-                checks.require(False, f"total_timesteps ({self.total_timesteps}) is smaller than "
-                                      f"num_envs ({self.num_envs}): not one update")
+                checks.require(
+                    False,
+                    f"total_timesteps ({self.total_timesteps}) is smaller than "
+                    f"num_envs ({self.num_envs}): not one update",
+                )
             else:
                 checks.require(
                     self.learning_starts < self.num_updates * self.num_envs,
                     f"learning_starts ({self.learning_starts}) leaves no step to learn in "
                     f"{self.num_updates * self.num_envs} environment steps",
                 )
-        checks.raise_if_any()
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # NETWORK
@@ -167,14 +149,16 @@ class ReplayBuffer(eqx.Module):
     @staticmethod
     def empty(example: Transition, capacity: int) -> "ReplayBuffer":
         data = jax.tree.map(lambda x: jnp.zeros((capacity, *x.shape), x.dtype), example)
-        return ReplayBuffer(data, jnp.array(0), jnp.array(0))
+        return ReplayBuffer(data=data, position=jnp.array(0), size=jnp.array(0))
 
     def add(self, batch: Transition) -> "ReplayBuffer":
         capacity, count = self.data.reward.shape[0], batch.reward.shape[0]
         index = (self.position + jnp.arange(count)) % capacity
         data = jax.tree.map(lambda stored, new: stored.at[index].set(new), self.data, batch)
         return ReplayBuffer(
-            data, (self.position + count) % capacity, jnp.minimum(self.size + count, capacity)
+            data=data,
+            position=(self.position + count) % capacity,
+            size=jnp.minimum(self.size + count, capacity),
         )
 
     def sample(self, key: PRNGKeyArray, batch_size: int) -> Transition:
@@ -261,20 +245,13 @@ def make_train(
     `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
     """
     steps = make_update_steps(config, network_fn)
-
-    def train(key: PRNGKeyArray) -> TrainResult:
-        state, metrics = scan_logged(
-            steps.update, steps.init(key), config.num_updates, config.log_interval, on_log
-        )
-        return TrainResult(params=state.params, metrics=metrics)
-
-    return train
+    return train_from_steps(steps, config.num_updates, config.log_interval, on_log)
 
 
 def make_update_steps(
     config: DQNConfig, network_fn: Callable[[DQNConfig, VecEnv], Functional] | None = None
 ) -> UpdateSteps:
-    """Validate `config` and build the pieces of one update (`pureeqxrl.metrics.UpdateSteps`):
+    """Validate `config` and build the pieces of one update (`pureeqxrl.loop.UpdateSteps`):
     `collect(state) -> (state, step, epsilon)` takes one epsilon-greedy step in every environment
     and stores it; `learn(state, key) -> (state, loss, q_value)` is one gradient step on a sampled
     batch; `update` does both (learning only when it is time) and updates the target network."""
@@ -282,7 +259,7 @@ def make_update_steps(
     env = make_env(config.env, config.num_envs, config.max_episode_steps)
     network = (network_fn or equinox_q_function)(config, env)
     learning_rate = config.learning_rate
-    if config.lr_linear_decay:
+    if config.anneal_lr:
         learning_rate = optax.linear_schedule(config.learning_rate, 0.0, config.num_updates)
     optimizer = optax.adam(learning_rate)
 
@@ -293,19 +270,28 @@ def make_update_steps(
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return eqx.tree_at(lambda s: (s.params, s.opt_state), state, (params, opt_state)), loss, q_value
+        return dataclasses.replace(state, params=params, opt_state=opt_state), loss, q_value
 
     def step_environments(state: DQNState, key, act_key, step_key) -> tuple[DQNState, Step, Array]:
         epsilon = epsilon_at(config, state.timesteps)
         action = epsilon_greedy(act_key, network.apply(state.params, state.obs), epsilon)
         obs, env_state, step = env.step(step_key, state.env_state, action)
         buffer = state.buffer.add(
-            Transition(state.obs, action, step.reward, step.next_obs, step.terminated)
+            Transition(
+                obs=state.obs,
+                action=action,
+                reward=step.reward,
+                next_obs=step.next_obs,
+                terminated=step.terminated,
+            )
         )
-        timesteps = state.timesteps + config.num_envs
-        state = DQNState(
-            state.params, state.target_params, state.opt_state, buffer, env_state, obs,
-            timesteps, key,
+        state = dataclasses.replace(
+            state,
+            buffer=buffer,
+            env_state=env_state,
+            obs=obs,
+            timesteps=state.timesteps + config.num_envs,
+            key=key,
         )
         return state, step, epsilon
 
@@ -340,7 +326,7 @@ def make_update_steps(
             lambda: optax.incremental_update(state.params, state.target_params, config.tau),
             lambda: state.target_params,
         )
-        state = eqx.tree_at(lambda s: s.target_params, state, target_params)
+        state = dataclasses.replace(state, target_params=target_params)
 
         learned = is_learn_time.astype(jnp.float32)
         stats = {
@@ -382,7 +368,6 @@ def make_update_steps(
 def greedy_action(network: QNetwork, obs: Float[Array, "..."]) -> Int[Array, ""]:
     """Action a trained `QNetwork` takes for one observation."""
     return network(obs).argmax()
-
 
 
 def policy(

@@ -1,4 +1,6 @@
-"""Network building blocks shared by every algorithm.
+"""Network building blocks shared by every algorithm: activations, the hang-free orthogonal
+initializer, the parameter-key rule (`ParamKeys`), `Dense`, `MLP`, and `Functional` (a network as
+the training loops see it).
 
 Modules here hold arrays only (activations are static fields), so they cross `jax.jit`, sit in
 `lax.scan` carries and go through optax without `eqx.filter`-ing. Kernels are stored `(in, out)` and
@@ -16,6 +18,12 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 Initializer = Callable[[PRNGKeyArray, tuple[int, ...], jnp.dtype], Array]
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "tanh": jax.nn.tanh,
+    "relu": jax.nn.relu,
+    "leaky_relu": jax.nn.leaky_relu,
+}
 
 
 class Functional(NamedTuple):
@@ -73,85 +81,87 @@ lecun_normal: Callable[[], Initializer] = jax.nn.initializers.lecun_normal
 zeros: Initializer = jax.nn.initializers.zeros
 
 
-def fold_in_keys(key: PRNGKeyArray, num: int, start: int = 0) -> list[PRNGKeyArray]:
-    """`num` independent keys `fold_in(key, i)`, `i` from `start`: this package's
-    `jax.random.split` for parameters.
+class ParamKeys:
+    """The one rule by which every network here draws its parameters: parameter `i` of a network,
+    counting every parameter array its initializers create in creation order across all its parts
+    (zero-initialised ones included), is drawn with `jax.random.fold_in(network_key, i)`.
 
-    Under `jax.vmap` (seeds), a split key array must be sliced apart, and each split is a threefry
-    that is compiled even when its key goes unused (a zero bias). Folding in an index per
-    parameter, as Linen folds in its name, compiles less: with splits, Equinox's vmapped network
-    init compiled about 20% slower than Linen's; with `fold_in`, as fast. An unused key is dead code.
+    A Module takes `key=` either a key (it is then a whole network) or the `ParamKeys` of the
+    network it is part of, and draws its parameters' keys by calling it. So a network's parts
+    never derive keys of their own: under `jax.vmap` (seeds) every `fold_in` is a threefry loop that
+    XLA compiles, and a key per part would cost a loop more each (8 for PPO's actor-critic, where
+    Linen, which folds each parameter's name in once, has 6). Splitting keys costs more still (a
+    split key array must be sliced apart under `vmap`, and each split compiles even when its key
+    goes unused). A zero bias draws a key too, which is dead code for XLA, so that changing a
+    bias initializer never shifts the keys of the parameters after it.
     """
-    return [jax.random.fold_in(key, i) for i in range(start, start + num)]
+
+    def __init__(self, key: PRNGKeyArray):
+        self.key = key
+        self.count = 0
+
+    def __call__(self) -> PRNGKeyArray:
+        """The next parameter's key."""
+        key = jax.random.fold_in(self.key, self.count)
+        self.count += 1
+        return key
+
+    @staticmethod
+    def of(key: "PRNGKeyArray | ParamKeys") -> "ParamKeys":
+        """`key` itself if it is a `ParamKeys` (a part of a network), else a new one (a network)."""
+        return key if isinstance(key, ParamKeys) else ParamKeys(key)
 
 
-def dense_init(
-    in_features: int,
-    out_features: int,
-    kernel_key: PRNGKeyArray,
-    bias_key: PRNGKeyArray,
-    kernel_init: Initializer | None = None,
-    bias_init: Initializer = zeros,
-) -> tuple[Float[Array, "in_features out_features"], Float[Array, " out_features"]]:
-    """`(kernel, bias)` of one affine layer; the kernel lecun-normal unless `kernel_init` is given."""
-    kernel_init = lecun_normal() if kernel_init is None else kernel_init
-    kernel = kernel_init(kernel_key, (in_features, out_features), jnp.float32)
-    return kernel, bias_init(bias_key, (out_features,), jnp.float32)
+NetworkKey = PRNGKeyArray | ParamKeys
 
 
-class Linear(eqx.Module):
+class Dense(eqx.Module):
     """Affine layer `x @ kernel + bias` for one example (vmap it at the call site).
 
     Defaults to Flax `Dense`'s initialisation (lecun-normal kernel, zero bias) rather than
-    `eqx.nn.Linear`'s uniform one: the reference algorithms were tuned with it.
+    `eqx.nn.Linear`'s uniform one: the reference algorithms were tuned with it. The kernel draws
+    its key before the bias.
+
+    `bias` is declared before `kernel` because that is the order of a Linen `Dense`'s leaves (its
+    dict's keys are sorted): the order of the leaves is the order of the training loop's carried
+    buffers, and from it XLA schedules and fuses the step. In (kernel, bias) order the vmapped DQN
+    compiled to a different program that ran 1-3% slower than Linen's; in this order it is Linen's
+    program, op for op (`docs/benchmarks.md`, cause 5).
     """
 
-    kernel: Float[Array, "in_features out_features"]
     bias: Float[Array, " out_features"]
+    kernel: Float[Array, "in_features out_features"]
 
     def __init__(
         self,
         in_features: int,
         out_features: int,
         *,
-        key: PRNGKeyArray,
+        key: NetworkKey,
         kernel_init: Initializer | None = None,
         bias_init: Initializer = zeros,
     ):
-        self.kernel, self.bias = dense_init(
-            in_features, out_features, *fold_in_keys(key, 2), kernel_init, bias_init
-        )
+        keys = ParamKeys.of(key)
+        kernel_init = lecun_normal() if kernel_init is None else kernel_init
+        self.kernel = kernel_init(keys(), (in_features, out_features), jnp.float32)
+        self.bias = bias_init(keys(), (out_features,), jnp.float32)
 
     def __call__(self, x: Float[Array, " in_features"]) -> Float[Array, " out_features"]:
         return x @ self.kernel + self.bias
 
 
 class MLP(eqx.Module):
-    """Multi-layer perceptron: hidden layers with `activation`, a linear output layer.
+    """Multi-layer perceptron: `Dense` hidden layers with `activation`, a `Dense` output layer.
 
     **Arguments:**
 
     - `in_features`, `hidden_sizes`, `out_features`: layer widths.
     - `activation`: applied after every hidden layer (a static field, not a leaf).
     - `hidden_init`, `output_init`: kernel initializers (default lecun-normal); biases start at zero.
-    - `key_start`: layer `i`'s kernel and bias keys are `fold_in(key, key_start + 2i)` and
-      `fold_in(key, key_start + 2i + 1)`. Networks of several MLPs give each its own range of one
-      key: under `vmap` every `fold_in` is a threefry loop XLA compiles, so a key per MLP would
-      cost a loop more each (PPO: 8 loops where Linen, which folds each parameter's name in once, has 6).
-
-    `layers` holds one `(bias, kernel)` pair of arrays per layer, not a `Linear` Module per layer.
-    Each time a pytree crosses `jax.jit` from Python, every Module in it costs a Python call to
-    flatten it and another to rebuild it (about 1.3 us together); tuples are handled in C++. With
-    the optimizer's two copies of the network, a training state holds the network four times, so
-    this keeps a jitted step called from Python close to Linen's dicts (`benchmarks/dispatch.py`).
-
-    Bias first, because that is the order of a Linen `Dense`'s leaves (its dict's keys are sorted):
-    the order of the leaves is the order of the training loop's carried buffers, and from it XLA
-    schedules and fuses the step. In (kernel, bias) order, the vmapped DQN compiled to a different
-    program that ran 1-3% slower than Linen's; in this order it is Linen's program, op for op.
+    - `key`: a key, or the `ParamKeys` of the network this MLP is part of.
     """
 
-    layers: tuple[tuple[Float[Array, " out"], Float[Array, "in out"]], ...]
+    layers: tuple[Dense, ...]
     activation: Callable[[Array], Array] = eqx.field(static=True)
 
     def __init__(
@@ -160,26 +170,21 @@ class MLP(eqx.Module):
         hidden_sizes: Sequence[int],
         out_features: int,
         *,
-        key: PRNGKeyArray,
+        key: NetworkKey,
         activation: Callable[[Array], Array] = jax.nn.relu,
         hidden_init: Initializer | None = None,
         output_init: Initializer | None = None,
-        key_start: int = 0,
     ):
+        keys = ParamKeys.of(key)
         sizes = [in_features, *hidden_sizes, out_features]
-        keys = fold_in_keys(key, 2 * (len(sizes) - 1), key_start)  # kernel, bias, kernel, bias, ...
         inits = [hidden_init] * len(hidden_sizes) + [output_init]
-        layers = []
-        for n_in, n_out, kernel_key, bias_key, init in zip(
-            sizes[:-1], sizes[1:], keys[::2], keys[1::2], inits
-        ):
-            kernel, bias = dense_init(n_in, n_out, kernel_key, bias_key, init)
-            layers.append((bias, kernel))
-        self.layers = tuple(layers)
+        self.layers = tuple(
+            Dense(n_in, n_out, key=keys, kernel_init=init)
+            for n_in, n_out, init in zip(sizes[:-1], sizes[1:], inits, strict=True)
+        )
         self.activation = activation
 
     def __call__(self, x: Float[Array, " in_features"]) -> Float[Array, " out_features"]:
-        for bias, kernel in self.layers[:-1]:
-            x = self.activation(x @ kernel + bias)
-        bias, kernel = self.layers[-1]
-        return x @ kernel + bias
+        for layer in self.layers[:-1]:
+            x = self.activation(layer(x))
+        return self.layers[-1](x)

@@ -29,7 +29,7 @@ class RunningStats(eqx.Module):
     @staticmethod
     def empty(shape: tuple[int, ...]) -> "RunningStats":
         # The small prior count avoids a division by zero before the first batch, as the reference.
-        return RunningStats(jnp.zeros(shape), jnp.ones(shape), jnp.array(1e-4))
+        return RunningStats(mean=jnp.zeros(shape), var=jnp.ones(shape), count=jnp.array(1e-4))
 
     def update(self, batch: Float[Array, "batch ..."]) -> "RunningStats":
         batch_mean, batch_var, batch_count = batch.mean(0), batch.var(0), batch.shape[0]
@@ -37,7 +37,7 @@ class RunningStats(eqx.Module):
         total = self.count + batch_count
         mean = self.mean + delta * batch_count / total
         m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
-        return RunningStats(mean, m2 / total, total)
+        return RunningStats(mean=mean, var=m2 / total, count=total)
 
     def normalize(self, x: Array) -> Array:
         return (x - self.mean) / jnp.sqrt(self.var + 1e-8)
@@ -78,7 +78,10 @@ class Normalize:
         if self.rewards:
             reward_stats = RunningStats.empty(())
             discounted = jnp.zeros(self.env.num_envs)
-        return obs, NormalizedState(inner, obs_stats, reward_stats, discounted)
+        state = NormalizedState(
+            inner=inner, obs_stats=obs_stats, reward_stats=reward_stats, discounted_return=discounted
+        )
+        return obs, state
 
     def step(
         self, key: PRNGKeyArray, state: NormalizedState, action: Array
@@ -95,4 +98,7 @@ class Normalize:
             reward_stats = reward_stats.update(discounted)
             reward = step.reward / jnp.sqrt(reward_stats.var + 1e-8)
             step = eqx.tree_at(lambda s: s.reward, step, reward)
-        return obs, NormalizedState(inner, obs_stats, reward_stats, discounted), step
+        state = NormalizedState(
+            inner=inner, obs_stats=obs_stats, reward_stats=reward_stats, discounted_return=discounted
+        )
+        return obs, state, step

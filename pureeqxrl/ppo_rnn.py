@@ -2,8 +2,9 @@
 (a stack of S5 state-space layers), one `jax.jit` per training run.
 
 Read top to bottom: the config, the recurrent actor-critic (dense encoder -> GRU or S5 core ->
-separate actor and critic heads), then `make_train`. Training is `pureeqxrl.ppo`'s recipe (same
-GAE, loss, optimizer and metrics, imported, not copied) with what memory changes:
+separate actor and critic heads), then `make_train`. Training is PPO's recipe (the config, GAE,
+loss, optimizer and metrics of `pureeqxrl.policy_gradient`, which `pureeqxrl.ppo` uses too) with
+what memory changes:
 
 - the rollout carries each environment's hidden state and a `reset` flag (the step starts a new
   episode); the hidden state is zeroed at episode starts inside the scan, before the core reads it;
@@ -21,6 +22,7 @@ twin of `pureeqxrl.linen.ppo_rnn` runs this very training loop. `PPOS5Config` ho
 settings (`pureeqxrl train ppo_s5`).
 """
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,17 +36,20 @@ import optax
 from distreqx.distributions import AbstractDistribution, Categorical
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from pureeqxrl import ppo
-from pureeqxrl.configs import ConfigChecks
-from pureeqxrl.envs import RecurrentPolicy, VecEnv, episode_stats
-from pureeqxrl.metrics import LogCallback, TrainResult, UpdateSteps
-from pureeqxrl.nets import MLP, fold_in_keys, orthogonal
+from pureeqxrl import policy_gradient
+from pureeqxrl.config import ConfigChecks
+from pureeqxrl.envs import VecEnv, episode_stats
+from pureeqxrl.evaluate import RecurrentPolicy
+from pureeqxrl.heads import log_prob, mode, sample
+from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, train_from_steps
+from pureeqxrl.nets import ACTIVATIONS, MLP, NetworkKey, ParamKeys, orthogonal
 from pureeqxrl.normalize import Normalize, RunningStats
+from pureeqxrl.policy_gradient import Batch, LossInfo, PPOConfig, loss_terms
 from pureeqxrl.recurrent import GRU, S5
 
 
 @dataclass(frozen=True)
-class PPORNNConfig(ppo.PPOConfig):
+class PPORNNConfig(PPOConfig):
     """Recurrent PPO; defaults are PureJaxRL's `ppo_rnn.py` (CartPole-v1, 4 envs x 128 steps, 5e5
     steps, lr 2.5e-4 annealed, 4 epochs x 4 minibatches of whole environments, Dense 128 relu ->
     GRU 128 -> heads of 128 relu). The other PPO settings mean what they mean in `PPOConfig`."""
@@ -62,19 +67,20 @@ class PPORNNConfig(ppo.PPOConfig):
     """Complex states per S5 layer. With conjugate symmetry they stand for twice as many real
     ones: PureJaxRL's `ssm_size=256` is 128 here."""
 
-    def _checks(self) -> ConfigChecks:
-        checks = super()._checks()
+    def check(self, checks: ConfigChecks) -> None:
+        super().check(checks)
         checks.positive("s5_layers", "s5_state_size")
         checks.require(self.cell in ("gru", "s5"), f"cell must be 'gru' or 's5', got {self.cell!r}")
-        checks.require(len(self.encoder_sizes) > 0 and all(s > 0 for s in self.encoder_sizes),
-                       f"encoder_sizes must be one or more positive widths, got {self.encoder_sizes}")
+        checks.require(
+            len(self.encoder_sizes) > 0 and all(s > 0 for s in self.encoder_sizes),
+            f"encoder_sizes must be one or more positive widths, got {self.encoder_sizes}",
+        )
         if self.num_envs > 0 and self.num_minibatches > 0:
             checks.require(
                 self.num_envs % self.num_minibatches == 0,
                 f"num_minibatches ({self.num_minibatches}) does not divide num_envs "
                 f"({self.num_envs}): recurrent minibatches are groups of whole environments",
             )
-        return checks
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,8 @@ class RecurrentActorCritic(eqx.Module):
 
     PureJaxRL's init: encoder kernels orthogonal(sqrt 2), head hidden kernels orthogonal(2), actor
     output orthogonal(0.01), critic output orthogonal(1.0), zero biases; the core has its own (Flax
-    `GRUCell`'s, or S5's HiPPO-based one).
+    `GRUCell`'s, or S5's HiPPO-based one). Parameter keys follow `pureeqxrl.nets.ParamKeys`: the
+    encoder's, then the core's, the actor's and the critic's.
     """
 
     encoder: MLP
@@ -111,24 +118,42 @@ class RecurrentActorCritic(eqx.Module):
         num_actions: int,
         config: PPORNNConfig,
         *,
-        key: PRNGKeyArray,
+        key: NetworkKey,
     ):
-        encoder_key, core_key, actor_key, critic_key = fold_in_keys(key, 4)
+        keys = ParamKeys.of(key)
         *encoder_hidden, width = config.encoder_sizes
-        self.activation = ppo.ACTIVATIONS[config.activation]
-        self.encoder = MLP(obs_size, encoder_hidden, width, key=encoder_key,
-                           activation=self.activation, hidden_init=orthogonal(math.sqrt(2)),
-                           output_init=orthogonal(math.sqrt(2)))
+        self.activation = ACTIVATIONS[config.activation]
+        self.encoder = MLP(
+            obs_size,
+            encoder_hidden,
+            width,
+            key=keys,
+            activation=self.activation,
+            hidden_init=orthogonal(math.sqrt(2)),
+            output_init=orthogonal(math.sqrt(2)),
+        )
         if config.cell == "s5":
-            self.core = S5(width, config.s5_state_size, config.s5_layers, key=core_key)
+            self.core = S5(width, config.s5_state_size, config.s5_layers, key=keys)
         else:
-            self.core = GRU(width, width, key=core_key)
-        self.actor = MLP(width, config.hidden_sizes, num_actions, key=actor_key,
-                         activation=self.activation, hidden_init=orthogonal(2.0),
-                         output_init=orthogonal(0.01))
-        self.critic = MLP(width, config.hidden_sizes, 1, key=critic_key,
-                          activation=self.activation, hidden_init=orthogonal(2.0),
-                          output_init=orthogonal(1.0))
+            self.core = GRU(width, width, key=keys)
+        self.actor = MLP(
+            width,
+            config.hidden_sizes,
+            num_actions,
+            key=keys,
+            activation=self.activation,
+            hidden_init=orthogonal(2.0),
+            output_init=orthogonal(0.01),
+        )
+        self.critic = MLP(
+            width,
+            config.hidden_sizes,
+            1,
+            key=keys,
+            activation=self.activation,
+            hidden_init=orthogonal(2.0),
+            output_init=orthogonal(1.0),
+        )
 
     def initial_hidden(self) -> Array:
         return self.core.initial_hidden()
@@ -199,8 +224,8 @@ def equinox_recurrent_actor_critic(config: PPORNNConfig, env: VecEnv) -> Recurre
 # TRAINING
 
 
-class Transition(ppo.Transition):
-    """`pureeqxrl.ppo.Transition` plus what the recurrent update needs."""
+class Transition(policy_gradient.Transition):
+    """`pureeqxrl.policy_gradient.Transition` plus what the recurrent update needs."""
 
     reset: Bool[Array, " num_envs"]
     """Whether this step started a new episode (the state was zeroed before it)."""
@@ -214,17 +239,17 @@ class SequenceBatch(eqx.Module):
 
     hidden: Array
     reset: Bool[Array, "time envs"]
-    steps: ppo.Batch
+    steps: Batch
 
 
 def sequence_loss(
     network: RecurrentFunctional, params: Any, minibatch: SequenceBatch, config: PPORNNConfig
-) -> tuple[Float[Array, ""], ppo.LossInfo]:
-    """`pureeqxrl.ppo.ppo_loss` on whole sequences: the network re-runs them from their stored
+) -> tuple[Float[Array, ""], LossInfo]:
+    """`pureeqxrl.policy_gradient.ppo_loss` on whole sequences: the network re-runs them from their stored
     hidden state (resetting where episodes start), then every step counts as one example."""
     policy, value = network.unroll(params, minibatch.hidden, minibatch.steps.obs, minibatch.reset)
     steps = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), minibatch.steps)
-    return ppo.loss_terms(policy, value, steps, config)
+    return loss_terms(policy, value, steps, config)
 
 
 class RecurrentPPOState(eqx.Module):
@@ -252,37 +277,45 @@ def make_train(
 
     `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
     """
-    return ppo.train_from_steps(make_update_steps(config, network_fn), config, on_log)
+    steps = make_update_steps(config, network_fn)
+    return train_from_steps(steps, config.num_updates, config.log_interval, on_log)
 
 
 def make_update_steps(
     config: PPORNNConfig,
     network_fn: Callable[[PPORNNConfig, VecEnv | Normalize], RecurrentFunctional] | None = None,
 ) -> UpdateSteps:
-    """Validate `config` and build the pieces of one update (`pureeqxrl.metrics.UpdateSteps`):
+    """Validate `config` and build the pieces of one update (`pureeqxrl.loop.UpdateSteps`):
     `collect(state) -> (state, (initial_hidden, rollout), episodes)` steps every environment
     `num_steps` times from the hidden state it returns; `learn(state, (initial_hidden, rollout))
     -> (state, loss, info)` computes advantages and runs the epochs over whole sequences."""
     config.validate()
-    env = ppo.make_environment(config)
+    env = policy_gradient.make_environment(config)
     if not env.discrete:  # whatever the network library: the heads are categorical
         raise ValueError(f"ppo_rnn supports discrete actions only; {config.env} has continuous ones")
     network = (network_fn or equinox_recurrent_actor_critic)(config, env)
-    optimizer = ppo.make_optimizer(config)
+    optimizer = policy_gradient.make_optimizer(config)
     num_steps, num_envs = config.num_steps, config.num_envs
 
     def env_step(state: RecurrentPPOState, _):
         key, action_key, step_key = jax.random.split(state.key, 3)
         hidden, policy, value = network.step(state.params, state.hidden, state.obs, state.reset)
-        action = ppo.sample(policy, action_key)
+        action = sample(policy, action_key)
         obs, env_state, step = env.step(step_key, state.env_state, action.astype(jnp.int32))
         transition = Transition(
-            obs=state.obs, action=action, log_prob=ppo.log_prob(policy, action), value=value,
-            reward=step.reward, terminated=step.terminated, done=step.done,
-            next_obs=step.next_obs, reset=state.reset, hidden=hidden,
+            obs=state.obs,
+            action=action,
+            log_prob=log_prob(policy, action),
+            value=value,
+            reward=step.reward,
+            terminated=step.terminated,
+            done=step.done,
+            next_obs=step.next_obs,
+            reset=state.reset,
+            hidden=hidden,
         )
-        state = RecurrentPPOState(
-            state.params, state.opt_state, env_state, obs, step.done, hidden, key
+        state = dataclasses.replace(
+            state, env_state=env_state, obs=obs, reset=step.done, hidden=hidden, key=key
         )
         return state, (transition, episode_stats(step))
 
@@ -300,7 +333,7 @@ def make_update_steps(
         def by_environment(x: Array, axis: int) -> Array:
             # (..., envs, ...) -> (minibatches, ..., envs per minibatch, ...)
             x = jnp.take(x, order, axis=axis)
-            x = x.reshape(*x.shape[:axis], config.num_minibatches, -1, *x.shape[axis + 1:])
+            x = x.reshape(*x.shape[:axis], config.num_minibatches, -1, *x.shape[axis + 1 :])
             return jnp.moveaxis(x, axis, 0)
 
         minibatches = SequenceBatch(
@@ -321,20 +354,25 @@ def make_update_steps(
         # ADVANTAGES: V(pre-reset next obs) with the hidden state it follows, one batched core step
         flat = lambda x: x.reshape(num_steps * num_envs, *x.shape[2:])  # noqa: E731
         _, _, next_value = network.step(
-            state.params, flat(rollout.hidden), flat(rollout.next_obs),
+            state.params,
+            flat(rollout.hidden),
+            flat(rollout.next_obs),
             jnp.zeros(num_steps * num_envs, bool),
         )
-        advantages, targets = ppo.gae(
-            rollout.reward, rollout.value, next_value.reshape(rollout.reward.shape),
-            rollout.terminated, rollout.done, config.gamma, config.gae_lambda,
-        )
+        advantages, targets = policy_gradient.rollout_advantages(rollout, next_value, config)
 
         # UPDATE EPOCHS OF MINIBATCHES OF WHOLE SEQUENCES
         batch = SequenceBatch(
             hidden=initial_hidden,
             reset=rollout.reset,
-            steps=ppo.Batch(obs=rollout.obs, action=rollout.action, log_prob=rollout.log_prob,
-                            value=rollout.value, advantage=advantages, target=targets),
+            steps=Batch(
+                obs=rollout.obs,
+                action=rollout.action,
+                log_prob=rollout.log_prob,
+                value=rollout.value,
+                advantage=advantages,
+                target=targets,
+            ),
         )
         key, epochs_key = jax.random.split(state.key)
         (params, opt_state), (total, info) = jax.lax.scan(
@@ -342,23 +380,26 @@ def make_update_steps(
             (state.params, state.opt_state),
             jax.random.split(epochs_key, config.update_epochs),
         )
-        state = RecurrentPPOState(
-            params, opt_state, state.env_state, state.obs, state.reset, state.hidden, key
-        )
+        state = dataclasses.replace(state, params=params, opt_state=opt_state, key=key)
         return state, total, info
 
     def update(state: RecurrentPPOState):
         state, experience, episodes = collect(state)  # COLLECT TRAJECTORIES
         state, total, info = learn(state, experience)  # ADVANTAGES AND UPDATE EPOCHS
-        return state, ppo.update_stats(episodes, total, info)
+        return state, policy_gradient.update_stats(episodes, total, info)
 
     def init(key: PRNGKeyArray) -> RecurrentPPOState:
         env_key, init_key, loop_key = jax.random.split(key, 3)
         obs, env_state = env.reset(env_key)
         params = network.init(init_key)
         return RecurrentPPOState(
-            params, optimizer.init(params), env_state, obs, jnp.ones(num_envs, bool),
-            network.initial_hidden(num_envs), loop_key,
+            params=params,
+            opt_state=optimizer.init(params),
+            env_state=env_state,
+            obs=obs,
+            reset=jnp.ones(num_envs, bool),
+            hidden=network.initial_hidden(num_envs),
+            key=loop_key,
         )
 
     return UpdateSteps(network=network, init=init, collect=collect, learn=learn, update=update)
@@ -374,7 +415,7 @@ def policy(
     obs_stats: RunningStats | None = None,
     greedy: bool = True,
 ) -> RecurrentPolicy:
-    """The trained agent as a `RecurrentPolicy` for `pureeqxrl.envs.evaluate` (what `pureeqxrl
+    """The trained agent as a `RecurrentPolicy` for `pureeqxrl.evaluate.evaluate` (what `pureeqxrl
     eval` runs): the hidden state is carried from step to step and zeroed at episode starts;
     actions are the most likely ones (`greedy`) or sampled as in training."""
 
@@ -382,7 +423,7 @@ def policy(
         if obs_stats is not None:
             obs = obs_stats.normalize(obs)
         hidden, distribution, _ = network.step(params, hidden, obs, reset)
-        action = ppo.mode(distribution) if greedy else ppo.sample(distribution, key)
+        action = mode(distribution) if greedy else sample(distribution, key)
         return action.astype(jnp.int32), hidden
 
     return RecurrentPolicy(initial_hidden=network.initial_hidden, act=act)

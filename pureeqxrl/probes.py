@@ -9,7 +9,7 @@ An algorithm that cannot learn these has a bug, and each probe isolates one part
 | `Discount-probe` | 1 | Q(first) = gamma, Q(second) = 1 | bootstrapping and discounting |
 | `ActionReward-probe` | 2 | Q(obs, a) = 1 if a matches the sign of obs else 0 | acting on the learnt values |
 | `TimeLimit-probe` | 1 | Q = 1 / (1 - gamma) | bootstrapping through truncations |
-| `ContinuousAction-probe` | Box [-1, 1] | mean action = obs / 2; V = -E[(a - obs / 2)^2] | Gaussian policies |
+| `ContinuousAction-probe` | Box [-1, 1] | mean action obs / 2; V = -E[(a - obs / 2)^2] | Gaussian policies |
 
 `TimeLimit-probe` never terminates; it is truncated after `max_steps_in_episode` steps (default 1).
 An algorithm that treats truncation as termination learns Q = 1 there instead of 1 / (1 - gamma).

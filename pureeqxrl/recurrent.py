@@ -17,9 +17,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Complex, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Complex, Float
 
-from pureeqxrl.nets import Linear, fold_in_keys, lecun_normal, orthogonal
+from pureeqxrl.nets import Dense, NetworkKey, ParamKeys, lecun_normal, orthogonal, zeros
 
 
 class GRU(eqx.Module):
@@ -28,7 +28,9 @@ class GRU(eqx.Module):
         r = sigmoid(x W_ir + b_ir + h W_hr)        z = sigmoid(x W_iz + b_iz + h W_hz)
         n = tanh(x W_in + b_in + r * (h W_hn + b_hn))        h' = (1 - z) * n + z * h
 
-    Input kernels are lecun-normal, recurrent kernels orthogonal (one draw per gate), biases zero.
+    Input kernels are lecun-normal, recurrent kernels orthogonal (one draw per gate), biases zero;
+    keys (`pureeqxrl.nets.ParamKeys`) in the order input kernels r, z, n, input bias, recurrent
+    kernels r, z, n, recurrent bias.
     The three gates' kernels are stored side by side, `(in, 3 * hidden)` and `(hidden, 3 * hidden)`:
     over a sequence, the input half is one matrix product for all steps before the loop, and only
     `h @ hidden_kernel` stays in the sequential part (`__call__`).
@@ -40,17 +42,17 @@ class GRU(eqx.Module):
     hidden_bias: Float[Array, " hidden"]
     """The candidate gate's recurrent bias (`b_hn`): inside `r * (...)`, so not foldable into `b_in`."""
 
-    def __init__(self, in_features: int, hidden_size: int, *, key: PRNGKeyArray):
-        keys = fold_in_keys(key, 6)
+    def __init__(self, in_features: int, hidden_size: int, *, key: NetworkKey):
+        keys = ParamKeys.of(key)
         input_init, hidden_init = lecun_normal(), orthogonal(1.0)
         self.input_kernel = jnp.concatenate(
-            [input_init(k, (in_features, hidden_size), jnp.float32) for k in keys[:3]], axis=1
+            [input_init(keys(), (in_features, hidden_size), jnp.float32) for _ in "rzn"], axis=1
         )
+        self.input_bias = zeros(keys(), (3 * hidden_size,), jnp.float32)
         self.hidden_kernel = jnp.concatenate(
-            [hidden_init(k, (hidden_size, hidden_size), jnp.float32) for k in keys[3:]], axis=1
+            [hidden_init(keys(), (hidden_size, hidden_size), jnp.float32) for _ in "rzn"], axis=1
         )
-        self.input_bias = jnp.zeros(3 * hidden_size)
-        self.hidden_bias = jnp.zeros(hidden_size)
+        self.hidden_bias = zeros(keys(), (hidden_size,), jnp.float32)
 
     def initial_hidden(self) -> Float[Array, " hidden"]:
         return jnp.zeros(self.hidden_bias.shape)
@@ -113,6 +115,8 @@ class S5Layer(eqx.Module):
     With conjugate symmetry, `state_size` complex states stand for `2 * state_size` real-valued
     ones: only one eigenvalue of each conjugate pair is kept and the output is `2 Re(C x)`.
     Parameters are real arrays (real and imaginary parts apart), so optax treats them as usual.
+    The eigenvalues are computed, not drawn; the drawn parameters take their keys
+    (`pureeqxrl.nets.ParamKeys`) in the order B, C, D, log step, then the gate's kernel and bias.
     """
 
     lambda_re: Float[Array, " state"]
@@ -123,34 +127,34 @@ class S5Layer(eqx.Module):
     c_im: Float[Array, "features state"]
     d: Float[Array, " features"]
     log_step: Float[Array, " state"]
-    gate: Linear
+    gate: Dense
 
     def __init__(
         self,
         features: int,
         state_size: int,
         *,
-        key: PRNGKeyArray,
+        key: NetworkKey,
         dt_min: float = 0.001,
         dt_max: float = 0.1,
     ):
-        b_key, c_key, d_key, step_key, gate_key = jax.random.split(key, 5)
+        keys = ParamKeys.of(key)
         eigenvalues, eigenvectors = hippo_diagonal(2 * state_size)
         eigenvalues, v = eigenvalues[:state_size], eigenvectors[:, :state_size]
         # B and C are drawn for the 2P real-valued states, then moved into the eigenbasis.
-        b = lecun_normal()(b_key, (2 * state_size, features), jnp.float32)
+        b = lecun_normal()(keys(), (2 * state_size, features), jnp.float32)
         b_tilde = jnp.asarray(v.conj().T) @ b.astype(jnp.complex64)
-        c = lecun_normal()(c_key, (features, 2 * state_size, 2), jnp.float32)
+        c = lecun_normal()(keys(), (features, 2 * state_size, 2), jnp.float32)
         c_tilde = (c[..., 0] + 1j * c[..., 1]).astype(jnp.complex64) @ jnp.asarray(v)
         self.lambda_re = jnp.asarray(eigenvalues.real)
         self.lambda_im = jnp.asarray(eigenvalues.imag)
         self.b_re, self.b_im = b_tilde.real, b_tilde.imag
         self.c_re, self.c_im = c_tilde.real, c_tilde.imag
-        self.d = jax.random.normal(d_key, (features,))
+        self.d = jax.random.normal(keys(), (features,))
         self.log_step = jax.random.uniform(
-            step_key, (state_size,), minval=math.log(dt_min), maxval=math.log(dt_max)
+            keys(), (state_size,), minval=math.log(dt_min), maxval=math.log(dt_max)
         )
-        self.gate = Linear(features, features, key=gate_key)
+        self.gate = Dense(features, features, key=keys)
 
     def initial_hidden(self) -> Complex[Array, " state"]:
         return jnp.zeros(self.lambda_re.shape, jnp.complex64)
@@ -201,24 +205,23 @@ class S5(eqx.Module):
 
     layers: tuple[S5Layer, ...]
 
-    def __init__(self, features: int, state_size: int, num_layers: int, *, key: PRNGKeyArray):
-        self.layers = tuple(
-            S5Layer(features, state_size, key=k) for k in jax.random.split(key, num_layers)
-        )
+    def __init__(self, features: int, state_size: int, num_layers: int, *, key: NetworkKey):
+        keys = ParamKeys.of(key)  # the layers draw one after another
+        self.layers = tuple(S5Layer(features, state_size, key=keys) for _ in range(num_layers))
 
     def initial_hidden(self) -> Complex[Array, "layers state"]:
         return jnp.stack([layer.initial_hidden() for layer in self.layers])
 
     def step(self, hidden, x, reset):
         new_hidden = []
-        for layer, layer_hidden in zip(self.layers, hidden):
+        for layer, layer_hidden in zip(self.layers, hidden, strict=True):
             layer_hidden, x = layer.step(layer_hidden, x, reset)
             new_hidden.append(layer_hidden)
         return jnp.stack(new_hidden), x
 
     def __call__(self, hidden, xs, resets):
         new_hidden = []
-        for layer, layer_hidden in zip(self.layers, hidden):
+        for layer, layer_hidden in zip(self.layers, hidden, strict=True):
             layer_hidden, xs = layer(layer_hidden, xs, resets)
             new_hidden.append(layer_hidden)
         return jnp.stack(new_hidden), xs

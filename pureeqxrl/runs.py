@@ -1,4 +1,4 @@
-"""Host side of a training run: run folders, metrics files, plots, saved agents, progress.
+"""Run folders: what a training run leaves on disk, and reading it back.
 
 A run folder holds `config.json`, `metrics.csv` (one row per seed and logged row), `summary.json`,
 `learning_curve.png` and one `agent_seed{i}.eqx` per seed. Every file is written to a temporary name
@@ -7,6 +7,7 @@ non-empty folder is never written into.
 """
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -14,79 +15,23 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from pureeqxrl import dqn, ppo, ppo_continuous, ppo_rnn
+import pureeqxrl
+from pureeqxrl import registry
 from pureeqxrl.envs import make_env
+from pureeqxrl.evaluate import evaluate
+from pureeqxrl.loop import TrainResult, final_return, rows_update_counts
 from pureeqxrl.normalize import RunningStats
 
-
-@dataclass(frozen=True)
-class Algorithm:
-    """What the CLI and `load_agent` need to know about one algorithm."""
-
-    config_cls: type
-    make_train: Callable[..., Callable]
-    network_fn: Callable[[Any, Any], Any]
-    linen_network_fn: Callable[[], Callable[[Any, Any], Any]]
-    """Imported lazily: flax is only needed for Linen runs."""
-    policy: Callable[..., Callable[[Any, Any], Any]]
-    """`(network, params, env, obs_stats, greedy) -> act(key, obs_batch)` (or a
-    `pureeqxrl.envs.RecurrentPolicy`): the evaluation policy."""
-    stochastic: bool = True
-    """Whether `policy(..., greedy=False)` samples a stochastic policy (not for DQN)."""
-
-    def network(self, linen: bool) -> Callable[[Any, Any], Any]:
-        """The network builder of the Equinox version, or of the Linen control version."""
-        return self.linen_network_fn() if linen else self.network_fn
-
-
-def _linen_dqn():
-    from pureeqxrl.linen.dqn import linen_q_function
-
-    return linen_q_function
-
-
-def _linen_ppo():
-    from pureeqxrl.linen.ppo import linen_network
-
-    return linen_network
-
-
-def _linen_ppo_rnn():
-    from pureeqxrl.linen.ppo_rnn import linen_recurrent_actor_critic
-
-    return linen_recurrent_actor_critic
-
-
-ALGORITHMS: dict[str, Algorithm] = {
-    "dqn": Algorithm(
-        dqn.DQNConfig, dqn.make_train, dqn.equinox_q_function, _linen_dqn, dqn.policy,
-        stochastic=False,
-    ),
-    # Both PPO entries pick the actor-critic from the environment's action space; they differ in
-    # their config's defaults (discrete CartPole vs continuous Pendulum settings).
-    "ppo": Algorithm(ppo.PPOConfig, ppo.make_train, ppo.default_network, _linen_ppo, ppo.policy),
-    "ppo_continuous": Algorithm(
-        ppo_continuous.PPOContinuousConfig, ppo_continuous.make_train, ppo.default_network,
-        _linen_ppo, ppo.policy,
-    ),
-    # Recurrent PPO: a GRU core (`ppo_rnn`) or S5 layers (`ppo_s5`, Equinox only).
-    "ppo_rnn": Algorithm(
-        ppo_rnn.PPORNNConfig, ppo_rnn.make_train, ppo_rnn.equinox_recurrent_actor_critic,
-        _linen_ppo_rnn, ppo_rnn.policy,
-    ),
-    "ppo_s5": Algorithm(
-        ppo_rnn.PPOS5Config, ppo_rnn.make_train, ppo_rnn.equinox_recurrent_actor_critic,
-        _linen_ppo_rnn, ppo_rnn.policy,
-    ),
-}
+# Config fields renamed since runs were first written: old name -> new name.
+RENAMED_FIELDS = {"lr_linear_decay": "anneal_lr"}
 
 
 # FILES
@@ -128,8 +73,67 @@ def prepare_run_dir(run_dir: Path | None, algorithm: str, env: str) -> Path:
     return run_dir
 
 
-def metrics_table(metrics: dict[str, np.ndarray], updates: np.ndarray,
-                  steps_per_update: int) -> tuple[list[str], list[list]]:
+def write_config(run_dir: Path, algorithm: str, config: Any, linen: bool, num_seeds: int, seed: int) -> None:
+    """`config.json`: everything needed to rebuild the run's config, networks and keys."""
+    saved = {
+        "algorithm": algorithm,
+        "linen": linen,
+        "num_seeds": num_seeds,
+        "seed": seed,
+        "config": config.to_dict(),
+        "versions": {
+            "pureeqxrl": pureeqxrl.__version__,
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+        },
+    }
+    atomic_write_text(run_dir / "config.json", json.dumps(saved, indent=2))
+
+
+def write_results(
+    run_dir: Path,
+    title: str,
+    config: Any,
+    result: TrainResult,
+    compile_seconds: float,
+    train_seconds: float,
+) -> dict[str, Any]:
+    """Write what a finished run of `num_seeds` vmapped seeds produced (`metrics.csv`,
+    `learning_curve.png`, `agent_seed{i}.eqx`, `summary.json`) and return the summary."""
+    metrics = {name: np.asarray(value) for name, value in result.metrics.items()}
+    num_seeds = metrics["episode_return"].shape[0]
+    updates = rows_update_counts(config.num_updates, config.log_interval)  # at each row's end
+    header, rows = metrics_table(metrics, updates, config.steps_per_update)
+    write_metrics_csv(run_dir / "metrics.csv", header, rows)
+    plot_learning_curve(
+        run_dir / "learning_curve.png", updates * config.steps_per_update, metrics["episode_return"], title
+    )
+    for seed in range(num_seeds):
+        save_agent(run_dir / f"agent_seed{seed}.eqx", *seed_slice((result.params, result.obs_stats), seed))
+
+    finals = final_return(metrics["episode_return"])
+    any_finished = bool(np.isfinite(finals).any())
+    total_steps = config.num_updates * config.steps_per_update * num_seeds
+    summary = {
+        "final_return_per_seed": [float(x) for x in finals],
+        "final_return_mean": float(np.nanmean(finals)) if any_finished else None,
+        "final_return_std": float(np.nanstd(finals)) if any_finished else None,
+        "compile_seconds": compile_seconds,
+        "train_seconds": train_seconds,
+        "env_steps_per_second": total_steps / train_seconds,
+    }
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def seed_slice(tree: Any, seed: int) -> Any:
+    """One seed's part of a pytree whose leaves have a leading seed axis (a `vmap` output)."""
+    return jax.tree.map(lambda x: x[seed], tree)
+
+
+def metrics_table(
+    metrics: dict[str, np.ndarray], updates: np.ndarray, steps_per_update: int
+) -> tuple[list[str], list[list]]:
     """Long-format rows (seed, row, update, env_steps, metric...) from `(num_seeds, num_rows)` arrays.
 
     `updates[row]` is the number of updates done at the end of each row (`rows_update_counts`).
@@ -138,8 +142,13 @@ def metrics_table(metrics: dict[str, np.ndarray], updates: np.ndarray,
     header = ["seed", "row", "update", "env_steps", *names]
     num_seeds = next(iter(metrics.values())).shape[0]
     rows = [
-        [seed, row, int(updates[row]), int(updates[row]) * steps_per_update,
-         *(float(metrics[name][seed, row]) for name in names)]
+        [
+            seed,
+            row,
+            int(updates[row]),
+            int(updates[row]) * steps_per_update,
+            *(float(metrics[name][seed, row]) for name in names),
+        ]
         for seed in range(num_seeds)
         for row in range(len(updates))
     ]
@@ -210,7 +219,7 @@ def load_agent(run_dir: Path | str, seed: int = 0) -> Any:
     """Load the trained network of one seed of a run folder.
 
     For an Equinox run this is the Module itself (a `pureeqxrl.dqn.QNetwork`, a
-    `pureeqxrl.ppo.ActorCritic` or a `pureeqxrl.ppo_continuous.GaussianActorCritic`: call it on one
+    `pureeqxrl.heads.ActorCritic` or a `pureeqxrl.heads.GaussianActorCritic`: call it on one
     observation; a `pureeqxrl.ppo_rnn.RecurrentActorCritic`: `step` it with a hidden state); for a
     `--linen` run it is the Linen variables dict. If the run normalised
     observations, use `load_agent_and_obs_stats` and normalise with the statistics too.
@@ -237,20 +246,53 @@ def load_agent_and_obs_stats(run_dir: Path | str, seed: int = 0) -> tuple[Any, R
         return eqx.tree_deserialise_leaves(path, (params, obs_stats))
     except RuntimeError as error:  # equinox: a saved leaf's shape or dtype differs from the network's
         raise ValueError(
-            f"{path} does not hold this network's parameters ({error}). Agents saved before "
-            "2026-11-25 (commit ad4e144) store each MLP layer as (kernel, bias); this version stores "
-            "(bias, kernel), Linen's order (see pureeqxrl.nets.MLP): load those with an earlier commit."
+            f"{path} does not hold this network's parameters ({error}). This version stores every "
+            "Dense layer as (bias, kernel), Linen's order (pureeqxrl.nets.Dense); agents saved by "
+            "pureeqxrl 0.1.0 before commit ad4e144 (and its S5 agents' gate layers) store (kernel, "
+            "bias): load those with the pureeqxrl 0.1.0 code they were saved by."
         ) from error
+
+
+def evaluate_run(run_dir: Path | str, episodes: int, sample: bool = False, seed: int = 0) -> list[float]:
+    """Mean return of each saved agent of a run folder over `episodes` fresh episodes (the first
+    episode of each of `episodes` parallel environments): the greedy policy, or with `sample` the
+    stochastic one. Every agent sees the same episodes (key `seed`)."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be positive, got {episodes}")
+    saved, config, network_fn = read_run(Path(run_dir))
+    algorithm = registry.get(saved["algorithm"])
+    if sample and not algorithm.stochastic:
+        raise ValueError(f"{saved['algorithm']} has no stochastic policy to sample from")
+    env = make_env(config.env, episodes, config.max_episode_steps)
+    network = network_fn(config, env)
+
+    @jax.jit
+    def mean_return(params, obs_stats, key):
+        act = algorithm.policy(network, params, env, obs_stats, not sample)
+        return jnp.nanmean(evaluate(env, act, key))
+
+    return [
+        float(mean_return(*load_agent_and_obs_stats(run_dir, i), jax.random.key(seed)))
+        for i in range(saved["num_seeds"])
+    ]
 
 
 def read_run(run_dir: Path) -> tuple[dict, Any, Callable[[Any, Any], Any]]:
     """A run folder's saved `config.json`, its config object, and its network builder."""
     saved = json.loads((Path(run_dir) / "config.json").read_text())
-    algorithm = ALGORITHMS[saved["algorithm"]]
+    algorithm = registry.get(saved["algorithm"])  # a ValueError naming the known ones
     config = config_from_dict(algorithm.config_cls, saved["config"])
     return saved, config, algorithm.network(saved["linen"])
 
 
 def config_from_dict(config_cls: type, values: dict) -> Any:
-    """Rebuild a config dataclass from its JSON form (lists back to tuples)."""
+    """Rebuild a config dataclass from its JSON form (lists back to tuples, renamed fields under
+    their current names); a field this version does not know is a `ValueError` naming it."""
+    values = {RENAMED_FIELDS.get(name, name): value for name, value in values.items()}
+    known = {field.name for field in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(
+            f"{config_cls.__name__} has no field {', '.join(unknown)} (written by another pureeqxrl version?)"
+        )
     return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

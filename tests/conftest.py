@@ -40,7 +40,7 @@ def assert_same_gradients():
 
     def check(ours, theirs):
         assert jax.tree.structure(ours) == jax.tree.structure(theirs)
-        for mine, other in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+        for mine, other in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
             assert float(jnp.abs(other).max()) > 0
             np.testing.assert_allclose(mine, other, rtol=1e-5, atol=1e-7)
 

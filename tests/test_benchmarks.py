@@ -31,8 +31,21 @@ def test_end_to_end_and_chart_write_tables_json_and_png(tmp_path, monkeypatch):
     steps = config.num_updates * config.steps_per_update
     assert steps >= 12_000
     out = tmp_path / "dqn_test"
-    run_script(monkeypatch, "end_to_end", "--algo", "dqn", "--repeats", "2", "--seeds", "1", "2",
-               "--total-timesteps", "12000", "--out", str(out))
+    run_script(
+        monkeypatch,
+        "end_to_end",
+        "--algo",
+        "dqn",
+        "--repeats",
+        "2",
+        "--seeds",
+        "1",
+        "2",
+        "--total-timesteps",
+        "12000",
+        "--out",
+        str(out),
+    )
     data = json.loads(out.with_suffix(".json").read_text())
     assert [row["num_seeds"] for row in data["rows"]] == [1, 2]
     for row in data["rows"]:
@@ -41,13 +54,18 @@ def test_end_to_end_and_chart_write_tables_json_and_png(tmp_path, monkeypatch):
             for sample in data["samples"][f"{library}/{row['num_seeds']}"]:
                 # steps/s counts every seed's environment steps.
                 assert sample["steps_per_s"] == pytest.approx(
-                    steps * row["num_seeds"] / sample["train_s"], rel=1e-6)
+                    steps * row["num_seeds"] / sample["train_s"], rel=1e-6
+                )
         for quantity in ("compile", "train"):
             low, high = row[f"{quantity}_time_ratio_min_max"]
             assert 0 < low <= row[f"{quantity}_time_ratio_median"] <= high
     # Two repeats, both libraries each time, for each number of seeds.
     assert {key: len(samples) for key, samples in data["samples"].items()} == {
-        "equinox/1": 2, "linen/1": 2, "equinox/2": 2, "linen/2": 2}
+        "equinox/1": 2,
+        "linen/1": 2,
+        "equinox/2": 2,
+        "linen/2": 2,
+    }
     table = out.with_suffix(".md").read_text()
     assert "--seeds 1 2" in table and table.count("| equinox |") == 2 and table.count("| linen |") == 2
 

@@ -7,25 +7,41 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pureeqxrl import cli, dqn, ppo, runs
+from pureeqxrl import cli, dqn, heads, runs
 
-TINY = ["--total-timesteps", "3000", "--learning-starts", "500", "--log-interval", "60",
-        "--hidden-sizes", "16", "16"]
+TINY = [
+    "--total-timesteps",
+    "3000",
+    "--learning-starts",
+    "500",
+    "--log-interval",
+    "60",
+    "--hidden-sizes",
+    "16",
+    "16",
+]
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "dqn-tiny"
-    code = cli.main(["train", "dqn", "--env", "CartPole-v1", "--num-seeds", "2",
-                     "--run-dir", str(run_dir), *TINY])
+    code = cli.main(
+        ["train", "dqn", "--env", "CartPole-v1", "--num-seeds", "2", "--run-dir", str(run_dir), *TINY]
+    )
     assert code == 0
     return run_dir
 
 
 def test_train_writes_the_run_folder(run_dir):
     names = {p.name for p in run_dir.iterdir()}
-    assert names == {"config.json", "metrics.csv", "summary.json", "learning_curve.png",
-                     "agent_seed0.eqx", "agent_seed1.eqx"}
+    assert names == {
+        "config.json",
+        "metrics.csv",
+        "summary.json",
+        "learning_curve.png",
+        "agent_seed0.eqx",
+        "agent_seed1.eqx",
+    }
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["config"]["total_timesteps"] == 3000 and saved["num_seeds"] == 2
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
@@ -38,8 +54,9 @@ def test_train_writes_the_run_folder(run_dir):
     assert summary["env_steps_per_second"] > 0
     assert len(summary["final_return_per_seed"]) == 2
     metrics = runs.read_metrics_csv(run_dir / "metrics.csv")
-    np.testing.assert_allclose(np.mean(summary["final_return_per_seed"]),
-                               np.nanmean(metrics["episode_return"][:, -1]), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.mean(summary["final_return_per_seed"]), np.nanmean(metrics["episode_return"][:, -1]), rtol=1e-5
+    )
 
 
 def test_saved_agents_load_and_act(run_dir):
@@ -57,7 +74,7 @@ def test_agent_saved_in_the_old_layer_order_gets_a_clear_error(run_dir, tmp_path
     old_dir = tmp_path / "old-run"
     shutil.copytree(run_dir, old_dir)
     network = runs.load_agent(run_dir)
-    kernel_first = eqx.tree_at(lambda n: n.layers, network, tuple((k, b) for b, k in network.layers))
+    kernel_first = eqx.tree_at(lambda n: n.layers, network, tuple((d.kernel, d.bias) for d in network.layers))
     eqx.tree_serialise_leaves(old_dir / "agent_seed0.eqx", (kernel_first, None))
     with pytest.raises(ValueError, match=r"\(kernel, bias\)"):
         runs.load_agent(old_dir)
@@ -109,8 +126,17 @@ def test_linen_run_saves_a_loadable_agent(tmp_path):
     assert json.loads((run_dir / "config.json").read_text())["linen"] is True
 
 
-PPO_TINY = ["--total-timesteps", "4096", "--num-steps", "64", "--log-interval", "4",
-            "--hidden-sizes", "16", "16"]
+PPO_TINY = [
+    "--total-timesteps",
+    "4096",
+    "--num-steps",
+    "64",
+    "--log-interval",
+    "4",
+    "--hidden-sizes",
+    "16",
+    "16",
+]
 
 
 def test_ppo_trains_saves_loads_and_evaluates(tmp_path, capsys):
@@ -121,8 +147,8 @@ def test_ppo_trains_saves_loads_and_evaluates(tmp_path, capsys):
     assert [int(r["env_steps"]) for r in rows[:4]] == [1024, 2048, 3072, 4096]
     assert {"episode_return", "entropy", "approx_kl", "clip_fraction", "value_loss"} <= set(rows[0])
     network = runs.load_agent(run_dir, seed=1)
-    assert isinstance(network, ppo.ActorCritic)
-    assert int(ppo.greedy_action(network, jnp.zeros(4))) in (0, 1)
+    assert isinstance(network, heads.ActorCritic)
+    assert int(heads.greedy_action(network, jnp.zeros(4))) in (0, 1)
     capsys.readouterr()
     assert cli.main(["eval", str(run_dir), "--episodes", "2"]) == 0
     assert "seed 1: greedy return" in capsys.readouterr().out
@@ -134,7 +160,13 @@ def test_ppo_linen_run_saves_a_loadable_agent(tmp_path):
     run_dir = tmp_path / "ppo-linen"
     assert cli.main(["train", "ppo", "--linen", "--run-dir", str(run_dir), *PPO_TINY]) == 0
     assert set(runs.load_agent(run_dir)["params"]) == {
-        "actor_0", "actor_1", "actor_head", "critic_0", "critic_1", "critic_head"}
+        "actor_0",
+        "actor_1",
+        "actor_head",
+        "critic_0",
+        "critic_1",
+        "critic_head",
+    }
 
 
 def test_ppo_sizes_that_do_not_divide_are_rejected(tmp_path, capsys, no_compile):
@@ -146,9 +178,29 @@ def test_ppo_sizes_that_do_not_divide_are_rejected(tmp_path, capsys, no_compile)
 
 def test_ppo_continuous_saves_normalisation_statistics_with_the_agent(tmp_path, capsys):
     run_dir = tmp_path / "pendulum"
-    args = ["train", "ppo_continuous", "--env", "Pendulum-v1", "--num-seeds", "2", "--run-dir",
-            str(run_dir), "--total-timesteps", "8192", "--num-envs", "16", "--num-steps", "32",
-            "--num-minibatches", "4", "--hidden-sizes", "16", "16", "--log-interval", "4"]
+    args = [
+        "train",
+        "ppo_continuous",
+        "--env",
+        "Pendulum-v1",
+        "--num-seeds",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        "--total-timesteps",
+        "8192",
+        "--num-envs",
+        "16",
+        "--num-steps",
+        "32",
+        "--num-minibatches",
+        "4",
+        "--hidden-sizes",
+        "16",
+        "16",
+        "--log-interval",
+        "4",
+    ]
     assert cli.main(args) == 0
     network, obs_stats = runs.load_agent_and_obs_stats(run_dir, seed=1)
     assert network.log_std.shape == (1,)
@@ -160,8 +212,20 @@ def test_ppo_continuous_saves_normalisation_statistics_with_the_agent(tmp_path, 
     assert "seed 1: greedy return" in capsys.readouterr().out
 
 
-RNN_TINY = ["--env", "MemoryChain-bsuite", "--total-timesteps", "2048", "--num-steps", "32",
-            "--log-interval", "4", "--encoder-sizes", "16", "--hidden-sizes", "16"]
+RNN_TINY = [
+    "--env",
+    "MemoryChain-bsuite",
+    "--total-timesteps",
+    "2048",
+    "--num-steps",
+    "32",
+    "--log-interval",
+    "4",
+    "--encoder-sizes",
+    "16",
+    "--hidden-sizes",
+    "16",
+]
 
 
 def test_recurrent_ppo_trains_and_evaluates_with_its_memory(tmp_path, capsys):
@@ -179,8 +243,22 @@ def test_recurrent_ppo_trains_and_evaluates_with_its_memory(tmp_path, capsys):
     assert "seed 1: sampled-policy return" in capsys.readouterr().out
 
     s5_dir = tmp_path / "s5"
-    assert cli.main(["train", "ppo_s5", "--run-dir", str(s5_dir), *RNN_TINY, "--s5-layers", "1",
-                     "--s5-state-size", "4"]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                "ppo_s5",
+                "--run-dir",
+                str(s5_dir),
+                *RNN_TINY,
+                "--s5-layers",
+                "1",
+                "--s5-state-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     assert isinstance(runs.load_agent(s5_dir).core, S5)
     assert cli.main(["eval", str(s5_dir), "--episodes", "2"]) == 0
 

@@ -6,12 +6,21 @@ import numpy as np
 import pytest
 
 from pureeqxrl import dqn
-from pureeqxrl.envs import evaluate, make_env
+from pureeqxrl.envs import make_env
+from pureeqxrl.evaluate import evaluate
 
 PROBE = dqn.DQNConfig(
-    total_timesteps=24_000, num_envs=4, buffer_size=2_000, batch_size=64, learning_rate=1e-3,
-    learning_starts=500, epsilon_anneal_time=4_000, training_interval=4,
-    target_update_interval=100, hidden_sizes=(32, 32), log_interval=1_000,
+    total_timesteps=24_000,
+    num_envs=4,
+    buffer_size=2_000,
+    batch_size=64,
+    learning_rate=1e-3,
+    learning_starts=500,
+    epsilon_anneal_time=4_000,
+    training_interval=4,
+    target_update_interval=100,
+    hidden_sizes=(32, 32),
+    log_interval=1_000,
 )
 
 
@@ -87,8 +96,7 @@ def test_seeds_are_independent_and_runs_reproducible():
 
         def init(key):
             network = q_function.init(key)
-            jax.debug.callback(lambda kernel: inits.append(np.asarray(kernel)),
-                               network.layers[0][1])
+            jax.debug.callback(lambda kernel: inits.append(np.asarray(kernel)), network.layers[0].kernel)
             return network
 
         return q_function._replace(init=init)
@@ -101,7 +109,7 @@ def test_seeds_are_independent_and_runs_reproducible():
     assert not np.allclose(inits[0], inits[1])  # different initial networks
     returns = first.metrics["episode_return"]
     assert not np.allclose(returns[0], returns[1])  # different experience
-    assert not np.allclose(first.params.layers[0][1][0], first.params.layers[0][1][1])
+    assert not np.allclose(first.params.layers[0].kernel[0], first.params.layers[0].kernel[1])
     np.testing.assert_array_equal(returns, second.metrics["episode_return"])  # same key, same run
 
 

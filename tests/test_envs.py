@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pureeqxrl.envs import episode_stats, evaluate, make_env
+from pureeqxrl.envs import episode_stats, make_env
 
 
 def test_unknown_env_names_close_matches():
@@ -25,9 +25,7 @@ def _rollout(env, key, num_steps, action=0):
         new_obs, state, step = env.step(step_key, state, jnp.full(env.num_envs, action))
         return (new_obs, state), (obs, new_obs, step)
 
-    _, (obs_before, obs_after, steps) = jax.lax.scan(
-        one, (obs, state), jax.random.split(key, num_steps)
-    )
+    _, (obs_before, obs_after, steps) = jax.lax.scan(one, (obs, state), jax.random.split(key, num_steps))
     return obs_before, obs_after, steps
 
 
@@ -67,44 +65,8 @@ def test_truncation_keeps_final_observation(key):
     np.testing.assert_array_equal(steps.next_obs[1], obs_after[1])
 
 
-def test_evaluate_reports_first_episode_and_nan_when_unfinished(key):
-    env = make_env("TimeLimit-probe", 4, max_episode_steps=7)
-    returns = evaluate(env, lambda k, obs: jnp.zeros(obs.shape[0], jnp.int32), key)
-    np.testing.assert_array_equal(returns, np.full(4, 7.0))
-    short = evaluate(env, lambda k, obs: jnp.zeros(obs.shape[0], jnp.int32), key, max_steps=6)
-    assert np.isnan(short).all()
-
-
-def test_navix_resets_at_once_and_keeps_the_final_observation(key):
-    navix = pytest.importorskip("navix", reason="needs the navix extra")
-    env = make_env("Navix-Empty-5x5-v0", 16, max_episode_steps=30)
-    assert env.num_actions == int(navix.make("Navix-Empty-5x5-v0").action_space.maximum) + 1
-    obs, state = env.reset(key)
-    assert obs.dtype == jnp.float32 and obs.shape == (16, *env.observation_shape)
-
-    def random_step(carry, step_key):
-        obs, state = carry
-        action_key, step_key = jax.random.split(step_key)
-        action = jax.random.randint(action_key, (16,), 0, env.num_actions)
-        new_obs, state, step = env.step(step_key, state, action)
-        return (new_obs, state), (new_obs, step, state.env_state.t)
-
-    _, (obs_after, steps, t) = jax.lax.scan(random_step, (obs, state), jax.random.split(key, 200))
-    terminated, truncated = np.asarray(steps.terminated), np.asarray(steps.truncated)
-    assert terminated.any() and truncated.any()  # random walks reach the goal, or time out
-    # Reaching the goal pays, and no episode outlives the 30-step limit (navix's own lazy reset
-    # would insert a 31st, action-less step after every ending).
-    assert (np.asarray(steps.reward)[terminated] > 0).all()
-    np.testing.assert_array_equal(np.asarray(steps.episode_length)[truncated], 30)
-    assert (np.asarray(steps.episode_length)[terminated] <= 30).all()
-    # After an ending the next observation to act on is already a new episode's first one.
-    np.testing.assert_array_equal(np.asarray(t)[terminated | truncated], 0)
-    done = terminated | truncated
-    assert not np.allclose(np.asarray(obs_after)[done], np.asarray(steps.next_obs)[done])
-    np.testing.assert_array_equal(np.asarray(obs_after)[~done], np.asarray(steps.next_obs)[~done])
-
-
-def test_navix_names_are_known_and_suggested():
-    pytest.importorskip("navix", reason="needs the navix extra")
-    with pytest.raises(ValueError, match="Did you mean Navix-DoorKey-5x5-v0"):
-        make_env("Navix-Doorkey-5x5-v0", 2)
+def test_actions_reach_the_environment_in_its_own_type_and_bounds():
+    discrete = make_env("CartPole-v1", 2)
+    assert discrete.to_env_action(jnp.array([0.0, 1.0])).dtype == jnp.int32
+    continuous = make_env("Pendulum-v1", 2)  # torque in [-2, 2]
+    np.testing.assert_array_equal(continuous.to_env_action(jnp.array([[-3.0], [1.5]])), [[-2.0], [1.5]])

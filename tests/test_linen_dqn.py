@@ -52,7 +52,7 @@ def test_linen_param_layout_matches_its_own_init(key):
     assert jax.tree.structure(own) == jax.tree.structure(converted)
     assert [x.shape for x in jax.tree.leaves(own)] == [x.shape for x in jax.tree.leaves(converted)]
     # Same init distribution: zero biases, kernels with lecun-normal scale (std ~ 1/sqrt(fan_in)).
-    for theirs, ours in zip(own["params"].values(), converted["params"].values()):
+    for theirs, ours in zip(own["params"].values(), converted["params"].values(), strict=True):
         np.testing.assert_array_equal(theirs["bias"], 0.0)
         np.testing.assert_array_equal(ours["bias"], 0.0)
         expected_std = 1 / np.sqrt(theirs["kernel"].shape[0])
@@ -67,15 +67,24 @@ def test_equinox_leaves_come_in_linens_order(key):
     network = dqn.equinox_q_function(dqn.DQNConfig(), make_env("CartPole-v1", 1)).init(key)
     ours, linens = jax.tree.leaves(network), jax.tree.leaves(linen_dqn.params_from_equinox(network))
     assert len(ours) == len(linens) == 6
-    assert all(a is b for a, b in zip(ours, linens))
+    assert all(a is b for a, b in zip(ours, linens, strict=True))
 
 
 def test_linen_twin_learns_the_probe_too():
     config = dataclasses.replace(
-        dqn.DQNConfig(), env="ObsReward-probe", total_timesteps=24_000, num_envs=4,
-        buffer_size=2_000, batch_size=64, learning_rate=1e-3, learning_starts=500,
-        epsilon_anneal_time=4_000, training_interval=4, target_update_interval=100,
-        hidden_sizes=(32, 32), log_interval=1_000,
+        dqn.DQNConfig(),
+        env="ObsReward-probe",
+        total_timesteps=24_000,
+        num_envs=4,
+        buffer_size=2_000,
+        batch_size=64,
+        learning_rate=1e-3,
+        learning_starts=500,
+        epsilon_anneal_time=4_000,
+        training_interval=4,
+        target_update_interval=100,
+        hidden_sizes=(32, 32),
+        log_interval=1_000,
     )
     env = make_env(config.env, 1)
     q_function = linen_dqn.linen_q_function(config, env)

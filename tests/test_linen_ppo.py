@@ -6,14 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pureeqxrl import ppo
+from pureeqxrl import heads, policy_gradient, ppo
 from pureeqxrl.envs import make_env
 from pureeqxrl.linen import ppo as linen_ppo
 
 
 def _minibatch(key, obs_shape, num_actions, size=128):
     keys = jax.random.split(key, 6)
-    return ppo.Batch(
+    return policy_gradient.Batch(
         obs=jax.random.normal(keys[0], (size, *obs_shape)),
         action=jax.random.randint(keys[1], (size,), 0, num_actions),
         log_prob=jnp.log(jax.random.uniform(keys[2], (size,), minval=0.2, maxval=0.8)),
@@ -24,7 +24,7 @@ def _minibatch(key, obs_shape, num_actions, size=128):
 
 
 def _loss_and_grads(network, params, batch, config):
-    loss = jax.value_and_grad(ppo.ppo_loss, argnums=1, has_aux=True)
+    loss = jax.value_and_grad(policy_gradient.ppo_loss, argnums=1, has_aux=True)
     return jax.jit(loss, static_argnums=(0, 3))(network.apply, params, batch, config)
 
 
@@ -32,7 +32,7 @@ def _loss_and_grads(network, params, batch, config):
 def test_loss_and_gradients_match_linen(env_name, activation, key, strict_promotion, assert_same_gradients):
     config = ppo.PPOConfig(env=env_name, activation=activation)
     env = make_env(env_name, 1)
-    eqx_net = ppo.equinox_actor_critic(config, env)
+    eqx_net = heads.categorical_actor_critic(config, env)
     linen_net = linen_ppo.linen_actor_critic(config, env)
     params_key, batch_key = jax.random.split(key)
     params = eqx_net.init(params_key)
@@ -44,7 +44,7 @@ def test_loss_and_gradients_match_linen(env_name, activation, key, strict_promot
     )
     assert abs(float(eqx_loss)) > 0.01
     np.testing.assert_allclose(eqx_loss, linen_loss, rtol=1e-6)
-    for ours, theirs in zip(jax.tree.leaves(eqx_info), jax.tree.leaves(linen_info)):
+    for ours, theirs in zip(jax.tree.leaves(eqx_info), jax.tree.leaves(linen_info), strict=True):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)
     assert_same_gradients(linen_ppo.params_from_equinox(eqx_grads), linen_grads)
 
@@ -53,7 +53,7 @@ def test_linen_init_matches_the_reference_init(key):
     config = ppo.PPOConfig()
     env = make_env("CartPole-v1", 1)
     own = linen_ppo.linen_actor_critic(config, env).init(key)
-    converted = linen_ppo.params_from_equinox(ppo.equinox_actor_critic(config, env).init(key))
+    converted = linen_ppo.params_from_equinox(heads.categorical_actor_critic(config, env).init(key))
     assert jax.tree.structure(own) == jax.tree.structure(converted)
     for name in own["params"]:
         theirs, ours = own["params"][name], converted["params"][name]
@@ -71,13 +71,12 @@ def test_linen_init_matches_the_reference_init(key):
 @pytest.mark.parametrize("env_name", ["CartPole-v1", "Pendulum-v1"])
 def test_equinox_leaves_come_in_linens_order(env_name, key):
     # As for DQN: the training loop carries the parameters in the same order as the Linen twin's.
-    from pureeqxrl import ppo_continuous
 
-    config = ppo.PPOConfig() if env_name == "CartPole-v1" else ppo_continuous.PPOContinuousConfig()
-    network = ppo.default_network(config, make_env(env_name, 1)).init(key)
+    config = ppo.PPOConfig() if env_name == "CartPole-v1" else ppo.PPOContinuousConfig()
+    network = heads.actor_critic(config, make_env(env_name, 1)).init(key)
     ours, linens = jax.tree.leaves(network), jax.tree.leaves(linen_ppo.params_from_equinox(network))
     assert len(ours) == len(linens) == 12 + (env_name == "Pendulum-v1")
-    assert all(a is b for a, b in zip(ours, linens))
+    assert all(a is b for a, b in zip(ours, linens, strict=True))
 
 
 def test_linen_twin_trains_cartpole_like_equinox():
@@ -94,11 +93,10 @@ def test_linen_twin_trains_cartpole_like_equinox():
 
 @pytest.mark.parametrize("objective", ["ppo", "dpo"])
 def test_gaussian_loss_and_gradients_match_linen(objective, key, strict_promotion, assert_same_gradients):
-    from pureeqxrl import ppo_continuous
 
-    config = ppo_continuous.PPOContinuousConfig(objective=objective, ent_coef=0.01)
+    config = ppo.PPOContinuousConfig(objective=objective, ent_coef=0.01)
     env = make_env("Pendulum-v1", 1)
-    eqx_net = ppo_continuous.gaussian_actor_critic(config, env)
+    eqx_net = heads.gaussian_actor_critic(config, env)
     linen_net = linen_ppo.linen_gaussian_actor_critic(config, env)
     params_key, batch_key, action_key, std_key = jax.random.split(key, 4)
     params = eqx_net.init(params_key)
@@ -111,7 +109,7 @@ def test_gaussian_loss_and_gradients_match_linen(objective, key, strict_promotio
         linen_net, linen_ppo.params_from_equinox(params), batch, config
     )
     np.testing.assert_allclose(eqx_loss, linen_loss, rtol=1e-6)
-    for ours, theirs in zip(jax.tree.leaves(eqx_info), jax.tree.leaves(linen_info)):
+    for ours, theirs in zip(jax.tree.leaves(eqx_info), jax.tree.leaves(linen_info), strict=True):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)
     ours = linen_ppo.params_from_equinox(eqx_grads)
     assert float(jnp.abs(ours["params"]["log_std"]).max()) > 0  # the log-std is learnt

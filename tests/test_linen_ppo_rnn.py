@@ -1,4 +1,3 @@
-
 import equinox as eqx
 import flax.linen as nn
 import jax
@@ -6,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pureeqxrl import ppo, ppo_rnn
+from pureeqxrl import policy_gradient, ppo_rnn
 from pureeqxrl.envs import make_env
 from pureeqxrl.linen import ppo_rnn as linen_ppo_rnn
-from pureeqxrl.metrics import final_return
+from pureeqxrl.loop import final_return
 from pureeqxrl.recurrent import GRU
 
 
@@ -19,7 +18,7 @@ def _sequences(key, obs_shape, num_actions, hidden_size, time=24, envs=3):
     return ppo_rnn.SequenceBatch(
         hidden=jax.random.normal(keys[6], (envs, hidden_size)),
         reset=resets,
-        steps=ppo.Batch(
+        steps=policy_gradient.Batch(
             obs=jax.random.normal(keys[0], (time, envs, *obs_shape)),
             action=jax.random.randint(keys[1], (time, envs), 0, num_actions),
             log_prob=jnp.log(jax.random.uniform(keys[2], (time, envs), minval=0.2, maxval=0.8)),
@@ -39,8 +38,11 @@ def test_gru_matches_flax_gru_cell(key):
     gru = GRU(6, 10, key=key)
     # Non-zero biases, so that where each one enters (b_hn inside r * (...)) is checked too.
     bias_keys = jax.random.split(jax.random.key(3))
-    gru = eqx.tree_at(lambda g: (g.input_bias, g.hidden_bias), gru,
-                      (jax.random.normal(bias_keys[0], (30,)), jax.random.normal(bias_keys[1], (10,))))
+    gru = eqx.tree_at(
+        lambda g: (g.input_bias, g.hidden_bias),
+        gru,
+        (jax.random.normal(bias_keys[0], (30,)), jax.random.normal(bias_keys[1], (10,))),
+    )
     params = linen_ppo_rnn.params_from_equinox_gru(gru)
     hidden, x = jax.random.normal(jax.random.key(1), (10,)), jax.random.normal(jax.random.key(2), (6,))
     theirs, _ = nn.GRUCell(10).apply({"params": params}, hidden, x)
@@ -64,7 +66,7 @@ def test_sequence_loss_and_gradients_match_linen(objective, key, strict_promotio
     )
     assert abs(float(eqx_loss)) > 0.01
     np.testing.assert_allclose(eqx_loss, linen_loss, rtol=1e-6)
-    for ours, theirs in zip(jax.tree.leaves(eqx_info), jax.tree.leaves(linen_info)):
+    for ours, theirs in zip(jax.tree.leaves(eqx_info), jax.tree.leaves(linen_info), strict=True):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)
     assert_same_gradients(linen_ppo_rnn.params_from_equinox(eqx_grads), linen_grads)
 
@@ -81,10 +83,17 @@ def test_linen_init_has_the_equinox_layout_and_scales(key):
     config = ppo_rnn.PPORNNConfig()
     env = make_env("CartPole-v1", 1)
     own = linen_ppo_rnn.linen_recurrent_actor_critic(config, env).init(key)
-    converted = linen_ppo_rnn.params_from_equinox(ppo_rnn.equinox_recurrent_actor_critic(config, env).init(key))
+    converted = linen_ppo_rnn.params_from_equinox(
+        ppo_rnn.equinox_recurrent_actor_critic(config, env).init(key)
+    )
     assert jax.tree.map(jnp.shape, own) == jax.tree.map(jnp.shape, converted)
     params = own["params"]
-    for name, scale in (("encoder_0", np.sqrt(2)), ("actor_0", 2.0), ("actor_head", 0.01), ("critic_head", 1.0)):
+    for name, scale in (
+        ("encoder_0", np.sqrt(2)),
+        ("actor_0", 2.0),
+        ("actor_head", 0.01),
+        ("critic_head", 1.0),
+    ):
         kernel = np.asarray(params[name]["kernel"])
         gram = kernel.T @ kernel if kernel.shape[0] >= kernel.shape[1] else kernel @ kernel.T
         np.testing.assert_allclose(gram, scale**2 * np.eye(len(gram)), atol=1e-4 * scale**2)
@@ -97,7 +106,6 @@ def test_linen_twin_rejects_s5_and_learns_the_memory_task():
     train = jax.jit(jax.vmap(linen_ppo_rnn.make_train(config)))
     result = train(jax.random.split(jax.random.key(0), 2))
     assert final_return(np.asarray(result.metrics["episode_return"])).min() >= 0.9
-
 
 
 def test_vmapped_init_has_no_batched_qr():
@@ -114,5 +122,7 @@ def test_vmapped_init_has_no_batched_qr():
         assert qr_outputs, "expected the orthogonal init's QR"
         assert all(output.count(",") == 1 for output in qr_outputs), qr_outputs  # matrices only
     flax_orthogonal = jax.vmap(lambda k: nn.initializers.orthogonal()(k, (128, 128)))
-    batched = re.findall(r"(\w+:f32\[[\d,]+\]) \w+:f32\[[\d,]+\] = qr\[", str(jax.make_jaxpr(flax_orthogonal)(keys)))
+    batched = re.findall(
+        r"(\w+:f32\[[\d,]+\]) \w+:f32\[[\d,]+\] = qr\[", str(jax.make_jaxpr(flax_orthogonal)(keys))
+    )
     assert batched and batched[0].count(",") == 2  # the check does see a batched QR

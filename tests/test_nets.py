@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pureeqxrl.nets import MLP, Linear, orthogonal
+from pureeqxrl.nets import MLP, Dense, ParamKeys, orthogonal
 
 pytestmark = pytest.mark.usefixtures("strict_promotion")
 
@@ -29,38 +29,55 @@ def test_orthogonal_under_vmap_matches_unbatched(key):
     np.testing.assert_allclose(gram, 4.0 * jnp.broadcast_to(jnp.eye(16), gram.shape), atol=1e-4)
 
 
-def test_linear_defaults_to_flax_dense_init(key):
-    layer = Linear(5, 7, key=key)
-    kernel_key = jax.random.fold_in(key, 0)
+def test_dense_defaults_to_flax_dense_init_and_linen_leaf_order(key):
+    layer = Dense(5, 7, key=key)
+    kernel_key = jax.random.fold_in(key, 0)  # the kernel draws first, the bias second
     np.testing.assert_array_equal(
         layer.kernel, jax.nn.initializers.lecun_normal()(kernel_key, (5, 7), jnp.float32)
     )
     np.testing.assert_array_equal(layer.bias, jnp.zeros(7))
     x = jnp.arange(5.0)
     np.testing.assert_allclose(layer(x), x @ layer.kernel, rtol=1e-6)
+    # Leaves in a Linen Dense's order (sorted names): bias, then kernel.
+    assert [leaf.shape for leaf in jax.tree.leaves(layer)] == [(7,), (5, 7)]
 
 
-def test_mlp_draws_every_kernel_and_bias_from_its_own_key(key):
+def test_param_keys_number_every_parameter_of_a_network_in_creation_order(key):
     normal = jax.nn.initializers.normal(1.0)
-    mlp = MLP(3, (8,), 2, key=key, hidden_init=normal, output_init=normal)
-    kernel_keys = [jax.random.fold_in(key, 0), jax.random.fold_in(key, 2)]
-    for (bias, kernel), kernel_key, shape in zip(mlp.layers, kernel_keys, [(3, 8), (8, 2)]):
-        np.testing.assert_array_equal(kernel, normal(kernel_key, shape, jnp.float32))
-        np.testing.assert_array_equal(bias, jnp.zeros(shape[1]))
-    kernels = np.concatenate([np.ravel(kernel) for _, kernel in mlp.layers])
-    assert len(np.unique(kernels)) == kernels.size  # no two layers share a stream
-    # A second MLP on the same key, from the next free index, draws from the next streams.
-    second = MLP(3, (8,), 2, key=key, hidden_init=normal, output_init=normal, key_start=4)
-    np.testing.assert_array_equal(second.layers[0][1], normal(jax.random.fold_in(key, 4), (3, 8), jnp.float32))
-    np.testing.assert_array_equal(second.layers[1][1], normal(jax.random.fold_in(key, 6), (8, 2), jnp.float32))
+    keys = ParamKeys(key)
+    first = MLP(3, (8,), 2, key=keys, hidden_init=normal, output_init=normal)
+    second = MLP(3, (8,), 2, key=keys, hidden_init=normal, output_init=normal)
+    assert keys.count == 8  # kernel and bias of 2 layers, twice
+    # Parameter i of the network is drawn with fold_in(key, i): kernels at 0, 2 | 4, 6.
+    for mlp, start in ((first, 0), (second, 4)):
+        for layer, index, shape in zip(mlp.layers, (start, start + 2), [(3, 8), (8, 2)], strict=True):
+            expected = normal(jax.random.fold_in(key, index), shape, jnp.float32)
+            np.testing.assert_array_equal(layer.kernel, expected)
+            np.testing.assert_array_equal(layer.bias, jnp.zeros(shape[1]))
+    kernels = np.concatenate([np.ravel(layer.kernel) for mlp in (first, second) for layer in mlp.layers])
+    assert len(np.unique(kernels)) == kernels.size  # no two parameters share a stream
+    # A whole network given a plain key starts at 0: the same numbers as the first part above.
+    alone = MLP(3, (8,), 2, key=key, hidden_init=normal, output_init=normal)
+    assert jax.tree.all(jax.tree.map(np.array_equal, alone, first))
+    assert ParamKeys.of(keys) is keys
 
 
 def test_mlp_layers_and_inits(key):
-    mlp = MLP(3, (8, 8), 2, key=key, activation=jnp.tanh,
-              hidden_init=orthogonal(np.sqrt(2)), output_init=orthogonal(0.01))
-    assert [kernel.shape for _, kernel in mlp.layers] == [(3, 8), (8, 8), (8, 2)]
-    assert float(jnp.abs(mlp.layers[-1][1]).max()) < 0.02
-    assert mlp(jnp.ones(3)).shape == (2,)
+    mlp = MLP(
+        3,
+        (8, 8),
+        2,
+        key=key,
+        activation=jnp.tanh,
+        hidden_init=orthogonal(np.sqrt(2)),
+        output_init=orthogonal(0.01),
+    )
+    assert all(isinstance(layer, Dense) for layer in mlp.layers)
+    assert [layer.kernel.shape for layer in mlp.layers] == [(3, 8), (8, 8), (8, 2)]
+    assert float(jnp.abs(mlp.layers[-1].kernel).max()) < 0.02
+    x = jnp.ones(3)
+    hidden = jnp.tanh(mlp.layers[1](jnp.tanh(mlp.layers[0](x))))
+    np.testing.assert_allclose(mlp(x), mlp.layers[2](hidden), rtol=1e-6)
     # Array-only: every leaf is an array, so plain jax.jit takes the Module.
     assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(mlp))
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from pureeqxrl import ppo, ppo_rnn
-from pureeqxrl.envs import evaluate, make_env
-from pureeqxrl.metrics import final_return
+from pureeqxrl.envs import make_env
+from pureeqxrl.evaluate import evaluate
+from pureeqxrl.loop import final_return
 
 # bsuite's MemoryChain: the first observation shows a context bit, the sixth step is rewarded +1 if
 # the action equals it and -1 otherwise; nothing in between shows it. Without memory the expected
@@ -49,9 +50,17 @@ def test_truncated_episodes_are_bootstrapped():
     # Reward 1 forever, truncated every 3 steps: every value is 1 / (1 - gamma) = 2. Treating the
     # truncation as an end would give 1.75, 1.5, 1 along the episode.
     config = dataclasses.replace(
-        ppo_rnn.PPORNNConfig(), env="TimeLimit-probe", max_episode_steps=3, gamma=0.5,
-        total_timesteps=16_384, num_envs=8, num_steps=16, learning_rate=3e-3,
-        encoder_sizes=(32,), hidden_sizes=(32,), log_interval=16,
+        ppo_rnn.PPORNNConfig(),
+        env="TimeLimit-probe",
+        max_episode_steps=3,
+        gamma=0.5,
+        total_timesteps=16_384,
+        num_envs=8,
+        num_steps=16,
+        learning_rate=3e-3,
+        encoder_sizes=(32,),
+        hidden_sizes=(32,),
+        log_interval=16,
     )
     values = _values_along_an_episode(config, _train(config).params, [[0.0]] * 3)
     np.testing.assert_allclose(values, 2.0, atol=0.15)
@@ -73,8 +82,15 @@ def test_gru_remembers_what_feed_forward_ppo_cannot():
 def test_s5_learns_the_memory_task_and_its_greedy_policy_remembers():
     # A small S5 (one layer of width 64, 16 complex states; a larger learning rate) keeps it fast.
     # With these settings 8 seeds of 8 reached >= 0.98 (at width 32, 2 of 8 stayed near 0.7).
-    config = dataclasses.replace(MEMORY, cell="s5", s5_layers=1, s5_state_size=16,
-                                 encoder_sizes=(64,), hidden_sizes=(64,), learning_rate=1e-3)
+    config = dataclasses.replace(
+        MEMORY,
+        cell="s5",
+        s5_layers=1,
+        s5_state_size=16,
+        encoder_sizes=(64,),
+        hidden_sizes=(64,),
+        learning_rate=1e-3,
+    )
     result = _train(config)
     assert final_return(np.asarray(result.metrics["episode_return"])).min() >= 0.9
 
@@ -89,8 +105,9 @@ def test_s5_learns_the_memory_task_and_its_greedy_policy_remembers():
 
         # The same network without its memory (hidden state zeroed every step) is at chance.
         forgetful = ppo_rnn.policy(network, params, env)._replace(
-            act=lambda k, obs, hidden, reset, act=ppo_rnn.policy(network, params, env).act:
-            act(k, obs, hidden, jnp.ones_like(reset))
+            act=lambda k, obs, hidden, reset, act=ppo_rnn.policy(network, params, env).act: act(
+                k, obs, hidden, jnp.ones_like(reset)
+            )
         )
         assert abs(float(evaluate(env, forgetful, jax.random.key(seed)).mean())) < 0.5
 

@@ -24,7 +24,7 @@ def test_gru_sequence_equals_its_step_mode_and_resets_at_episode_starts(key, str
 
     final, ys = gru(hidden, xs, resets)
     h, stepped = hidden, []
-    for x, reset in zip(xs, resets):
+    for x, reset in zip(xs, resets, strict=True):
         h, y = gru.step(h, x, reset)
         stepped.append(y)
     np.testing.assert_allclose(ys, jnp.stack(stepped), rtol=1e-5, atol=1e-6)
@@ -33,7 +33,7 @@ def test_gru_sequence_equals_its_step_mode_and_resets_at_episode_starts(key, str
     # Each episode alone, the first from `hidden` and the others from zeros, gives the same outputs:
     # nothing leaks over an episode boundary, and the state is zeroed before the new episode's step.
     bounds = [0, 5, 6, 13, 20]
-    for start, end in zip(bounds[:-1], bounds[1:]):
+    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
         h0 = hidden if start == 0 else gru.initial_hidden()
         _, alone = gru(h0, xs[start:end], jnp.zeros(end - start, bool))
         np.testing.assert_allclose(ys[start:end], alone, rtol=1e-5, atol=1e-6)
@@ -67,11 +67,13 @@ def _sequential_s5_layer(layer: S5Layer, hidden, us, resets):
     lam = np.asarray(layer.lambda_re, np.float64) + 1j * np.asarray(layer.lambda_im, np.float64)
     step = np.exp(np.asarray(layer.log_step, np.float64))
     a = np.exp(lam * step)
-    b = ((a - 1) / lam)[:, None] * (np.asarray(layer.b_re, np.float64) + 1j * np.asarray(layer.b_im, np.float64))
+    b = ((a - 1) / lam)[:, None] * (
+        np.asarray(layer.b_re, np.float64) + 1j * np.asarray(layer.b_im, np.float64)
+    )
     c = np.asarray(layer.c_re, np.float64) + 1j * np.asarray(layer.c_im, np.float64)
     d, w, bias = (np.asarray(x, np.float64) for x in (layer.d, layer.gate.kernel, layer.gate.bias))
     x, outputs = np.asarray(hidden, np.complex128), []
-    for u, reset in zip(np.asarray(us, np.float64), np.asarray(resets)):
+    for u, reset in zip(np.asarray(us, np.float64), np.asarray(resets), strict=True):
         x = (0.0 if reset else a * x) + b @ u
         y = 2 * (c @ x).real + d * u
         g = 0.5 * y * (1 + np.tanh(np.sqrt(2 / np.pi) * (y + 0.044715 * y**3)))  # tanh-GELU
@@ -84,7 +86,7 @@ def test_s5_parallel_scan_equals_the_sequential_recurrence(reset_at, key):
     layer_key, x_key, h_key = jax.random.split(key, 3)
     layer = S5Layer(16, 12, key=layer_key)
     # Larger steps than at init, so that the state carries a lot from step to step.
-    layer = eqx.tree_at(lambda l: l.log_step, layer, jnp.linspace(-3.0, 0.0, 12))
+    layer = eqx.tree_at(lambda s5: s5.log_step, layer, jnp.linspace(-3.0, 0.0, 12))
     us, resets = _inputs(x_key, 40, 16, reset_at=reset_at)  # with and without a reset at step 0
     hidden = (jax.random.normal(h_key, (12,)) + 1j * jax.random.normal(h_key, (12,))).astype(jnp.complex64)
 
@@ -95,7 +97,7 @@ def test_s5_parallel_scan_equals_the_sequential_recurrence(reset_at, key):
     assert np.abs(np.asarray(ys) - np.asarray(us)).max() > 0.1  # the layer does something
 
     h, stepped = hidden, []
-    for u, reset in zip(us, resets):
+    for u, reset in zip(us, resets, strict=True):
         h, y = layer.step(h, u, reset)
         stepped.append(y)
     np.testing.assert_allclose(jnp.stack(stepped), ys, rtol=1e-4, atol=1e-4)
@@ -111,7 +113,7 @@ def test_s5_stack_resets_every_layer_at_episode_starts(key):
     np.testing.assert_allclose(ys[4:], second_episode, rtol=1e-5, atol=1e-5)
 
     h, stepped = s5.initial_hidden(), []
-    for u, reset in zip(us, resets):
+    for u, reset in zip(us, resets, strict=True):
         h, y = s5.step(h, u, reset)
         stepped.append(y)
     np.testing.assert_allclose(jnp.stack(stepped), ys, rtol=1e-4, atol=1e-4)

@@ -4,5 +4,7 @@ hyperparameters; only the network library differs. They exist to be benchmarked 
 
 def dense_params(names, layers) -> dict:
     """Linen `Dense` variables `{name: {"kernel": ..., "bias": ...}}`, one per name, holding the
-    numbers of an Equinox `MLP`'s `(bias, kernel)` layers (`pureeqxrl.nets.MLP.layers`)."""
-    return {name: {"kernel": kernel, "bias": bias} for name, (bias, kernel) in zip(names, layers, strict=True)}
+    numbers of Equinox `pureeqxrl.nets.Dense` layers (e.g. an `MLP`'s `layers`)."""
+    return {
+        name: {"kernel": layer.kernel, "bias": layer.bias} for name, layer in zip(names, layers, strict=True)
+    }

@@ -14,7 +14,7 @@ from jaxtyping import PRNGKeyArray
 from pureeqxrl import dqn
 from pureeqxrl.envs import VecEnv
 from pureeqxrl.linen import dense_params
-from pureeqxrl.metrics import TrainResult
+from pureeqxrl.loop import TrainResult
 from pureeqxrl.nets import Functional
 
 
@@ -38,9 +38,7 @@ def linen_q_function(config: dqn.DQNConfig, env: VecEnv) -> Functional:
     return Functional(init=lambda key: module.init(key, dummy_obs), apply=module.apply)
 
 
-def make_train(
-    config: dqn.DQNConfig, on_log=None
-) -> Callable[[PRNGKeyArray], TrainResult]:
+def make_train(config: dqn.DQNConfig, on_log=None) -> Callable[[PRNGKeyArray], TrainResult]:
     """`pureeqxrl.dqn.make_train` with the Linen network."""
     return dqn.make_train(config, network_fn=linen_q_function, on_log=on_log)
 

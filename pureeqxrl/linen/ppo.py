@@ -1,5 +1,5 @@
-"""PPO with Flax Linen actor-critics: the control group for `pureeqxrl.ppo` and
-`pureeqxrl.ppo_continuous`.
+"""PPO with Flax Linen actor-critics: the control group for `pureeqxrl.ppo` (discrete and
+continuous actions).
 
 Everything but the network is `pureeqxrl.ppo` itself (passed a Linen network as a `Functional`), so
 a speed or return difference between the two can only come from the network library. The layers
@@ -17,11 +17,12 @@ from distreqx.distributions import Categorical
 from jaxtyping import PRNGKeyArray
 
 from pureeqxrl import ppo
-from pureeqxrl.ppo_continuous import GaussianActorCritic, diagonal_gaussian
 from pureeqxrl.envs import VecEnv
+from pureeqxrl.heads import ActorCritic, GaussianActorCritic, diagonal_gaussian
 from pureeqxrl.linen import dense_params
-from pureeqxrl.metrics import TrainResult
-from pureeqxrl.nets import MLP, Functional, orthogonal
+from pureeqxrl.loop import TrainResult
+from pureeqxrl.nets import ACTIVATIONS, MLP, Functional, orthogonal
+from pureeqxrl.policy_gradient import PPOConfig
 
 
 class LinenActorCritic(nn.Module):
@@ -53,10 +54,8 @@ class LinenActorCritic(nn.Module):
         return actor_out, value[:, 0]
 
 
-def linen_actor_critic(config: ppo.PPOConfig, env: VecEnv) -> Functional:
-    module = LinenActorCritic(
-        tuple(config.hidden_sizes), env.num_actions, ppo.ACTIVATIONS[config.activation]
-    )
+def linen_actor_critic(config: PPOConfig, env: VecEnv) -> Functional:
+    module = LinenActorCritic(tuple(config.hidden_sizes), env.num_actions, ACTIVATIONS[config.activation])
     dummy_obs = jnp.zeros((1, int(np.prod(env.observation_shape))), jnp.float32)
 
     def apply(params, obs):
@@ -66,10 +65,10 @@ def linen_actor_critic(config: ppo.PPOConfig, env: VecEnv) -> Functional:
     return Functional(init=lambda key: module.init(key, dummy_obs), apply=apply)
 
 
-def linen_gaussian_actor_critic(config: ppo.PPOConfig, env: VecEnv) -> Functional:
+def linen_gaussian_actor_critic(config: PPOConfig, env: VecEnv) -> Functional:
     (action_dim,) = env.action_shape
     module = LinenActorCritic(
-        tuple(config.hidden_sizes), action_dim, ppo.ACTIVATIONS[config.activation], free_log_std=True
+        tuple(config.hidden_sizes), action_dim, ACTIVATIONS[config.activation], free_log_std=True
     )
     dummy_obs = jnp.zeros((1, int(np.prod(env.observation_shape))), jnp.float32)
 
@@ -80,16 +79,14 @@ def linen_gaussian_actor_critic(config: ppo.PPOConfig, env: VecEnv) -> Functiona
     return Functional(init=lambda key: module.init(key, dummy_obs), apply=apply)
 
 
-def linen_network(config: ppo.PPOConfig, env: VecEnv) -> Functional:
-    """The Linen twin of `ppo.default_network`: the actor-critic for the env's action space."""
+def linen_network(config: PPOConfig, env: VecEnv) -> Functional:
+    """The Linen twin of `pureeqxrl.heads.actor_critic`: the actor-critic for the env's action space."""
     if env.discrete:
         return linen_actor_critic(config, env)
     return linen_gaussian_actor_critic(config, env)
 
 
-def make_train(
-    config: ppo.PPOConfig, on_log=None
-) -> Callable[[PRNGKeyArray], TrainResult]:
+def make_train(config: PPOConfig, on_log=None) -> Callable[[PRNGKeyArray], TrainResult]:
     """`pureeqxrl.ppo.make_train` with the Linen networks."""
     return ppo.make_train(config, network_fn=linen_network, on_log=on_log)
 
@@ -100,7 +97,7 @@ def mlp_params(name: str, mlp: MLP) -> dict:
     return dense_params(names, mlp.layers)
 
 
-def params_from_equinox(network: ppo.ActorCritic | GaussianActorCritic) -> dict:
+def params_from_equinox(network: ActorCritic | GaussianActorCritic) -> dict:
     """The Linen variables holding exactly the numbers of an Equinox (Gaussian) actor-critic."""
     params = {}
     if isinstance(network, GaussianActorCritic):

@@ -16,12 +16,11 @@ import numpy as np
 from distreqx.distributions import Categorical
 from jaxtyping import PRNGKeyArray
 
-from pureeqxrl import ppo
 from pureeqxrl.envs import VecEnv
-from pureeqxrl.metrics import TrainResult
 from pureeqxrl.linen import dense_params
 from pureeqxrl.linen.ppo import mlp_params
-from pureeqxrl.nets import orthogonal
+from pureeqxrl.loop import TrainResult
+from pureeqxrl.nets import ACTIVATIONS, orthogonal
 from pureeqxrl.ppo_rnn import PPORNNConfig, RecurrentActorCritic, RecurrentFunctional
 from pureeqxrl.ppo_rnn import make_train as _make_train
 from pureeqxrl.recurrent import GRU
@@ -71,8 +70,10 @@ def linen_recurrent_actor_critic(config: PPORNNConfig, env: VecEnv) -> Recurrent
     if config.cell != "gru":
         raise ValueError(f"the Linen twin has a GRU core only, got cell={config.cell!r}")
     module = LinenRecurrentActorCritic(
-        tuple(config.encoder_sizes), tuple(config.hidden_sizes), env.num_actions,
-        ppo.ACTIVATIONS[config.activation],
+        tuple(config.encoder_sizes),
+        tuple(config.hidden_sizes),
+        env.num_actions,
+        ACTIVATIONS[config.activation],
     )
     width = config.encoder_sizes[-1]
     obs_size = int(np.prod(env.observation_shape))
@@ -108,6 +109,7 @@ def params_from_equinox_gru(gru: GRU) -> dict:
         jnp.split(gru.input_kernel, 3, axis=1),
         jnp.split(gru.input_bias, 3),
         jnp.split(gru.hidden_kernel, 3, axis=1),
+        strict=True,
     ):
         cell[f"i{gate}"] = {"kernel": kernel, "bias": bias}
         cell[f"h{gate}"] = {"kernel": hidden_kernel}

@@ -1,9 +1,13 @@
+from typing import Any
+
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pureeqxrl.metrics import final_return, rows_update_counts, scan_logged
+from pureeqxrl.loop import UpdateSteps, final_return, rows_update_counts, scan_logged, train_from_steps
+from pureeqxrl.normalize import NormalizedState, RunningStats
 
 pytestmark = pytest.mark.usefixtures("strict_promotion")
 
@@ -45,3 +49,35 @@ def test_final_return_uses_last_fraction_and_skips_nan():
     both = np.stack([curve, curve + 1])
     np.testing.assert_allclose(final_return(both), [250.0, 251.0])
     assert final_return(np.array([1.0, 2.0])) == 2.0  # at least one row
+
+
+class _State(eqx.Module):
+    params: jax.Array
+    env_state: Any
+
+
+def test_train_from_steps_runs_init_then_the_logged_updates():
+    def update(state):
+        counter, stats = _counting_update(state.params)
+        return _State(counter, state.env_state), stats
+
+    steps = UpdateSteps(
+        network=None, init=lambda key: _State(jnp.array(0), None), collect=None, learn=None, update=update
+    )
+    result = jax.jit(train_from_steps(steps, num_updates=10, log_interval=4))(jax.random.key(0))
+    assert int(result.params) == 10 and result.obs_stats is None
+    np.testing.assert_allclose(result.metrics["index"], [1.5, 5.5, 8.5])
+
+
+def test_train_from_steps_returns_the_observation_statistics_it_normalised_with():
+    stats = RunningStats.empty((2,)).update(jnp.ones((3, 2)))
+    env_state = NormalizedState(inner=None, obs_stats=stats, reward_stats=None, discounted_return=None)
+    steps = UpdateSteps(
+        network=None,
+        init=lambda key: _State(jnp.array(0), env_state),
+        collect=None,
+        learn=None,
+        update=lambda s: (s, {"x": (jnp.array(1.0), jnp.array(1.0))}),
+    )
+    result = train_from_steps(steps, num_updates=2, log_interval=1)(jax.random.key(0))
+    np.testing.assert_array_equal(result.obs_stats.mean, stats.mean)

@@ -1,6 +1,9 @@
-"""Metrics that are computed inside the jitted training run and stay small.
+"""The training loop every algorithm runs: `steps.init`, then `num_updates` of `steps.update`
+inside `lax.scan`, logged in rows.
 
-An update reports `stats`: a dict `name -> (sum, count)`. `scan_logged` runs the updates in chunks of
+An algorithm builds `UpdateSteps` (the pure pieces of one update); `train_from_steps` turns them into
+`train(key) -> TrainResult`. Metrics are computed inside the jitted run and stay small: an update
+reports `stats`: a dict `name -> (sum, count)`. `scan_logged` runs the updates in chunks of
 `log_interval` and keeps one row per chunk, the mean of each stat over the chunk (NaN where nothing was
 counted, e.g. no episode finished). Memory is `num_updates / log_interval` rows, whatever the number of
 environment steps, and a host callback after every chunk drives progress bars and live loggers.
@@ -14,7 +17,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array
+from jaxtyping import Array, PRNGKeyArray
 
 Carry = TypeVar("Carry")
 Stats = dict[str, tuple[Array, Array]]
@@ -51,6 +54,25 @@ class UpdateSteps(NamedTuple):
     collect: Callable[..., Any]
     learn: Callable[..., Any]
     update: Callable[[Any], tuple[Any, Stats]]
+
+
+def train_from_steps(
+    steps: UpdateSteps, num_updates: int, log_interval: int, on_log: LogCallback | None = None
+) -> Callable[[PRNGKeyArray], TrainResult]:
+    """`train(key) -> TrainResult`: `steps.init(key)`, then `num_updates` of `steps.update` logged
+    every `log_interval` updates by `scan_logged`.
+
+    The training state must have `params` and `env_state` fields; if the environment normalises
+    observations (`pureeqxrl.normalize.NormalizedState.obs_stats`), their statistics are returned
+    with the params, since the trained policy must see observations normalised by them.
+    """
+
+    def train(key: PRNGKeyArray) -> TrainResult:
+        state, metrics = scan_logged(steps.update, steps.init(key), num_updates, log_interval, on_log)
+        obs_stats = getattr(state.env_state, "obs_stats", None)
+        return TrainResult(params=state.params, metrics=metrics, obs_stats=obs_stats)
+
+    return train
 
 
 def _reduce(stats: Stats) -> dict[str, Array]:
@@ -90,9 +112,7 @@ def scan_logged(
         return carry, row
 
     num_full, remainder = divmod(num_updates, log_interval)
-    carry, rows = jax.lax.scan(
-        lambda c, i: run_chunk(c, log_interval, i), carry, jnp.arange(num_full)
-    )
+    carry, rows = jax.lax.scan(lambda c, i: run_chunk(c, log_interval, i), carry, jnp.arange(num_full))
     if remainder:
         carry, last = run_chunk(carry, remainder, jnp.asarray(num_full))
         rows = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), rows, last)

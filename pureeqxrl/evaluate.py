@@ -1,0 +1,56 @@
+"""Evaluating a trained policy on fresh episodes, inside one `lax.scan`."""
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from pureeqxrl.envs import VecEnv
+
+
+class RecurrentPolicy(NamedTuple):
+    """A policy with memory: `initial_hidden(num_envs)`, and `act(key, obs_batch, hidden, reset)
+    -> (action_batch, hidden)`, where `reset` marks the environments whose episode starts now."""
+
+    initial_hidden: Callable[[int], Any]
+    act: Callable[[PRNGKeyArray, Array, Any, Array], tuple[Array, Any]]
+
+
+def evaluate(
+    env: VecEnv,
+    act: Callable[[PRNGKeyArray, Array], Array] | RecurrentPolicy,
+    key: PRNGKeyArray,
+    max_steps: int | None = None,
+) -> Float[Array, " num_envs"]:
+    """Return of the first episode of each of `env.num_envs` environments under policy `act`.
+
+    `act(key, obs_batch) -> action_batch`, or a `RecurrentPolicy`. Runs `max_steps` steps (default:
+    the environment's time limit) inside one `lax.scan`; an episode still running at the end gives
+    NaN, never a partial return.
+    """
+    if not isinstance(act, RecurrentPolicy):
+        memoryless = act
+        act = RecurrentPolicy(lambda n: None, lambda k, obs, hidden, reset: (memoryless(k, obs), hidden))
+    max_steps = int(env.params.max_steps_in_episode) if max_steps is None else max_steps
+    reset_key, key = jax.random.split(key)
+    obs, state = env.reset(reset_key)
+    nan = jnp.full(env.num_envs, jnp.nan, jnp.float32)
+    starts = jnp.ones(env.num_envs, bool)
+
+    def one_step(carry, step_key):
+        obs, state, hidden, reset, returns = carry
+        act_key, step_key = jax.random.split(step_key)
+        action, hidden = act.act(act_key, obs, hidden, reset)
+        obs, state, step = env.step(step_key, state, action)
+        first_end = step.done & jnp.isnan(returns)
+        returns = jnp.where(first_end, step.episode_return, returns)
+        return (obs, state, hidden, step.done, returns), None
+
+    (*_, returns), _ = jax.lax.scan(
+        one_step,
+        (obs, state, act.initial_hidden(env.num_envs), starts, nan),
+        jax.random.split(key, max_steps),
+    )
+    return returns

@@ -1,0 +1,185 @@
+"""Policy heads: the actor-critics of the PPO family, chosen by the environment's action space.
+
+A policy is a batch of distreqx distributions (a `Categorical` for discrete actions, a diagonal
+Gaussian for continuous ones), each describing one example and vmapped over the batch, so the
+training code samples, scores and measures entropy the same way whatever the action space
+(`sample`, `log_prob`, `entropy`, `mode`).
+
+The actor-critics are PureJaxRL's: separate actor and critic MLPs on the flattened observation,
+hidden kernels orthogonal(sqrt 2), actor head orthogonal(0.01) (a near-uniform / near-zero-mean
+first policy), critic head orthogonal(1.0), zero biases, and for continuous actions a free log-std
+per action dimension that starts at 0.
+"""
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from distreqx.distributions import AbstractDistribution, Categorical, Independent, Normal
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from pureeqxrl.envs import VecEnv
+from pureeqxrl.nets import ACTIVATIONS, MLP, Functional, NetworkKey, ParamKeys, orthogonal
+
+# DISTRIBUTIONS: a batch of distreqx distributions (each describes one example; vmap over the batch)
+
+
+def sample(policy: AbstractDistribution, key: PRNGKeyArray) -> Array:
+    keys = jax.random.split(key, jax.tree.leaves(policy)[0].shape[0])
+    return jax.vmap(lambda p, k: p.sample(k))(policy, keys)
+
+
+def log_prob(policy: AbstractDistribution, action: Array) -> Float[Array, " batch"]:
+    return jax.vmap(lambda p, a: p.log_prob(a))(policy, action)
+
+
+def entropy(policy: AbstractDistribution) -> Float[Array, " batch"]:
+    return jax.vmap(lambda p: p.entropy())(policy)
+
+
+def mode(policy: AbstractDistribution) -> Array:
+    return jax.vmap(lambda p: p.mode())(policy)
+
+
+def diagonal_gaussian(
+    mean: Float[Array, "batch action_dim"], log_std: Float[Array, " action_dim"]
+) -> Independent:
+    """A batch of diagonal Gaussians (one distreqx `Independent(Normal)` per example)."""
+    return Independent(Normal(mean, jnp.broadcast_to(jnp.exp(log_std), mean.shape)))
+
+
+# ACTOR-CRITICS
+
+
+def actor_and_critic_mlps(
+    obs_size: int,
+    actor_outputs: int,
+    hidden_sizes: tuple[int, ...],
+    activation: Callable[[Array], Array],
+    *,
+    key: NetworkKey,
+) -> tuple[MLP, MLP]:
+    """PureJaxRL's separate actor and critic MLPs (init in the module docstring); the critic's
+    parameters draw their keys after the actor's (`pureeqxrl.nets.ParamKeys`)."""
+    keys = ParamKeys.of(key)
+    hidden_init = orthogonal(math.sqrt(2))
+    actor = MLP(
+        obs_size,
+        hidden_sizes,
+        actor_outputs,
+        key=keys,
+        activation=activation,
+        hidden_init=hidden_init,
+        output_init=orthogonal(0.01),
+    )
+    critic = MLP(
+        obs_size,
+        hidden_sizes,
+        1,
+        key=keys,
+        activation=activation,
+        hidden_init=hidden_init,
+        output_init=orthogonal(1.0),
+    )
+    return actor, critic
+
+
+class ActorCritic(eqx.Module):
+    """Action logits and state value of one observation, from separate actor and critic MLPs."""
+
+    actor: MLP
+    critic: MLP
+
+    def __init__(
+        self,
+        obs_size: int,
+        num_actions: int,
+        hidden_sizes: tuple[int, ...],
+        activation: Callable[[Array], Array] = jax.nn.tanh,
+        *,
+        key: NetworkKey,
+    ):
+        self.actor, self.critic = actor_and_critic_mlps(
+            obs_size, num_actions, hidden_sizes, activation, key=key
+        )
+
+    def __call__(self, obs: Float[Array, "..."]) -> tuple[Float[Array, " num_actions"], Float[Array, ""]]:
+        x = obs.reshape(-1)
+        return self.actor(x), self.critic(x)[0]
+
+
+class GaussianActorCritic(eqx.Module):
+    """Action mean and state value of one observation, and a free log-std per action dimension.
+
+    `log_std` is the last field, where the Linen twin's sorted parameter names put it, so that both
+    training loops carry their buffers in one order (see `pureeqxrl.nets.Dense`).
+    """
+
+    actor_mean: MLP
+    critic: MLP
+    log_std: Float[Array, " action_dim"]
+
+    def __init__(
+        self,
+        obs_size: int,
+        action_dim: int,
+        hidden_sizes: tuple[int, ...],
+        activation: Callable[[Array], Array] = jax.nn.tanh,
+        *,
+        key: NetworkKey,
+    ):
+        self.actor_mean, self.critic = actor_and_critic_mlps(
+            obs_size, action_dim, hidden_sizes, activation, key=key
+        )
+        self.log_std = jnp.zeros(action_dim)
+
+    def __call__(self, obs: Float[Array, "..."]) -> tuple[Float[Array, " action_dim"], Float[Array, ""]]:
+        x = obs.reshape(-1)
+        return self.actor_mean(x), self.critic(x)[0]
+
+
+def categorical_actor_critic(config: Any, env: VecEnv) -> Functional:
+    """`ActorCritic` as a `Functional`: `apply(network, obs_batch) -> (Categorical policies, values)`.
+    `config` needs `hidden_sizes` and `activation`."""
+    obs_size = int(np.prod(env.observation_shape))
+    activation = ACTIVATIONS[config.activation]
+
+    def init(key: PRNGKeyArray) -> ActorCritic:
+        return ActorCritic(obs_size, env.num_actions, config.hidden_sizes, activation, key=key)
+
+    def apply(network: ActorCritic, obs: Array) -> tuple[Categorical, Float[Array, " batch"]]:
+        logits, value = jax.vmap(network)(obs)
+        return Categorical(logits=logits), value
+
+    return Functional(init=init, apply=apply)
+
+
+def gaussian_actor_critic(config: Any, env: VecEnv) -> Functional:
+    """`GaussianActorCritic` as a `Functional`: `apply -> (diagonal Gaussian policies, values)`."""
+    obs_size = int(np.prod(env.observation_shape))
+    (action_dim,) = env.action_shape
+    activation = ACTIVATIONS[config.activation]
+
+    def init(key: PRNGKeyArray) -> GaussianActorCritic:
+        return GaussianActorCritic(obs_size, action_dim, config.hidden_sizes, activation, key=key)
+
+    def apply(network: GaussianActorCritic, obs: Array) -> tuple[Independent, Float[Array, " batch"]]:
+        mean, value = jax.vmap(network)(obs)
+        return diagonal_gaussian(mean, network.log_std), value
+
+    return Functional(init=init, apply=apply)
+
+
+def actor_critic(config: Any, env: VecEnv) -> Functional:
+    """The Equinox actor-critic for the environment's action space."""
+    return categorical_actor_critic(config, env) if env.discrete else gaussian_actor_critic(config, env)
+
+
+def greedy_action(network: ActorCritic, obs: Float[Array, "..."]) -> Int[Array, ""]:
+    """Most likely action of a trained `ActorCritic` for one observation."""
+    logits, _ = network(obs)
+    return logits.argmax()

@@ -1,0 +1,78 @@
+import dataclasses
+
+import pytest
+
+from pureeqxrl import registry
+from pureeqxrl.config import ConfigChecks, TrainConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class _WithBatch(TrainConfig):
+    batch_size: int = 8
+
+    def check(self, checks: ConfigChecks) -> None:
+        super().check(checks)
+        checks.positive("batch_size")
+        checks.require(self.batch_size <= 64, f"batch_size ({self.batch_size}) is over 64")
+
+
+def test_checks_report_every_problem_at_once_in_one_error():
+    config = TrainConfig(num_envs=0, gamma=1.5, learning_rate=-1.0, hidden_sizes=(64, 0))
+    with pytest.raises(ValueError) as error:
+        config.validate()
+    message = str(error.value)
+    assert message.startswith("Invalid TrainConfig: ")
+    for problem in (
+        "num_envs must be positive, got 0",
+        "learning_rate must be positive, got -1.0",
+        "gamma must be in [0, 1], got 1.5",
+        "hidden_sizes must be positive, got (64, 0)",
+    ):
+        assert problem in message
+    assert message.count(";") == 3
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"learning_rate": float("inf")}, "learning_rate must be finite, got inf"),
+        ({"learning_rate": float("nan")}, "learning_rate must be positive, got nan"),
+        ({"max_episode_steps": 0}, "max_episode_steps must be positive"),
+        ({"total_timesteps": 0}, "total_timesteps must be positive"),
+        ({"log_interval": -1}, "log_interval must be positive"),
+    ],
+)
+def test_base_rules(change, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**change).validate()
+
+
+def test_subclasses_add_their_rules_to_the_base_ones():
+    _WithBatch().validate()
+    with pytest.raises(ValueError) as error:
+        _WithBatch(batch_size=100, num_envs=0).validate()
+    assert "num_envs must be positive" in str(error.value)
+    assert "batch_size (100) is over 64" in str(error.value)
+    assert str(error.value).startswith("Invalid _WithBatch: ")
+
+
+def test_checks_helpers():
+    config = _WithBatch(batch_size=0)
+    checks = ConfigChecks(config)
+    checks.positive("batch_size")
+    checks.non_negative("batch_size")
+    checks.in_unit_interval("gamma")
+    checks.require(True, "never reported")
+    assert checks.errors == ["batch_size must be positive, got 0"]
+    ConfigChecks(config).raise_if_any()  # nothing found, nothing raised
+
+
+def test_every_algorithm_config_extends_the_base_and_its_defaults_are_valid():
+    base_fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    for name, algorithm in registry.ALGORITHMS.items():
+        config = algorithm.config_cls()
+        assert isinstance(config, TrainConfig), name
+        assert base_fields <= {field.name for field in dataclasses.fields(config)}, name
+        config.validate()
+        assert config.num_updates == config.total_timesteps // config.steps_per_update
+        assert config.to_dict() == dataclasses.asdict(config)

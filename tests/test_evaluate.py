@@ -1,0 +1,31 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pureeqxrl.envs import make_env
+from pureeqxrl.evaluate import RecurrentPolicy, evaluate
+
+
+def test_evaluate_reports_first_episode_and_nan_when_unfinished(key):
+    env = make_env("TimeLimit-probe", 4, max_episode_steps=7)
+    returns = evaluate(env, lambda k, obs: jnp.zeros(obs.shape[0], jnp.int32), key)
+    np.testing.assert_array_equal(returns, np.full(4, 7.0))
+    short = evaluate(env, lambda k, obs: jnp.zeros(obs.shape[0], jnp.int32), key, max_steps=6)
+    assert np.isnan(short).all()
+
+
+def test_recurrent_policy_carries_its_state_and_sees_episode_starts(key):
+    env = make_env("TimeLimit-probe", 2, max_episode_steps=3)
+    seen = []
+
+    def act(key, obs, hidden, reset):
+        hidden = jnp.where(reset, 0, hidden) + 1  # steps since the episode started
+        jax.debug.callback(lambda r, h: seen.append((np.asarray(r), np.asarray(h))), reset, hidden)
+        return jnp.zeros(obs.shape[0], jnp.int32), hidden
+
+    policy = RecurrentPolicy(initial_hidden=lambda n: jnp.full(n, 100), act=act)
+    returns = evaluate(env, policy, key, max_steps=7)
+    np.testing.assert_array_equal(returns, [3.0, 3.0])  # the first episode's return
+    resets, hiddens = zip(*seen, strict=True)
+    np.testing.assert_array_equal(np.stack(resets)[:, 0], [1, 0, 0, 1, 0, 0, 1])
+    np.testing.assert_array_equal(np.stack(hiddens)[:, 0], [1, 2, 3, 1, 2, 3, 1])

@@ -1,0 +1,99 @@
+import json
+import os
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pureeqxrl import dqn, ppo, runs
+from pureeqxrl.envs import make_env
+from pureeqxrl.heads import gaussian_actor_critic
+from pureeqxrl.normalize import RunningStats
+
+
+def test_atomic_writes_replace_whole_files_and_leave_nothing_behind(tmp_path):
+    path = tmp_path / "summary.json"
+    runs.atomic_write_text(path, "first")
+    runs.atomic_write_text(path, "second")
+    assert path.read_text() == "second"
+    with pytest.raises(TypeError):
+        runs.atomic_write_bytes(path, "not bytes")  # fails while writing the temporary file
+    assert path.read_text() == "second"  # the old content is whole
+    assert os.listdir(tmp_path) == ["summary.json"]  # and no temporary file is left
+
+
+def test_run_folders_are_new_or_empty(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = runs.prepare_run_dir(None, "dqn", "CartPole-v1")
+    second = runs.prepare_run_dir(None, "dqn", "CartPole-v1")  # same second: a suffix, not a reuse
+    assert first != second and first.parent.name == "runs" and second.is_dir()
+    (first / "config.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="already exists"):
+        runs.prepare_run_dir(first, "dqn", "CartPole-v1")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(FileExistsError):
+        runs.prepare_run_dir(tmp_path / "a-file", "dqn", "CartPole-v1")
+    assert runs.prepare_run_dir(second, "dqn", "CartPole-v1") == second  # empty: fine
+
+
+def test_metrics_csv_round_trip(tmp_path):
+    metrics = {
+        "episode_return": np.array([[1.0, np.nan, 3.0], [4.0, 5.0, 6.0]]),
+        "loss": np.array([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]),
+    }
+    updates = np.array([10, 20, 25])
+    header, rows = runs.metrics_table(metrics, updates, steps_per_update=4)
+    assert header == ["seed", "row", "update", "env_steps", "episode_return", "loss"]
+    assert rows[2][:4] == [0, 2, 25, 100] and rows[3][:4] == [1, 0, 10, 40]
+    runs.write_metrics_csv(tmp_path / "metrics.csv", header, rows)
+    back = runs.read_metrics_csv(tmp_path / "metrics.csv")
+    np.testing.assert_array_equal(back["episode_return"], metrics["episode_return"])  # NaN kept
+    np.testing.assert_allclose(back["loss"], metrics["loss"])
+    np.testing.assert_array_equal(back["env_steps"], [[40, 80, 100]] * 2)
+
+
+def test_configs_come_back_from_json_with_renamed_fields_and_tuples():
+    config = runs.config_from_dict(dqn.DQNConfig, {"lr_linear_decay": True, "hidden_sizes": [32, 16]})
+    assert config.anneal_lr is True and config.hidden_sizes == (32, 16)
+    with pytest.raises(ValueError, match="DQNConfig has no field clip_eps"):
+        runs.config_from_dict(dqn.DQNConfig, {"clip_eps": 0.2})
+
+
+def test_agent_and_its_observation_statistics_round_trip(tmp_path, key):
+    config = ppo.PPOContinuousConfig(hidden_sizes=(8, 8))
+    runs.write_config(tmp_path, "ppo_continuous", config, linen=False, num_seeds=1, seed=0)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["versions"]["pureeqxrl"] and saved["config"]["hidden_sizes"] == [8, 8]
+    network = gaussian_actor_critic(config, make_env(config.env, 1)).init(key)
+    stats = RunningStats.empty((3,)).update(jax.random.normal(key, (16, 3)))
+    runs.save_agent(tmp_path / "agent_seed0.eqx", network, stats)
+    loaded, loaded_stats = runs.load_agent_and_obs_stats(tmp_path, seed=0)
+    assert jax.tree.all(jax.tree.map(np.array_equal, (loaded, loaded_stats), (network, stats)))
+    with pytest.raises(FileNotFoundError, match=r"seeds 0..0"):
+        runs.load_agent(tmp_path, seed=1)
+
+
+def test_a_run_written_by_version_0_1_loads(tmp_path, key):
+    # 0.1.0 wrote DQN's `anneal_lr` as `lr_linear_decay` and no package version; its MLP layers
+    # were (bias, kernel) tuples, the same leaves as today's Dense layers.
+    old_config = dqn.DQNConfig().to_dict()
+    old_config["lr_linear_decay"] = old_config.pop("anneal_lr")
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "algorithm": "dqn",
+                "linen": False,
+                "num_seeds": 1,
+                "seed": 0,
+                "config": old_config,
+                "versions": {"jax": "0.10.2", "backend": "cpu"},
+            }
+        )
+    )
+    network = dqn.equinox_q_function(dqn.DQNConfig(), make_env("CartPole-v1", 1)).init(key)
+    as_tuples = tuple((layer.bias, layer.kernel) for layer in network.layers)
+    eqx.tree_serialise_leaves(tmp_path / "agent_seed0.eqx", (as_tuples, None))
+    loaded = runs.load_agent(tmp_path)
+    np.testing.assert_array_equal(loaded(jnp.ones(4)), network(jnp.ones(4)))
