@@ -1,7 +1,7 @@
 """Equinox vs Flax Linen, per operation: the four pieces of a training update, timed alone.
 
 For each algorithm with a Linen twin (`--algo dqn | ppo | ppo_continuous | ppo_rnn`), with its
-default config, the pieces of its `make_update_steps` (`pureeqxrl.metrics.UpdateSteps`):
+default config, the pieces of its `make_update_steps` (`pureeqxrl.loop.UpdateSteps`):
 
 - forward pass: the network on one batch of `num_envs` observations (one acting step);
 - experience collection: one update's environment steps (`collect`; DQN: one step per env);
@@ -22,7 +22,6 @@ import statistics
 import time
 from pathlib import Path
 
-import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 import equinox as eqx
 import jax
 
@@ -31,6 +30,8 @@ from pureeqxrl.linen import dqn as linen_dqn
 from pureeqxrl.linen import ppo as linen_ppo
 from pureeqxrl.linen import ppo_rnn as linen_ppo_rnn
 from pureeqxrl.registry import ALGORITHMS
+
+import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 
 LIBRARIES = ("equinox", "linen")
 MODULES = {  # the algorithm's module (its `make_update_steps`) and its Linen twin's

@@ -80,12 +80,18 @@ class BraxEnvironment(environment.Environment):
 
     def reset_env(self, key, params):
         pipeline = self.brax_env.reset(key)
-        return pipeline.obs, BraxState(pipeline, jnp.array(0, jnp.int32))
+        return pipeline.obs, BraxState(pipeline=pipeline, time=jnp.array(0, jnp.int32))
 
     def step_env(self, key, state, action, params):
         pipeline = self.brax_env.step(state.pipeline, action)
         terminated = pipeline.done.astype(bool)
-        return pipeline.obs, BraxState(pipeline, state.time + 1), pipeline.reward, terminated, {}
+        return (
+            pipeline.obs,
+            BraxState(pipeline=pipeline, time=state.time + 1),
+            pipeline.reward,
+            terminated,
+            {},
+        )
 
 
 BRAX_PREFIX = "brax-"

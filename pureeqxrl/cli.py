@@ -115,8 +115,6 @@ class EvalOptions:
 
 def eval_command(argv: list[str], console: Console) -> dict:
     options = tyro.cli(EvalOptions, args=argv, prog="pureeqxrl eval")
-    if options.episodes < 1:
-        raise ValueError(f"episodes must be positive, got {options.episodes}")
     kind = "sampled-policy" if options.sample else "greedy"
     per_seed = runs.evaluate_run(options.run_dir, options.episodes, options.sample, options.seed)
     for seed, mean_return in enumerate(per_seed):

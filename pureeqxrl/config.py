@@ -81,11 +81,12 @@ class TrainConfig:
     def check(self, checks: ConfigChecks) -> None:
         """Add this config's problems to `checks`. Properties used here must not divide by a
         field that may be zero before that field has been checked."""
-        checks.positive("total_timesteps", "num_envs", "log_interval", "learning_rate")
-        checks.in_unit_interval("gamma")
+        checks.positive("total_timesteps", "num_envs", "log_interval")
         checks.require(
-            math.isfinite(self.learning_rate), f"learning_rate must be finite, got {self.learning_rate!r}"
+            self.learning_rate > 0 and math.isfinite(self.learning_rate),
+            f"learning_rate must be positive and finite, got {self.learning_rate!r}",
         )
+        checks.in_unit_interval("gamma")
         checks.require(
             all(size > 0 for size in self.hidden_sizes),
             f"hidden_sizes must be positive, got {self.hidden_sizes}",

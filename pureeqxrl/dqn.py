@@ -215,6 +215,18 @@ def _crossed(timesteps: Int[Array, ""], step: int, interval: int) -> Bool[Array,
     return timesteps // interval != (timesteps - step) // interval
 
 
+def num_gradient_steps(config: DQNConfig) -> int:
+    """How many gradient steps a run takes: the updates at which `make_update_steps`'s `update`
+    learns (enough transitions stored, past `learning_starts`, a `training_interval` crossed)."""
+    timesteps = np.arange(1, config.num_updates + 1) * config.num_envs  # after each update
+    learns = (
+        (np.minimum(timesteps, config.buffer_size) >= config.batch_size)
+        & (timesteps > config.learning_starts)
+        & _crossed(timesteps, config.num_envs, config.training_interval)
+    )
+    return int(learns.sum())
+
+
 # TRAINING
 
 
@@ -259,8 +271,8 @@ def make_update_steps(
     env = make_env(config.env, config.num_envs, config.max_episode_steps)
     network = (network_fn or equinox_q_function)(config, env)
     learning_rate = config.learning_rate
-    if config.anneal_lr:
-        learning_rate = optax.linear_schedule(config.learning_rate, 0.0, config.num_updates)
+    if config.anneal_lr:  # the schedule counts gradient steps: zero at the run's last one
+        learning_rate = optax.linear_schedule(config.learning_rate, 0.0, num_gradient_steps(config))
     optimizer = optax.adam(learning_rate)
 
     def learn(state: DQNState, key: PRNGKeyArray) -> tuple[DQNState, Array, Array]:

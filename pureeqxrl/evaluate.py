@@ -32,7 +32,10 @@ def evaluate(
     """
     if not isinstance(act, RecurrentPolicy):
         memoryless = act
-        act = RecurrentPolicy(lambda n: None, lambda k, obs, hidden, reset: (memoryless(k, obs), hidden))
+        act = RecurrentPolicy(
+            initial_hidden=lambda num_envs: None,
+            act=lambda key, obs, hidden, reset: (memoryless(key, obs), hidden),
+        )
     max_steps = int(env.params.max_steps_in_episode) if max_steps is None else max_steps
     reset_key, key = jax.random.split(key)
     obs, state = env.reset(reset_key)

@@ -13,7 +13,7 @@ per action dimension that starts at 0.
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Protocol
 
 import equinox as eqx
 import jax
@@ -23,7 +23,15 @@ from distreqx.distributions import AbstractDistribution, Categorical, Independen
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from pureeqxrl.envs import VecEnv
-from pureeqxrl.nets import ACTIVATIONS, MLP, Functional, NetworkKey, ParamKeys, orthogonal
+from pureeqxrl.nets import ACTIVATIONS, MLP, Functional, NetworkKey, ParamKeys, orthogonal, zeros
+
+
+class ActorCriticSettings(Protocol):
+    """What the actor-critics read from a config (`pureeqxrl.policy_gradient.PPOConfig` has it)."""
+
+    hidden_sizes: tuple[int, ...]
+    activation: str
+
 
 # DISTRIBUTIONS: a batch of distreqx distributions (each describes one example; vmap over the batch)
 
@@ -132,19 +140,19 @@ class GaussianActorCritic(eqx.Module):
         *,
         key: NetworkKey,
     ):
+        keys = ParamKeys.of(key)
         self.actor_mean, self.critic = actor_and_critic_mlps(
-            obs_size, action_dim, hidden_sizes, activation, key=key
+            obs_size, action_dim, hidden_sizes, activation, key=keys
         )
-        self.log_std = jnp.zeros(action_dim)
+        self.log_std = zeros(keys(), (action_dim,), jnp.float32)  # a unit standard deviation
 
     def __call__(self, obs: Float[Array, "..."]) -> tuple[Float[Array, " action_dim"], Float[Array, ""]]:
         x = obs.reshape(-1)
         return self.actor_mean(x), self.critic(x)[0]
 
 
-def categorical_actor_critic(config: Any, env: VecEnv) -> Functional:
-    """`ActorCritic` as a `Functional`: `apply(network, obs_batch) -> (Categorical policies, values)`.
-    `config` needs `hidden_sizes` and `activation`."""
+def categorical_actor_critic(config: ActorCriticSettings, env: VecEnv) -> Functional:
+    """`ActorCritic` as a `Functional`: `apply(network, obs_batch) -> (Categorical policies, values)`."""
     obs_size = int(np.prod(env.observation_shape))
     activation = ACTIVATIONS[config.activation]
 
@@ -158,7 +166,7 @@ def categorical_actor_critic(config: Any, env: VecEnv) -> Functional:
     return Functional(init=init, apply=apply)
 
 
-def gaussian_actor_critic(config: Any, env: VecEnv) -> Functional:
+def gaussian_actor_critic(config: ActorCriticSettings, env: VecEnv) -> Functional:
     """`GaussianActorCritic` as a `Functional`: `apply -> (diagonal Gaussian policies, values)`."""
     obs_size = int(np.prod(env.observation_shape))
     (action_dim,) = env.action_shape
@@ -174,7 +182,7 @@ def gaussian_actor_critic(config: Any, env: VecEnv) -> Functional:
     return Functional(init=init, apply=apply)
 
 
-def actor_critic(config: Any, env: VecEnv) -> Functional:
+def actor_critic(config: ActorCriticSettings, env: VecEnv) -> Functional:
     """The Equinox actor-critic for the environment's action space."""
     return categorical_actor_critic(config, env) if env.discrete else gaussian_actor_critic(config, env)
 

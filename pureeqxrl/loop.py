@@ -39,8 +39,8 @@ class TrainResult(eqx.Module):
 
 
 class UpdateSteps(NamedTuple):
-    """The pieces of one training update of an algorithm, each a pure function: what its
-    `make_train` scans with `scan_logged`, and what `benchmarks/per_op.py` times one by one.
+    """The pieces of one training update of an algorithm, each a pure function: what
+    `train_from_steps` scans, and what `benchmarks/per_op.py` times one by one.
 
     - `network`: the algorithm's network (`init`/`apply`);
     - `init(key) -> state`: initial network, optimizer, environments (and buffer);

@@ -82,9 +82,11 @@ zeros: Initializer = jax.nn.initializers.zeros
 
 
 class ParamKeys:
-    """The one rule by which every network here draws its parameters: parameter `i` of a network,
-    counting every parameter array its initializers create in creation order across all its parts
-    (zero-initialised ones included), is drawn with `jax.random.fold_in(network_key, i)`.
+    """The one rule by which every network here draws its parameters: the `i`-th initializer call
+    of a network, counting the calls of all its parts in the order they are made (zero
+    initializers included), gets the key `jax.random.fold_in(network_key, i)`. (An array made of
+    several draws, such as the GRU's three gates' kernels side by side, takes one key per draw;
+    a parameter computed rather than drawn, such as S5's HiPPO eigenvalues, takes none.)
 
     A Module takes `key=` either a key (it is then a whole network) or the `ParamKeys` of the
     network it is part of, and draws its parameters' keys by calling it. So a network's parts
@@ -92,8 +94,8 @@ class ParamKeys:
     XLA compiles, and a key per part would cost a loop more each (8 for PPO's actor-critic, where
     Linen, which folds each parameter's name in once, has 6). Splitting keys costs more still (a
     split key array must be sliced apart under `vmap`, and each split compiles even when its key
-    goes unused). A zero bias draws a key too, which is dead code for XLA, so that changing a
-    bias initializer never shifts the keys of the parameters after it.
+    goes unused). A zero initializer takes a key too, which is dead code for XLA, so that changing
+    it never shifts the keys of the parameters after it.
     """
 
     def __init__(self, key: PRNGKeyArray):

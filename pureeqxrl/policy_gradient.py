@@ -103,7 +103,9 @@ def make_environment(config: PPOConfig) -> VecEnv | Normalize:
     """`num_envs` copies of the configured environment, in `Normalize` if the config asks for it."""
     env = make_env(config.env, config.num_envs, config.max_episode_steps)
     if config.normalize_obs or config.normalize_reward:
-        env = Normalize(env, config.normalize_obs, config.normalize_reward, config.gamma)
+        env = Normalize(
+            env, observations=config.normalize_obs, rewards=config.normalize_reward, gamma=config.gamma
+        )
     return env
 
 

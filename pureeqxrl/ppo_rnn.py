@@ -36,7 +36,6 @@ import optax
 from distreqx.distributions import AbstractDistribution, Categorical
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from pureeqxrl import policy_gradient
 from pureeqxrl.config import ConfigChecks
 from pureeqxrl.envs import VecEnv, episode_stats
 from pureeqxrl.evaluate import RecurrentPolicy
@@ -44,7 +43,17 @@ from pureeqxrl.heads import log_prob, mode, sample
 from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, train_from_steps
 from pureeqxrl.nets import ACTIVATIONS, MLP, NetworkKey, ParamKeys, orthogonal
 from pureeqxrl.normalize import Normalize, RunningStats
-from pureeqxrl.policy_gradient import Batch, LossInfo, PPOConfig, loss_terms
+from pureeqxrl.policy_gradient import (
+    Batch,
+    LossInfo,
+    PPOConfig,
+    Transition,
+    loss_terms,
+    make_environment,
+    make_optimizer,
+    rollout_advantages,
+    update_stats,
+)
 from pureeqxrl.recurrent import GRU, S5
 
 
@@ -224,7 +233,7 @@ def equinox_recurrent_actor_critic(config: PPORNNConfig, env: VecEnv) -> Recurre
 # TRAINING
 
 
-class Transition(policy_gradient.Transition):
+class RecurrentTransition(Transition):
     """`pureeqxrl.policy_gradient.Transition` plus what the recurrent update needs."""
 
     reset: Bool[Array, " num_envs"]
@@ -290,19 +299,19 @@ def make_update_steps(
     `num_steps` times from the hidden state it returns; `learn(state, (initial_hidden, rollout))
     -> (state, loss, info)` computes advantages and runs the epochs over whole sequences."""
     config.validate()
-    env = policy_gradient.make_environment(config)
+    env = make_environment(config)
     if not env.discrete:  # whatever the network library: the heads are categorical
         raise ValueError(f"ppo_rnn supports discrete actions only; {config.env} has continuous ones")
     network = (network_fn or equinox_recurrent_actor_critic)(config, env)
-    optimizer = policy_gradient.make_optimizer(config)
+    optimizer = make_optimizer(config)
     num_steps, num_envs = config.num_steps, config.num_envs
 
     def env_step(state: RecurrentPPOState, _):
         key, action_key, step_key = jax.random.split(state.key, 3)
         hidden, policy, value = network.step(state.params, state.hidden, state.obs, state.reset)
         action = sample(policy, action_key)
-        obs, env_state, step = env.step(step_key, state.env_state, action.astype(jnp.int32))
-        transition = Transition(
+        obs, env_state, step = env.step(step_key, state.env_state, env.to_env_action(action))
+        transition = RecurrentTransition(
             obs=state.obs,
             action=action,
             log_prob=log_prob(policy, action),
@@ -348,7 +357,7 @@ def make_update_steps(
         state, (rollout, episodes) = jax.lax.scan(env_step, state, None, num_steps)
         return state, (initial_hidden, rollout), episodes
 
-    def learn(state: RecurrentPPOState, experience: tuple[Array, Transition]):
+    def learn(state: RecurrentPPOState, experience: tuple[Array, RecurrentTransition]):
         initial_hidden, rollout = experience
 
         # ADVANTAGES: V(pre-reset next obs) with the hidden state it follows, one batched core step
@@ -359,7 +368,7 @@ def make_update_steps(
             flat(rollout.next_obs),
             jnp.zeros(num_steps * num_envs, bool),
         )
-        advantages, targets = policy_gradient.rollout_advantages(rollout, next_value, config)
+        advantages, targets = rollout_advantages(rollout, next_value, config)
 
         # UPDATE EPOCHS OF MINIBATCHES OF WHOLE SEQUENCES
         batch = SequenceBatch(
@@ -386,7 +395,7 @@ def make_update_steps(
     def update(state: RecurrentPPOState):
         state, experience, episodes = collect(state)  # COLLECT TRAJECTORIES
         state, total, info = learn(state, experience)  # ADVANTAGES AND UPDATE EPOCHS
-        return state, policy_gradient.update_stats(episodes, total, info)
+        return state, update_stats(episodes, total, info)
 
     def init(key: PRNGKeyArray) -> RecurrentPPOState:
         env_key, init_key, loop_key = jax.random.split(key, 3)

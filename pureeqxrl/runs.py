@@ -256,7 +256,10 @@ def load_agent_and_obs_stats(run_dir: Path | str, seed: int = 0) -> tuple[Any, R
 def evaluate_run(run_dir: Path | str, episodes: int, sample: bool = False, seed: int = 0) -> list[float]:
     """Mean return of each saved agent of a run folder over `episodes` fresh episodes (the first
     episode of each of `episodes` parallel environments): the greedy policy, or with `sample` the
-    stochastic one. Every agent sees the same episodes (key `seed`)."""
+    stochastic one. Every agent sees the same episodes (key `seed`).
+
+    Here rather than in `pureeqxrl.evaluate`, which the algorithms import: reading a run folder
+    needs the registry, which imports the algorithms."""
     if episodes < 1:
         raise ValueError(f"episodes must be positive, got {episodes}")
     saved, config, network_fn = read_run(Path(run_dir))

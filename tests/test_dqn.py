@@ -113,6 +113,26 @@ def test_seeds_are_independent_and_runs_reproducible():
     np.testing.assert_array_equal(returns, second.metrics["episode_return"])  # same key, same run
 
 
+# LEARNING-RATE ANNEAL
+
+
+def test_annealed_learning_rate_reaches_zero_at_the_last_gradient_step():
+    config = dataclasses.replace(PROBE, env="ObsReward-probe", total_timesteps=4_000, anneal_lr=True)
+    steps = dqn.make_update_steps(config)
+    state = jax.jit(
+        lambda key: jax.lax.scan(
+            lambda s, _: (steps.update(s)[0], None), steps.init(key), None, config.num_updates
+        )[0]
+    )(jax.random.key(0))
+    (schedule_count,) = [
+        s.count
+        for s in jax.tree.leaves(state.opt_state, is_leaf=lambda x: hasattr(x, "count"))
+        if type(s).__name__ == "ScaleByScheduleState"
+    ]
+    # (4000 - 500) / 4 steps past learning_starts, one gradient step every 4: 875 of them.
+    assert int(schedule_count) == dqn.num_gradient_steps(config) == 875
+
+
 # CONFIG ERRORS: raised by make_train, before anything is traced or compiled
 
 

@@ -20,7 +20,9 @@ def test_recurrent_policy_carries_its_state_and_sees_episode_starts(key):
 
     def act(key, obs, hidden, reset):
         hidden = jnp.where(reset, 0, hidden) + 1  # steps since the episode started
-        jax.debug.callback(lambda r, h: seen.append((np.asarray(r), np.asarray(h))), reset, hidden)
+        jax.debug.callback(
+            lambda r, h: seen.append((np.asarray(r), np.asarray(h))), reset, hidden, ordered=True
+        )
         return jnp.zeros(obs.shape[0], jnp.int32), hidden
 
     policy = RecurrentPolicy(initial_hidden=lambda n: jnp.full(n, 100), act=act)

@@ -21,7 +21,8 @@ def _import_graph() -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 imported |= {alias.name for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{path.name}: relative import (this check reads absolute ones)"
                 imported.add(node.module)
                 imported |= {f"{node.module}.{alias.name}" for alias in node.names}
         graph[name] = {module for module in imported if module in modules and module != name}

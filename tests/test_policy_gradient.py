@@ -85,4 +85,4 @@ def test_environment_is_normalised_only_when_asked():
     assert isinstance(wrapped, Normalize)
     assert (wrapped.observations, wrapped.rewards, wrapped.gamma) == (False, True, 0.9)
     _, state = wrapped.reset(jax.random.key(0))
-    assert state.obs_stats is None  # so training returns no observation statistics
+    assert state.obs_stats is None  # what `loop.train_from_steps` returns as `obs_stats`

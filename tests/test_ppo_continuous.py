@@ -54,7 +54,14 @@ def test_dpo_actor_loss_on_a_minibatch():
     action = jnp.array([[0.3], [-0.2]])
     new_log_prob = heads.log_prob(policy, action)
     old_log_prob = new_log_prob - jnp.array([0.4, -0.5])  # ratios e^0.4 and e^-0.5
-    batch = policy_gradient.Batch(obs, action, old_log_prob, value, jnp.array([1.0, -1.0]), value)
+    batch = policy_gradient.Batch(
+        obs=obs,
+        action=action,
+        log_prob=old_log_prob,
+        value=value,
+        advantage=jnp.array([1.0, -1.0]),
+        target=value,
+    )
     loss, info = policy_gradient.ppo_loss(network.apply, params, batch, config)
     adv = np.array([1.0, -1.0]) / (np.std([1.0, -1.0]) + 1e-8)
     ratio = np.exp([0.4, -0.5])

@@ -29,15 +29,16 @@ def test_every_algorithm_builds_its_network_and_acts(name, key):
 
 
 @pytest.mark.parametrize("name", ["dqn", "ppo", "ppo_continuous", "ppo_rnn"])
-def test_linen_twins_have_the_equinox_parameter_shapes(name, key):
+def test_linen_twins_have_the_equinox_parameters(name, key):
     pytest.importorskip("flax")
     algorithm = registry.get(name)
     config = algorithm.config_cls()
     env = make_env(config.env, 1)
-    ours = eqx.filter_eval_shape(algorithm.network(linen=False)(config, env).init, key)
-    theirs = jax.eval_shape(algorithm.network(linen=True)(config, env).init, key)
-    shapes = lambda tree: sorted(leaf.shape for leaf in jax.tree.leaves(tree))  # noqa: E731
-    assert shapes(ours) == shapes(theirs)
+    ours = jax.tree.leaves(eqx.filter_eval_shape(algorithm.network(linen=False)(config, env).init, key))
+    theirs = jax.tree.leaves(jax.eval_shape(algorithm.network(linen=True)(config, env).init, key))
+    assert sum(leaf.size for leaf in ours) == sum(leaf.size for leaf in theirs)
+    if name != "ppo_rnn":  # the Equinox GRU stores its three gates' kernels side by side
+        assert sorted(leaf.shape for leaf in ours) == sorted(leaf.shape for leaf in theirs)
 
 
 def test_both_ppo_entries_run_the_one_ppo():

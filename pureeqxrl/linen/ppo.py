@@ -19,9 +19,9 @@ from jaxtyping import PRNGKeyArray
 from pureeqxrl import ppo
 from pureeqxrl.envs import VecEnv
 from pureeqxrl.heads import ActorCritic, GaussianActorCritic, diagonal_gaussian
-from pureeqxrl.linen import dense_params
+from pureeqxrl.linen import mlp_params
 from pureeqxrl.loop import TrainResult
-from pureeqxrl.nets import ACTIVATIONS, MLP, Functional, orthogonal
+from pureeqxrl.nets import ACTIVATIONS, Functional, orthogonal
 from pureeqxrl.policy_gradient import PPOConfig
 
 
@@ -89,12 +89,6 @@ def linen_network(config: PPOConfig, env: VecEnv) -> Functional:
 def make_train(config: PPOConfig, on_log=None) -> Callable[[PRNGKeyArray], TrainResult]:
     """`pureeqxrl.ppo.make_train` with the Linen networks."""
     return ppo.make_train(config, network_fn=linen_network, on_log=on_log)
-
-
-def mlp_params(name: str, mlp: MLP) -> dict:
-    """The Linen Dense layers `{name}_0, {name}_1, ..., {name}_head` holding an Equinox `MLP`'s numbers."""
-    names = [f"{name}_{i}" for i in range(len(mlp.layers) - 1)] + [f"{name}_head"]
-    return dense_params(names, mlp.layers)
 
 
 def params_from_equinox(network: ActorCritic | GaussianActorCritic) -> dict:

@@ -17,8 +17,7 @@ from distreqx.distributions import Categorical
 from jaxtyping import PRNGKeyArray
 
 from pureeqxrl.envs import VecEnv
-from pureeqxrl.linen import dense_params
-from pureeqxrl.linen.ppo import mlp_params
+from pureeqxrl.linen import dense_params, mlp_params
 from pureeqxrl.loop import TrainResult
 from pureeqxrl.nets import ACTIVATIONS, orthogonal
 from pureeqxrl.ppo_rnn import PPORNNConfig, RecurrentActorCritic, RecurrentFunctional
