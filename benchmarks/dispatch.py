@@ -26,7 +26,6 @@ import statistics
 import time
 from pathlib import Path
 
-import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -35,6 +34,8 @@ import optax
 from pureeqxrl import heads, policy_gradient
 from pureeqxrl.envs import make_env
 from pureeqxrl.linen import ppo as linen_ppo
+
+import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 
 STEPS = 200
 

@@ -18,12 +18,13 @@ import statistics
 import time
 from pathlib import Path
 
-import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 import jax
 import numpy as np
 
 from pureeqxrl.loop import final_return
 from pureeqxrl.registry import ALGORITHMS, Algorithm
+
+import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 
 LIBRARIES = ("equinox", "linen")
 

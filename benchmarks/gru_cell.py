@@ -13,13 +13,14 @@ import statistics
 import time
 from pathlib import Path
 
-import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from pureeqxrl.linen.ppo_rnn import params_from_equinox_gru
 from pureeqxrl.recurrent import GRU
+
+import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 
 WIDTH, TIME = 128, 128
 

@@ -21,7 +21,6 @@ import statistics
 import time
 from pathlib import Path
 
-import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -30,6 +29,8 @@ import optax
 from pureeqxrl import heads, policy_gradient, ppo_rnn
 from pureeqxrl.linen import ppo_rnn as linen_ppo_rnn
 from pureeqxrl.recurrent import GRU
+
+import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 
 
 class StepwiseGRU(GRU):
