@@ -45,3 +45,13 @@ def assert_same_gradients():
             np.testing.assert_allclose(mine, other, rtol=1e-5, atol=1e-7)
 
     return check
+
+
+def pytest_configure(config):
+    """A persistent XLA compilation cache under pytest's own cache folder: most of a test's time is
+    compiling its training program, and an unchanged program need not be compiled again on the
+    next run (the cache key covers the program, the jax version and the flags)."""
+    cache = config.cache.mkdir("jax-compilation-cache") if config.cache is not None else None
+    if cache is not None:
+        jax.config.update("jax_compilation_cache_dir", str(cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -47,6 +47,7 @@ def test_navix_names_are_known_and_suggested():
 # BRAX
 
 
+@pytest.mark.slow
 def test_brax_keeps_truncation_and_trains_a_few_updates(key):
     pytest.importorskip("brax", reason="needs the brax extra: pip install 'pureeqxrl[brax]'")
     env = make_env("brax-hopper", 2, max_episode_steps=4)

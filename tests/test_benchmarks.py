@@ -26,6 +26,7 @@ def run_script(monkeypatch, name: str, *argv: str) -> None:
     load(name).main()
 
 
+@pytest.mark.slow
 def test_end_to_end_and_chart_write_tables_json_and_png(tmp_path, monkeypatch):
     config = DQNConfig(total_timesteps=12_000)
     steps = config.num_updates * config.steps_per_update

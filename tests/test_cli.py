@@ -118,6 +118,7 @@ def test_usage_errors(capsys):
     assert "ActionReward-probe" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_linen_run_saves_a_loadable_agent(tmp_path):
     run_dir = tmp_path / "linen"
     assert cli.main(["train", "dqn", "--linen", "--run-dir", str(run_dir), *TINY]) == 0
@@ -139,6 +140,7 @@ PPO_TINY = [
 ]
 
 
+@pytest.mark.slow
 def test_ppo_trains_saves_loads_and_evaluates(tmp_path, capsys):
     run_dir = tmp_path / "ppo"
     assert cli.main(["train", "ppo", "--num-seeds", "2", "--run-dir", str(run_dir), *PPO_TINY]) == 0
@@ -156,6 +158,7 @@ def test_ppo_trains_saves_loads_and_evaluates(tmp_path, capsys):
     assert "seed 1: sampled-policy return" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_ppo_linen_run_saves_a_loadable_agent(tmp_path):
     run_dir = tmp_path / "ppo-linen"
     assert cli.main(["train", "ppo", "--linen", "--run-dir", str(run_dir), *PPO_TINY]) == 0
@@ -176,6 +179,7 @@ def test_ppo_sizes_that_do_not_divide_are_rejected(tmp_path, capsys, no_compile)
     assert not target.exists()
 
 
+@pytest.mark.slow
 def test_ppo_continuous_saves_normalisation_statistics_with_the_agent(tmp_path, capsys):
     run_dir = tmp_path / "pendulum"
     args = [
@@ -228,6 +232,7 @@ RNN_TINY = [
 ]
 
 
+@pytest.mark.slow
 def test_recurrent_ppo_trains_and_evaluates_with_its_memory(tmp_path, capsys):
     from pureeqxrl import ppo_rnn
     from pureeqxrl.recurrent import S5

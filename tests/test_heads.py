@@ -9,6 +9,7 @@ from pureeqxrl import heads
 from pureeqxrl.envs import make_env
 from pureeqxrl.nets import orthogonal
 from pureeqxrl.policy_gradient import PPOConfig
+from pureeqxrl.ppo import PPOContinuousConfig
 
 
 def test_the_action_space_picks_the_head(key):
@@ -17,7 +18,7 @@ def test_the_action_space_picks_the_head(key):
         heads.actor_critic(PPOConfig(), make_env("CartPole-v1", 1)).init(key), obs
     )
     assert isinstance(policy, Categorical) and value.shape == (5,)
-    assert heads.sample(policy, key).shape == (5,) and heads.mode(policy).dtype == jnp.int32
+    assert heads.sample(policy, key).shape == (5,) and jnp.issubdtype(heads.mode(policy).dtype, jnp.integer)
     pendulum = heads.actor_critic(PPOConfig(), make_env("Pendulum-v1", 1))
     policy, value = pendulum.apply(pendulum.init(key), jnp.ones((5, 3)))
     assert isinstance(policy, Independent) and value.shape == (5,)
@@ -68,3 +69,26 @@ def test_greedy_action_is_the_most_likely(key):
     obs = jax.random.normal(key, (20, 4))
     logits, _ = jax.vmap(network)(obs)
     np.testing.assert_array_equal(jax.vmap(heads.greedy_action, (None, 0))(network, obs), logits.argmax(-1))
+
+
+def test_initial_draws_are_those_of_version_0_1(key):
+    # Sum of absolute parameter values and the first entry of the first kernels for key(0),
+    # recorded with pureeqxrl 0.1.0 (commit 681fd9e): the re-layout kept every draw.
+    cases = [
+        (
+            heads.categorical_actor_critic(PPOConfig(), make_env("CartPole-v1", 1)),
+            1241.7116449168752,
+            [0.14706063270568848, 0.22757123410701752, -0.00127403496298939],
+        ),
+        (
+            heads.gaussian_actor_critic(PPOContinuousConfig(), make_env("Pendulum-v1", 1)),
+            9376.991038304006,
+            [0.08422373235225677, 0.1157757043838501, -0.0006460475851781666],
+        ),
+    ]
+    for network, total, firsts in cases:
+        leaves = [np.asarray(leaf, np.float64) for leaf in jax.tree.leaves(network.init(key))]
+        np.testing.assert_allclose(sum(np.abs(leaf).sum() for leaf in leaves), total, rtol=1e-6)
+        np.testing.assert_allclose(
+            [leaf.ravel()[0] for leaf in leaves if leaf.ndim == 2][:3], firsts, rtol=1e-6
+        )

@@ -79,6 +79,7 @@ def test_equinox_leaves_come_in_linens_order(env_name, key):
     assert all(a is b for a, b in zip(ours, linens, strict=True))
 
 
+@pytest.mark.slow
 def test_linen_twin_trains_cartpole_like_equinox():
     config = dataclasses.replace(ppo.PPOConfig(), total_timesteps=131_072)
     keys = jax.random.split(jax.random.key(0), 2)

@@ -99,6 +99,7 @@ def test_linen_init_has_the_equinox_layout_and_scales(key):
         np.testing.assert_allclose(gram, scale**2 * np.eye(len(gram)), atol=1e-4 * scale**2)
 
 
+@pytest.mark.slow
 def test_linen_twin_rejects_s5_and_learns_the_memory_task():
     with pytest.raises(ValueError, match="GRU core only"):
         linen_ppo_rnn.make_train(ppo_rnn.PPOS5Config())

@@ -108,6 +108,7 @@ def test_impossible_configs_fail_before_compiling(change, message, no_compile):
 # THE REFERENCE TASKS
 
 
+@pytest.mark.slow
 def test_cartpole_reaches_475_with_default_config():
     result = _train(ppo.PPOConfig(), seeds=2, key=0)
     finals = final_return(np.asarray(result.metrics["episode_return"]))
@@ -122,12 +123,14 @@ def test_cartpole_reaches_475_with_default_config():
     assert float(returns.mean()) >= 475, returns
 
 
+@pytest.mark.slow
 def test_acrobot_beats_minus_100_with_default_config():
     result = _train(ppo.PPOConfig(env="Acrobot-v1"), seeds=2, key=0)
     finals = final_return(np.asarray(result.metrics["episode_return"]))
     assert finals.mean() > -100, finals
 
 
+@pytest.mark.slow
 def test_navix_doorkey_trains_and_improves():
     pytest.importorskip("navix", reason="needs the navix extra: pip install 'pureeqxrl[navix]'")
     # PureJaxRL's ppo_minigrid settings: 16 envs x 128 steps, 1e6 steps, 1 epoch of 8 minibatches.

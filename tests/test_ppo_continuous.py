@@ -73,6 +73,7 @@ def test_dpo_actor_loss_on_a_minibatch():
     np.testing.assert_allclose(loss, info.actor_loss, rtol=1e-6)  # no value or entropy term
 
 
+@pytest.mark.slow
 def test_pendulum_beats_minus_250_and_statistics_are_used_at_evaluation():
     result = _train(ppo.PPOContinuousConfig(), seeds=2, key=0)
     finals = final_return(np.asarray(result.metrics["episode_return"]))

@@ -66,6 +66,7 @@ def test_truncated_episodes_are_bootstrapped():
     np.testing.assert_allclose(values, 2.0, atol=0.15)
 
 
+@pytest.mark.slow
 def test_gru_remembers_what_feed_forward_ppo_cannot():
     recurrent = final_return(np.asarray(_train(MEMORY).metrics["episode_return"]))
     feed_forward_config = ppo.PPOConfig(
@@ -79,6 +80,7 @@ def test_gru_remembers_what_feed_forward_ppo_cannot():
     assert np.abs(feed_forward).max() < 0.3, feed_forward  # chance: it cannot see the context bit
 
 
+@pytest.mark.slow
 def test_s5_learns_the_memory_task_and_its_greedy_policy_remembers():
     # A small S5 (one layer of width 64, 16 complex states; a larger learning rate) keeps it fast.
     # With these settings 8 seeds of 8 reached >= 0.98 (at width 32, 2 of 8 stayed near 0.7).
@@ -121,6 +123,7 @@ def test_seeds_are_independent_and_reproducible():
     np.testing.assert_array_equal(kernels, again.params.core.hidden_kernel)
 
 
+@pytest.mark.slow
 def test_cartpole_reaches_the_reference_return():
     result = _train(ppo_rnn.PPORNNConfig())  # PureJaxRL's ppo_rnn.py settings, 5e5 steps
     finals = final_return(np.asarray(result.metrics["episode_return"]))
