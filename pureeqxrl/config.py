@@ -5,9 +5,13 @@ them), its defaults are the reference implementation's, and `validate()` reports
 once, in plain words, before a single array is traced.
 """
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
+
+INT32_MAX = 2**31 - 1
+"""The largest count or size a compiled program holds: its step counters and indices are int32."""
 
 
 class ConfigChecks:
@@ -30,6 +34,8 @@ class ConfigChecks:
     def _each(self, names: tuple[str, ...], ok, rule: str) -> None:
         for name in names:
             value = getattr(self.config, name)
+            if isinstance(value, float) and math.isnan(value):
+                continue  # `representable` reports it, once
             self.require(ok(value), f"{name} must be {rule}, got {value!r}")
 
     def positive(self, *names: str) -> None:
@@ -40,6 +46,20 @@ class ConfigChecks:
 
     def in_unit_interval(self, *names: str) -> None:
         self._each(names, lambda v: 0 <= v <= 1, "in [0, 1]")
+
+    def representable(self) -> None:
+        """Every number of the config, tuples' items included: floats finite (NaN and inf are
+        refused, whatever the field), integers within int32."""
+        for field in dataclasses.fields(self.config):
+            value = getattr(self.config, field.name)
+            for item in value if isinstance(value, tuple) else (value,):
+                if isinstance(item, float) and not math.isfinite(item):
+                    self.errors.append(f"{field.name} must be finite, got {item!r}")
+                elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > INT32_MAX:
+                    self.errors.append(
+                        f"{field.name} ({item}) is past {INT32_MAX:,}, the largest count a compiled "
+                        "program holds (int32)"
+                    )
 
     def raise_if_any(self) -> None:
         if self.errors:
@@ -81,11 +101,8 @@ class TrainConfig:
     def check(self, checks: ConfigChecks) -> None:
         """Add this config's problems to `checks`. Properties used here must not divide by a
         field that may be zero before that field has been checked."""
-        checks.positive("total_timesteps", "num_envs", "log_interval")
-        checks.require(
-            self.learning_rate > 0 and math.isfinite(self.learning_rate),
-            f"learning_rate must be positive and finite, got {self.learning_rate!r}",
-        )
+        checks.representable()
+        checks.positive("total_timesteps", "num_envs", "log_interval", "learning_rate")
         checks.in_unit_interval("gamma")
         checks.require(
             all(size > 0 for size in self.hidden_sizes),

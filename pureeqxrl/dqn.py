@@ -269,6 +269,8 @@ def make_update_steps(
     batch; `update` does both (learning only when it is time) and updates the target network."""
     config.validate()
     env = make_env(config.env, config.num_envs, config.max_episode_steps)
+    if not env.discrete:  # a Q-value per action needs a finite set of actions
+        raise ValueError(f"DQN needs discrete actions; {config.env} has continuous actions (a Box)")
     network = (network_fn or equinox_q_function)(config, env)
     learning_rate = config.learning_rate
     if config.anneal_lr:  # the schedule counts gradient steps: zero at the run's last one

@@ -69,19 +69,74 @@ def train_from_steps(
 
     def train(key: PRNGKeyArray) -> TrainResult:
         state, metrics = scan_logged(steps.update, steps.init(key), num_updates, log_interval, on_log)
-        obs_stats = getattr(state.env_state, "obs_stats", None)
-        return TrainResult(params=state.params, metrics=metrics, obs_stats=obs_stats)
+        return train_result(state, metrics)
 
     return train
 
 
+def train_result(state: Any, metrics: dict[str, Array]) -> TrainResult:
+    """What a run hands out from its training state: the params and, if the environment normalises
+    observations, their statistics."""
+    return TrainResult(
+        params=state.params, metrics=metrics, obs_stats=getattr(state.env_state, "obs_stats", None)
+    )
+
+
+# CHUNKS: the same training as a host loop over compiled pieces, so that a long run can report,
+# checkpoint and stop between them. The updates inside a chunk stay in one `lax.scan`.
+
+
+class ChunkRunner(NamedTuple):
+    """A run of vmapped seeds in chunks of updates (`make_chunk_runner`).
+
+    - `init(keys) -> state`: the initial training state of every seed (a leading seed axis);
+    - `run(state, num_updates) -> (state, rows)`: `num_updates` more updates of every seed, with
+      `rows[name]` of shape `(num_seeds, num_rows)`, a row per `log_interval` updates (the last
+      one shorter if `num_updates` is not a multiple);
+    - `compile(state, num_updates)`: compile `run`'s program for that many updates ahead of time.
+      One program is compiled per distinct `num_updates`: a run of equal chunks compiles one, and
+      one more for a shorter last chunk.
+    """
+
+    init: Callable[[PRNGKeyArray], Any]
+    run: Callable[[Any, int], tuple[Any, dict[str, Array]]]
+    compile: Callable[[Any, int], None]
+
+
+def make_chunk_runner(steps: UpdateSteps, log_interval: int) -> ChunkRunner:
+    """Jitted, vmapped `init` and chunk programs of `steps` (see `ChunkRunner`)."""
+    programs: dict[int, Callable] = {}
+
+    def compile(state: Any, num_updates: int) -> None:
+        if num_updates not in programs:
+            chunk = lambda s: scan_logged(steps.update, s, num_updates, log_interval)  # noqa: E731
+            programs[num_updates] = jax.jit(jax.vmap(chunk)).lower(state).compile()
+
+    def run(state: Any, num_updates: int) -> tuple[Any, dict[str, Array]]:
+        compile(state, num_updates)
+        return programs[num_updates](state)
+
+    return ChunkRunner(init=jax.jit(jax.vmap(steps.init)), run=run, compile=compile)
+
+
+def chunk_lengths(num_updates: int, log_interval: int, chunk_rows: int, start: int = 0) -> list[int]:
+    """Updates in each chunk of a run, from update `start` (a chunk boundary) to `num_updates`:
+    `chunk_rows` whole rows each, and whatever is left in the last."""
+    per_chunk = chunk_rows * log_interval
+    return [min(per_chunk, num_updates - done) for done in range(start, num_updates, per_chunk)]
+
+
 def _reduce(stats: Stats) -> dict[str, Array]:
     row = {}
+    nonfinite = jnp.array(0.0)
     for name, (total, count) in stats.items():
         total, count = total.sum(), count.sum()
         row[name] = jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+        nonfinite += (~jnp.isfinite(total)).astype(jnp.float32)
         if name == "episode_return":
             row["episodes"] = count
+    # A NaN row value can mean "nothing counted"; a non-finite sum means a NaN or inf was counted.
+    row["nonfinite_stats"] = nonfinite
     return row
 
 

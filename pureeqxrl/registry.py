@@ -14,6 +14,9 @@ class Algorithm:
 
     config_cls: type
     make_train: Callable[..., Callable]
+    make_update_steps: Callable[..., Any]
+    """`(config, network_fn) -> pureeqxrl.loop.UpdateSteps`: the pieces `make_train` scans, which
+    the CLI runs in chunks (`pureeqxrl.loop.make_chunk_runner`)."""
     network_fn: Callable[[Any, Any], Any]
     linen_network_fn: Callable[[], Callable[[Any, Any], Any]]
     """Imported lazily: flax is only needed for Linen runs."""
@@ -48,34 +51,39 @@ def _linen_ppo_rnn():
 
 ALGORITHMS: dict[str, Algorithm] = {
     "dqn": Algorithm(
-        dqn.DQNConfig,
-        dqn.make_train,
-        dqn.equinox_q_function,
-        _linen_dqn,
-        dqn.policy,
+        config_cls=dqn.DQNConfig,
+        make_train=dqn.make_train,
+        make_update_steps=dqn.make_update_steps,
+        network_fn=dqn.equinox_q_function,
+        linen_network_fn=_linen_dqn,
+        policy=dqn.policy,
         stochastic=False,
     ),
     # Both PPO entries pick the actor-critic from the environment's action space; they differ in
     # their config's defaults (PureJaxRL's discrete CartPole vs continuous-control settings).
-    "ppo": Algorithm(ppo.PPOConfig, ppo.make_train, heads.actor_critic, _linen_ppo, ppo.policy),
-    "ppo_continuous": Algorithm(
-        ppo.PPOContinuousConfig, ppo.make_train, heads.actor_critic, _linen_ppo, ppo.policy
-    ),
+    **{
+        name: Algorithm(
+            config_cls=config_cls,
+            make_train=ppo.make_train,
+            make_update_steps=ppo.make_update_steps,
+            network_fn=heads.actor_critic,
+            linen_network_fn=_linen_ppo,
+            policy=ppo.policy,
+        )
+        for name, config_cls in (("ppo", ppo.PPOConfig), ("ppo_continuous", ppo.PPOContinuousConfig))
+    },
     # Recurrent PPO: a GRU core (`ppo_rnn`) or S5 layers (`ppo_s5`, Equinox only).
-    "ppo_rnn": Algorithm(
-        ppo_rnn.PPORNNConfig,
-        ppo_rnn.make_train,
-        ppo_rnn.equinox_recurrent_actor_critic,
-        _linen_ppo_rnn,
-        ppo_rnn.policy,
-    ),
-    "ppo_s5": Algorithm(
-        ppo_rnn.PPOS5Config,
-        ppo_rnn.make_train,
-        ppo_rnn.equinox_recurrent_actor_critic,
-        _linen_ppo_rnn,
-        ppo_rnn.policy,
-    ),
+    **{
+        name: Algorithm(
+            config_cls=config_cls,
+            make_train=ppo_rnn.make_train,
+            make_update_steps=ppo_rnn.make_update_steps,
+            network_fn=ppo_rnn.equinox_recurrent_actor_critic,
+            linen_network_fn=_linen_ppo_rnn,
+            policy=ppo_rnn.policy,
+        )
+        for name, config_cls in (("ppo_rnn", ppo_rnn.PPORNNConfig), ("ppo_s5", ppo_rnn.PPOS5Config))
+    },
 }
 
 

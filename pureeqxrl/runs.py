@@ -11,6 +11,7 @@ import dataclasses
 import io
 import json
 import os
+import pickle
 import tempfile
 import time
 import warnings
@@ -67,27 +68,45 @@ def prepare_run_dir(run_dir: Path | None, algorithm: str, env: str) -> Path:
             run_dir = Path("runs") / f"{algorithm}-{env}-{stamp}-{suffix}"
             suffix += 1
     run_dir = Path(run_dir)
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise FileExistsError(f"{run_dir} already exists and is not an empty folder; pick another")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+            raise FileExistsError(f"{run_dir} already exists and is not an empty folder; pick another")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".writable"
+        probe.touch()  # a folder we may create but not write into fails here, not after training
+        probe.unlink()
+    except FileExistsError:
+        raise
+    except OSError as error:  # a path through a file, no permission, a name too long, ...
+        raise ValueError(f"cannot use {run_dir} as the run folder: {error.strerror or error}") from error
     return run_dir
 
 
-def write_config(run_dir: Path, algorithm: str, config: Any, linen: bool, num_seeds: int, seed: int) -> None:
-    """`config.json`: everything needed to rebuild the run's config, networks and keys."""
+def write_config(
+    run_dir: Path,
+    algorithm: str,
+    config: Any,
+    linen: bool,
+    num_seeds: int,
+    seed: int,
+    run: dict[str, Any] | None = None,
+) -> None:
+    """`config.json`: everything needed to rebuild the run's config, networks and keys, and the
+    `run` options (chunks, checkpoints) a resume keeps."""
     saved = {
         "algorithm": algorithm,
         "linen": linen,
         "num_seeds": num_seeds,
         "seed": seed,
         "config": config.to_dict(),
+        "run": run or {},
         "versions": {
             "pureeqxrl": pureeqxrl.__version__,
             "jax": jax.__version__,
             "backend": jax.default_backend(),
         },
     }
-    atomic_write_text(run_dir / "config.json", json.dumps(saved, indent=2))
+    atomic_write_text(run_dir / "config.json", strict_json(saved))
 
 
 def write_results(
@@ -97,12 +116,21 @@ def write_results(
     result: TrainResult,
     compile_seconds: float,
     train_seconds: float,
+    status: str = "finished",
+    updates_done: int | None = None,
+    trained_updates: int | None = None,
 ) -> dict[str, Any]:
-    """Write what a finished run of `num_seeds` vmapped seeds produced (`metrics.csv`,
-    `learning_curve.png`, `agent_seed{i}.eqx`, `summary.json`) and return the summary."""
+    """Write what a run of `num_seeds` vmapped seeds produced so far (`metrics.csv`,
+    `learning_curve.png`, `agent_seed{i}.eqx`, `summary.json`) and return the summary.
+
+    `status` is "finished", "interrupted" or "diverged"; `updates_done` the updates in
+    `result.params` (default: all of them); `trained_updates` those that `train_seconds` timed
+    (default: `updates_done`; fewer after a resume)."""
+    updates_done = config.num_updates if updates_done is None else updates_done
+    trained_updates = updates_done if trained_updates is None else trained_updates
     metrics = {name: np.asarray(value) for name, value in result.metrics.items()}
-    num_seeds = metrics["episode_return"].shape[0]
-    updates = rows_update_counts(config.num_updates, config.log_interval)  # at each row's end
+    num_seeds, num_rows = metrics["episode_return"].shape
+    updates = rows_update_counts(config.num_updates, config.log_interval)[:num_rows]  # at each row's end
     header, rows = metrics_table(metrics, updates, config.steps_per_update)
     write_metrics_csv(run_dir / "metrics.csv", header, rows)
     plot_learning_curve(
@@ -113,17 +141,52 @@ def write_results(
 
     finals = final_return(metrics["episode_return"])
     any_finished = bool(np.isfinite(finals).any())
-    total_steps = config.num_updates * config.steps_per_update * num_seeds
     summary = {
+        "status": status,
+        "updates_done": updates_done,
+        "env_steps_per_seed": updates_done * config.steps_per_update,
         "final_return_per_seed": [float(x) for x in finals],
         "final_return_mean": float(np.nanmean(finals)) if any_finished else None,
         "final_return_std": float(np.nanstd(finals)) if any_finished else None,
         "compile_seconds": compile_seconds,
         "train_seconds": train_seconds,
-        "env_steps_per_second": total_steps / train_seconds,
+        "env_steps_per_second": trained_updates
+        * config.steps_per_update
+        * num_seeds
+        / max(train_seconds, 1e-9),
     }
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(run_dir / "summary.json", strict_json(summary))
     return summary
+
+
+def write_evaluation(run_dir: Path, kind: str, episodes: int, seed: int, per_seed: list[float]) -> Path:
+    """`eval_{kind}.json` in the run folder: what `pureeqxrl eval` measured."""
+    path = Path(run_dir) / f"eval_{kind.replace('-', '_')}.json"
+    result = {
+        "policy": kind,
+        "episodes_per_seed": episodes,
+        "seed": seed,
+        "return_per_seed": per_seed,
+        "return_mean": float(np.mean(per_seed)),
+        "return_std": float(np.std(per_seed)),
+    }
+    atomic_write_text(path, strict_json(result))
+    return path
+
+
+def strict_json(value: Any) -> str:
+    """JSON that every parser reads: NaN and infinities (a seed that finished no episode) as null."""
+
+    def clean(item):
+        if isinstance(item, float) and not np.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {key: clean(v) for key, v in item.items()}
+        if isinstance(item, list | tuple):
+            return [clean(v) for v in item]
+        return item
+
+    return json.dumps(clean(value), indent=2, allow_nan=False)
 
 
 def seed_slice(tree: Any, seed: int) -> Any:
@@ -204,6 +267,88 @@ def plot_learning_curve(path: Path, env_steps: np.ndarray, returns: np.ndarray, 
     atomic_write_bytes(path, buffer.getvalue())
 
 
+# CHECKPOINTS: the whole training state of every seed (networks, optimizer states, environment
+# states, replay buffers, normalisation statistics, random keys) and the metrics rows so far.
+#
+# One file per checkpoint, `checkpoints/update_{n}.ckpt`: a JSON header line (format, package
+# version, config, seeds, updates done), then the leaves as `eqx.tree_serialise_leaves` writes them.
+# Equinox serialisation rather than orbax-checkpoint: a run's state lives on one host and is read
+# back into a template the algorithm builds itself, so the leaves and a header are all it takes,
+# without tensorstore and an asynchronous manager. Random keys are stored as their raw uint32 data.
+
+CHECKPOINT_FORMAT = "pureeqxrl-checkpoint-1"
+
+
+def _is_key(leaf: Any) -> bool:
+    return hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def keys_as_data(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+def save_checkpoint(run_dir: Path, header: dict[str, Any], state: Any, metrics: dict, keep: int) -> Path:
+    """Write one checkpoint atomically and delete all but the newest `keep`. `header` must hold
+    `updates_done`, which names the file."""
+    folder = Path(run_dir) / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    header = {"format": CHECKPOINT_FORMAT, "pureeqxrl": pureeqxrl.__version__, **header}
+    header["metric_names"] = sorted(metrics)
+    buffer = io.BytesIO()
+    buffer.write((json.dumps(header, allow_nan=False) + "\n").encode())
+    eqx.tree_serialise_leaves(
+        buffer, (keys_as_data(state), {name: np.asarray(v) for name, v in metrics.items()})
+    )
+    path = folder / f"update_{header['updates_done']:010d}.ckpt"
+    atomic_write_bytes(path, buffer.getvalue())
+    for old in sorted(folder.glob("update_*.ckpt"))[:-keep]:
+        old.unlink()
+    return path
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint of a run folder, if any."""
+    found = sorted((Path(run_dir) / "checkpoints").glob("update_*.ckpt"))
+    return found[-1] if found else None
+
+
+def read_checkpoint_header(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        line = f.readline()
+    try:
+        header = json.loads(line)
+        if header.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"format {header.get('format')!r}")
+    except (ValueError, AttributeError) as error:
+        raise ValueError(f"{path} is not a pureeqxrl checkpoint ({error})") from error
+    return header
+
+
+def load_checkpoint(path: Path, like_state: Any) -> tuple[dict[str, Any], Any, dict[str, np.ndarray]]:
+    """`(header, state, metrics)` of a checkpoint; `like_state` is a training state of the same
+    run (e.g. its initial one), whose structure, shapes and key types the saved leaves take."""
+    header = read_checkpoint_header(path)
+    if header["pureeqxrl"] != pureeqxrl.__version__:
+        raise ValueError(
+            f"{path} was written by pureeqxrl {header['pureeqxrl']}, this is {pureeqxrl.__version__}: "
+            f"resume it with version {header['pureeqxrl']}"
+        )
+    num_seeds, rows = header["num_seeds"], header["rows_done"]
+    like_metrics = {name: np.zeros((num_seeds, rows), np.float32) for name in header["metric_names"]}
+    with open(path, "rb") as f:
+        f.readline()
+        try:
+            data, metrics = eqx.tree_deserialise_leaves(f, (keys_as_data(like_state), like_metrics))
+        except (RuntimeError, ValueError, EOFError, OSError, pickle.UnpicklingError) as error:
+            raise ValueError(f"{path} is damaged or belongs to another run ({error})") from error
+    state = jax.tree.map(
+        lambda x, like: jax.random.wrap_key_data(x, impl=jax.random.key_impl(like)) if _is_key(like) else x,
+        data,
+        like_state,
+    )
+    return header, state, {name: np.asarray(value) for name, value in metrics.items()}
+
+
 # AGENTS
 
 
@@ -242,8 +387,13 @@ def load_agent_and_obs_stats(run_dir: Path | str, seed: int = 0) -> tuple[Any, R
     path = run_dir / f"agent_seed{seed}.eqx"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found (the run has seeds 0..{saved['num_seeds'] - 1})")
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":  # every saved leaf is an array in numpy's format
+            raise ValueError(f"{path} is damaged or not a pureeqxrl agent file")
     try:
         return eqx.tree_deserialise_leaves(path, (params, obs_stats))
+    except (ValueError, EOFError, OSError, pickle.UnpicklingError) as error:
+        raise ValueError(f"{path} is damaged or not a pureeqxrl agent file ({error})") from error
     except RuntimeError as error:  # equinox: a saved leaf's shape or dtype differs from the network's
         raise ValueError(
             f"{path} does not hold this network's parameters ({error}). This version stores every "
@@ -281,11 +431,26 @@ def evaluate_run(run_dir: Path | str, episodes: int, sample: bool = False, seed:
 
 
 def read_run(run_dir: Path) -> tuple[dict, Any, Callable[[Any, Any], Any]]:
-    """A run folder's saved `config.json`, its config object, and its network builder."""
-    saved = json.loads((Path(run_dir) / "config.json").read_text())
-    algorithm = registry.get(saved["algorithm"])  # a ValueError naming the known ones
-    config = config_from_dict(algorithm.config_cls, saved["config"])
-    return saved, config, algorithm.network(saved["linen"])
+    """A run folder's saved `config.json`, its config object, and its network builder. A file that
+    is not one (hand-edited, truncated, another program's) is a `ValueError` that says so."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a run folder of `pureeqxrl train`")
+    try:
+        saved = json.loads(path.read_text())
+        algorithm = registry.get(saved["algorithm"])  # a ValueError naming the known ones
+        config = config_from_dict(algorithm.config_cls, saved["config"])
+        config.validate()
+        if not (isinstance(saved["num_seeds"], int) and saved["num_seeds"] >= 1):
+            raise ValueError(f"num_seeds must be a positive integer, got {saved['num_seeds']!r}")
+        return saved, config, algorithm.network(bool(saved["linen"]))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        detail = f"no {error}" if isinstance(error, KeyError) else str(error)
+        raise ValueError(
+            f"{path} is not a pureeqxrl config.json ({type(error).__name__}: {detail})"
+        ) from error
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
 
 
 def config_from_dict(config_cls: type, values: dict) -> Any:

@@ -51,7 +51,7 @@ def pytest_configure(config):
     """A persistent XLA compilation cache under pytest's own cache folder: most of a test's time is
     compiling its training program, and an unchanged program need not be compiled again on the
     next run (the cache key covers the program, the jax version and the flags)."""
-    cache = config.cache.mkdir("jax-compilation-cache") if config.cache is not None else None
+    cache = config.cache.mkdir("jax-compilation-cache") if getattr(config, "cache", None) else None
     if cache is not None:
         jax.config.update("jax_compilation_cache_dir", str(cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

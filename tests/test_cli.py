@@ -1,6 +1,11 @@
 import csv
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -22,6 +27,10 @@ TINY = [
 ]
 
 
+def _no_constant(name):
+    raise AssertionError(f"{name} in a JSON file: not strict JSON")
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "dqn-tiny"
@@ -41,7 +50,9 @@ def test_train_writes_the_run_folder(run_dir):
         "learning_curve.png",
         "agent_seed0.eqx",
         "agent_seed1.eqx",
+        "checkpoints",
     }
+    assert [c.name for c in (run_dir / "checkpoints").iterdir()] == ["update_0000000300.ckpt"]  # the end
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["config"]["total_timesteps"] == 3000 and saved["num_seeds"] == 2
     rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
@@ -50,8 +61,9 @@ def test_train_writes_the_run_folder(run_dir):
     assert [int(r["env_steps"]) for r in rows[:5]] == [600, 1200, 1800, 2400, 3000]
     assert {r["seed"] for r in rows} == {"0", "1"}
     assert (run_dir / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text(), parse_constant=_no_constant)
     assert summary["env_steps_per_second"] > 0
+    assert summary["status"] == "finished" and summary["updates_done"] == 300
     assert len(summary["final_return_per_seed"]) == 2
     metrics = runs.read_metrics_csv(run_dir / "metrics.csv")
     np.testing.assert_allclose(
@@ -83,15 +95,17 @@ def test_agent_saved_in_the_old_layer_order_gets_a_clear_error(run_dir, tmp_path
 def test_eval_command(run_dir, capsys):
     assert cli.main(["eval", str(run_dir), "--episodes", "3"]) == 0
     assert "greedy return" in capsys.readouterr().out
+    written = json.loads((run_dir / "eval_greedy.json").read_text())
+    assert written["episodes_per_seed"] == 3 and len(written["return_per_seed"]) == 2
     assert cli.main(["eval", str(run_dir), "--sample"]) == 2
     assert "dqn has no stochastic policy" in capsys.readouterr().out
 
 
 def test_existing_run_folder_is_never_overwritten(run_dir, capsys):
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert cli.main(["train", "dqn", "--run-dir", str(run_dir), *TINY]) == 2
     assert "already exists" in capsys.readouterr().out
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.parametrize(
@@ -101,6 +115,19 @@ def test_existing_run_folder_is_never_overwritten(run_dir, capsys):
         (["--batch-size", "512", "--buffer-size", "256"], "larger than buffer_size"),
         (["--num-seeds", "0"], "num_seeds must be positive"),
         (["--learning-rate", "-0.1"], "learning_rate must be positive"),
+        (["--learning-rate", "inf"], "learning_rate must be finite, got inf"),
+        (
+            ["--max-episode-steps", "100000000000"],
+            "max_episode_steps (100000000000) is past 2,147,483,647",
+        ),
+        (["--seed", "100000000000000000000000"], "seed (100000000000000000000000) is past"),
+        (["--total-timesteps", "3000000000"], "total_timesteps (3000000000) is past"),
+        (["--env", "Pendulum-v1"], "Pendulum-v1 has continuous actions"),
+        (
+            ["--chunk-rows", "0", "--keep-checkpoints", "0"],
+            "chunk_rows must be positive, got 0; keep_checkpoints",
+        ),
+        (["--config", "/nonexistent/config.json"], "cannot read the config file /nonexistent/config.json"),
     ],
 )
 def test_bad_input_is_reported_and_nothing_is_written(args, message, tmp_path, capsys, no_compile):
@@ -280,3 +307,127 @@ def test_recurrent_ppo_rejects_what_it_cannot_run(tmp_path, capsys, no_compile):
     assert cli.main(["train", "ppo_rnn", "--run-dir", str(target), "--num-envs", "6"]) == 2
     assert "does not divide num_envs" in capsys.readouterr().out
     assert not target.exists()
+
+
+# LONG RUNS: user mistakes, signals, resume, saved configurations
+
+
+def test_unusable_run_folders_get_one_line_and_exit_2(tmp_path, capsys, no_compile):
+    (tmp_path / "a-file").write_text("")
+    for target, message in [
+        (tmp_path / "a-file" / "run", "cannot use"),
+        (tmp_path / ("x" * 300), "cannot use"),
+    ]:
+        assert cli.main(["train", "dqn", "--run-dir", str(target)]) == 2
+        out = capsys.readouterr().out
+        assert message in out and "Traceback" not in out and out.count("\n") <= 3
+
+
+def test_hand_edited_or_foreign_files_get_one_line_and_exit_2(run_dir, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    (broken / "agent_seed1.eqx").write_bytes(b"this is not an agent")
+    assert cli.main(["eval", str(broken)]) == 2
+    assert "agent_seed1.eqx is damaged or not a pureeqxrl agent file" in capsys.readouterr().out
+    for text, message in [
+        ("{not json", "is not a pureeqxrl config.json (JSONDecodeError"),
+        ('{"algorithm": "dqn", "linen": false, "num_seeds": 2, "seed": 0}', "no 'config'"),
+        (
+            json.dumps({**json.loads((run_dir / "config.json").read_text()), "algorithm": "sarsa"}),
+            "unknown algorithm",
+        ),
+    ]:
+        (broken / "config.json").write_text(text)
+        assert cli.main(["eval", str(broken)]) == 2
+        out = capsys.readouterr().out
+        assert message in out and "Traceback" not in out
+
+
+def test_markup_in_a_path_is_printed_as_it_is(tmp_path, capsys):
+    target = tmp_path / "x[bold]y[/]"
+    assert cli.main(["train", "dqn", "--run-dir", str(target), "--no-compile-cache", *TINY]) == 0
+    out = capsys.readouterr().out.replace("\n", "")
+    assert "x[bold]y[/]" in out and (target / "summary.json").exists()
+
+
+def test_a_saved_config_is_rerun_with_flags_on_top(run_dir, tmp_path):
+    target = tmp_path / "again"
+    args = ["train", "dqn", "--config", str(run_dir / "config.json"), "--learning-rate", "0.001"]
+    assert cli.main([*args, "--run-dir", str(target), "--no-compile-cache"]) == 0
+    saved = json.loads((target / "config.json").read_text())["config"]
+    original = json.loads((run_dir / "config.json").read_text())["config"]
+    assert saved == {**original, "learning_rate": 0.001}
+
+
+def test_a_run_that_finishes_no_episode_writes_strict_json(tmp_path):
+    target = tmp_path / "endless"
+    args = ["--env", "TimeLimit-probe", "--max-episode-steps", "1000000", "--total-timesteps", "2000"]
+    assert cli.main(["train", "dqn", "--run-dir", str(target), "--learning-starts", "100", *args]) == 0
+    summary = json.loads((target / "summary.json").read_text(), parse_constant=_no_constant)
+    assert summary["final_return_per_seed"] == [None] and summary["final_return_mean"] is None
+
+
+def _start(tmp_path, *args):
+    env = {**os.environ, "COLUMNS": "250", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pureeqxrl.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_keeps_the_work_and_the_run_resumes_to_the_end(sig, code, tmp_path, capsys):
+    run_dir = tmp_path / "long"
+    flags = [
+        "--total-timesteps",
+        "300000",
+        "--log-interval",
+        "100",
+        "--chunk-rows",
+        "1",
+        "--hidden-sizes",
+        "16",
+    ]
+    process = _start(
+        tmp_path, "train", "dqn", "--run-dir", str(run_dir), "--checkpoint-updates", "100", *flags
+    )
+    deadline = time.monotonic() + 120
+    while not list((run_dir / "checkpoints").glob("*.ckpt")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(sig)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == code, (out, err)
+    assert "Traceback" not in err and f"pureeqxrl train --resume {run_dir}" in out.replace("\n", "")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and 0 < summary["updates_done"] < 30_000
+    assert {"metrics.csv", "learning_curve.png", "agent_seed0.eqx"} <= {p.name for p in run_dir.iterdir()}
+    stopped_at = runs.read_checkpoint_header(runs.latest_checkpoint(run_dir))["updates_done"]
+    assert stopped_at == summary["updates_done"]
+
+    assert cli.main(["train", "--resume", str(run_dir), "--learning-rate", "0.001"]) == 2
+    assert "learning_rate (saved 0.00025, given 0.001) would change the run" in capsys.readouterr().out
+    assert cli.main(["train", "--resume", str(run_dir), "--no-compile-cache"]) == 0
+    assert f"from update {stopped_at}" in capsys.readouterr().out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["updates_done"] == 30_000
+    assert len(runs.read_metrics_csv(run_dir / "metrics.csv")["episode_return"][0]) == 300
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_compiling_exits_cleanly(tmp_path):
+    run_dir = tmp_path / "early"
+    process = _start(tmp_path, "train", "ppo_s5", "--run-dir", str(run_dir))
+    line = ""
+    while "seed(s)" not in line:
+        line = process.stdout.readline()
+        assert line, process.stderr.read()
+    process.send_signal(signal.SIGINT)  # while it traces and compiles the S5 network's program
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 130, (out, err)
+    assert "Traceback" not in err and "Segmentation" not in err
+    assert "while compiling" in out or "after update" in out
+    assert f"pureeqxrl train --resume {run_dir}" in out.replace("\n", "")

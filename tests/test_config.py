@@ -24,7 +24,7 @@ def test_checks_report_every_problem_at_once_in_one_error():
     assert message.startswith("Invalid TrainConfig: ")
     for problem in (
         "num_envs must be positive, got 0",
-        "learning_rate must be positive and finite, got -1.0",
+        "learning_rate must be positive, got -1.0",
         "gamma must be in [0, 1], got 1.5",
         "hidden_sizes must be positive, got (64, 0)",
     ):
@@ -35,8 +35,12 @@ def test_checks_report_every_problem_at_once_in_one_error():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"learning_rate": float("inf")}, "learning_rate must be positive and finite, got inf"),
-        ({"learning_rate": float("nan")}, "learning_rate must be positive and finite, got nan"),
+        ({"learning_rate": float("inf")}, "learning_rate must be finite, got inf"),
+        ({"learning_rate": float("nan")}, "learning_rate must be finite, got nan"),
+        ({"gamma": float("nan")}, r"gamma must be finite, got nan$"),
+        ({"max_episode_steps": 10**11}, r"max_episode_steps \(100000000000\) is past 2,147,483,647"),
+        ({"total_timesteps": 2**31}, r"total_timesteps \(2147483648\) is past"),
+        ({"hidden_sizes": (64, 2**40)}, r"hidden_sizes \(1099511627776\) is past"),
         ({"max_episode_steps": 0}, "max_episode_steps must be positive"),
         ({"total_timesteps": 0}, "total_timesteps must be positive"),
         ({"log_interval": -1}, "log_interval must be positive"),
