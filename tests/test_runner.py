@@ -83,7 +83,7 @@ def test_chunk_lengths():
     assert chunk_lengths(90, 10, 3) == [30, 30, 30]
 
 
-@pytest.mark.parametrize("num_seeds", [1, 3])
+@pytest.mark.parametrize("num_seeds", [1, pytest.param(3, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("algo", ["dqn", "ppo", "ppo_continuous", "ppo_rnn"])
 def test_interrupted_and_resumed_run_is_bit_identical_to_the_uninterrupted_one(algo, num_seeds, tmp_path):
     config = TINY[algo]
