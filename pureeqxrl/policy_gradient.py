@@ -123,6 +123,24 @@ class Transition(eqx.Module):
     next_obs: Array
     """Observation the step led to, before any auto-reset."""
 
+    @classmethod
+    def of_step(
+        cls, obs: Array, action: Array, policy: AbstractDistribution, value: Array, step: Any, **extra
+    ):
+        """The transition of acting `action` (drawn from `policy`) on `obs` into the environment's
+        `step` (a `pureeqxrl.envs.Step`); a subclass's own fields come as `extra`."""
+        return cls(
+            obs=obs,
+            action=action,
+            log_prob=log_prob(policy, action),
+            value=value,
+            reward=step.reward,
+            terminated=step.terminated,
+            done=step.done,
+            next_obs=step.next_obs,
+            **extra,
+        )
+
 
 # ADVANTAGES
 

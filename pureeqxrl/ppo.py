@@ -38,7 +38,7 @@ import optax
 from jaxtyping import Array, PRNGKeyArray
 
 from pureeqxrl.envs import VecEnv, episode_stats
-from pureeqxrl.heads import actor_critic, log_prob, mode, sample
+from pureeqxrl.heads import actor_critic, mode, sample
 from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, train_from_steps
 from pureeqxrl.nets import Functional
 from pureeqxrl.normalize import Normalize, RunningStats
@@ -128,16 +128,7 @@ def make_update_steps(
         policy, value = network.apply(state.params, state.obs)
         action = sample(policy, action_key)
         obs, env_state, step = env.step(step_key, state.env_state, env.to_env_action(action))
-        transition = Transition(
-            obs=state.obs,
-            action=action,
-            log_prob=log_prob(policy, action),
-            value=value,
-            reward=step.reward,
-            terminated=step.terminated,
-            done=step.done,
-            next_obs=step.next_obs,
-        )
+        transition = Transition.of_step(state.obs, action, policy, value, step)
         state = dataclasses.replace(state, env_state=env_state, obs=obs, key=key)
         return state, (transition, episode_stats(step))
 

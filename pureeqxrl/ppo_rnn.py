@@ -39,7 +39,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 from pureeqxrl.config import ConfigChecks
 from pureeqxrl.envs import VecEnv, episode_stats
 from pureeqxrl.evaluate import RecurrentPolicy
-from pureeqxrl.heads import log_prob, mode, sample
+from pureeqxrl.heads import mode, sample
 from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, train_from_steps
 from pureeqxrl.nets import ACTIVATIONS, MLP, NetworkKey, ParamKeys, orthogonal
 from pureeqxrl.normalize import Normalize, RunningStats
@@ -311,17 +311,8 @@ def make_update_steps(
         hidden, policy, value = network.step(state.params, state.hidden, state.obs, state.reset)
         action = sample(policy, action_key)
         obs, env_state, step = env.step(step_key, state.env_state, env.to_env_action(action))
-        transition = RecurrentTransition(
-            obs=state.obs,
-            action=action,
-            log_prob=log_prob(policy, action),
-            value=value,
-            reward=step.reward,
-            terminated=step.terminated,
-            done=step.done,
-            next_obs=step.next_obs,
-            reset=state.reset,
-            hidden=hidden,
+        transition = RecurrentTransition.of_step(
+            state.obs, action, policy, value, step, reset=state.reset, hidden=hidden
         )
         state = dataclasses.replace(
             state, env_state=env_state, obs=obs, reset=step.done, hidden=hidden, key=key
