@@ -63,7 +63,9 @@ def main() -> None:
     for num_seeds in args.seeds:
         keys = jax.random.split(jax.random.key(0), num_seeds)
         single = jax.jit(jax.vmap(algorithm.make_train(config))).lower(keys).compile()
-        chunks = make_chunk_runner(algorithm.make_update_steps(config), config.log_interval)
+        chunks = make_chunk_runner(
+            algorithm.make_update_steps(config), config.num_updates, config.log_interval, config.eval_every
+        )
         initial = chunks.init(keys)
 
         programs = (single, keys, chunks, initial, config, schedule)

@@ -14,20 +14,22 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, NamedTuple
 
 import jax
 import numpy as np
 import tyro
+import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pureeqxrl import registry, runs
+from pureeqxrl import loggers, registry, runs
 from pureeqxrl.config import INT32_MAX
 from pureeqxrl.envs import env_names
+from pureeqxrl.loggers import LoggerName
 from pureeqxrl.loop import make_chunk_runner, rows_update_counts, train_result
-from pureeqxrl.runner import CheckpointSchedule, StopSignals, run_chunks
+from pureeqxrl.runner import CheckpointSchedule, Outcome, StopSignals, check_memory, run_chunks
 
 USAGE = """usage: pureeqxrl train ALGO [flags]     train ALGO ({algos}); --help lists its flags
        pureeqxrl train --resume RUN_DIR   continue a run from its newest checkpoint
@@ -48,7 +50,7 @@ class RunOptions:
     linen: bool = False
     """Train the Flax Linen control version instead of the Equinox one."""
     config: Path | None = None
-    """Start from a saved configuration: a run folder's config.json, or a JSON object of config
+    """Start from a saved configuration: a run folder's config.json, or a JSON or YAML file of config
     fields. Flags given on the command line override it."""
     chunk_rows: int = CheckpointSchedule.chunk_rows
     """Metrics rows per compiled chunk of updates; progress, checkpoints and Ctrl-C act between chunks."""
@@ -60,6 +62,12 @@ class RunOptions:
     """Checkpoints kept in the run folder."""
     compile_cache: bool = True
     """Keep compiled programs in the user's cache folder, so that an identical run compiles at once."""
+    logger: tuple[LoggerName, ...] = ("csv",)
+    """Live loggers of the metrics rows, per seed and the mean: csv (metrics.csv, always written),
+    tensorboard (RUN_DIR/tensorboard), wandb (Weights & Biases)."""
+    wandb_mode: Literal["online", "offline", "disabled"] | None = None
+    """W&B's mode (default: W&B's own setting); offline needs no network (`wandb sync` uploads later)."""
+    wandb_project: str = "pureeqxrl"
 
     @property
     def schedule(self) -> CheckpointSchedule:
@@ -68,6 +76,7 @@ class RunOptions:
         )
 
     def check(self) -> None:
+        loggers.check_available(self.logger)
         problems = self.schedule.errors()
         if not 1 <= self.num_seeds <= INT32_MAX:
             problems.append(f"num_seeds must be positive, got {self.num_seeds}")
@@ -92,16 +101,21 @@ def _config_file_argument(argv: list[str]) -> Path | None:
 
 
 def config_from_file(path: Path, config_cls: type) -> Any:
-    """A config from a run folder's config.json (its "config" part) or a JSON object of fields."""
+    """A config from a run folder's config.json (its "config" part), or a JSON or YAML (`.yaml`,
+    `.yml`) mapping of config fields."""
     try:
-        values = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        text = Path(path).read_text()
+        values = yaml.safe_load(text) if Path(path).suffix in (".yaml", ".yml") else json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
         raise ValueError(f"cannot read the config file {path}: {error}") from error
     if isinstance(values, dict) and isinstance(values.get("config"), dict):
         values = values["config"]
     if not isinstance(values, dict):
-        raise ValueError(f"{path} holds no JSON object of config fields")
-    return runs.config_from_dict(config_cls, values)
+        raise ValueError(f"{path} holds no mapping of config fields")
+    try:
+        return runs.config_from_dict(config_cls, values)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
 
 
 def parse_train_flags(
@@ -130,6 +144,7 @@ def train_command(algo_name: str, argv: list[str], console: Console) -> int:
     options.check()
     # Everything that can reject the config runs here, before compiling or touching the disk.
     steps = algorithm.make_update_steps(config, algorithm.network(options.linen))
+    check_memory(steps, options.num_seeds, config.eval_every > 0)
     run_dir = runs.prepare_run_dir(options.run_dir, algo_name, config.env)
     runs.write_config(
         run_dir, algo_name, config, options.linen, options.num_seeds, options.seed, run_options(options)
@@ -141,10 +156,19 @@ def train_command(algo_name: str, argv: list[str], console: Console) -> int:
 
 
 def run_options(options: RunOptions) -> dict[str, Any]:
-    """What `config.json` records of the options that shape a run's chunks and checkpoints."""
+    """What `config.json` records of the options that shape a run's chunks, checkpoints and loggers
+    (a resumed run keeps them unless flags say otherwise)."""
     return {
         name: getattr(options, name)
-        for name in ("chunk_rows", "checkpoint_updates", "checkpoint_minutes", "keep_checkpoints")
+        for name in (
+            "chunk_rows",
+            "checkpoint_updates",
+            "checkpoint_minutes",
+            "keep_checkpoints",
+            "logger",
+            "wandb_mode",
+            "wandb_project",
+        )
     }
 
 
@@ -159,7 +183,7 @@ def resume_command(argv: list[str], console: Console) -> int:
         seed=saved["seed"],
         run_dir=run_dir,
         linen=bool(saved["linen"]),
-        **saved.get("run", {}),
+        **{name: tuple(v) if isinstance(v, list) else v for name, v in saved.get("run", {}).items()},
     )
     options, given = parse_train_flags(argv, algo_name, (saved_options, config))
     options.check()
@@ -189,6 +213,17 @@ def resume_command(argv: list[str], console: Console) -> int:
     return train_chunks(algo_name, config, steps, options, run_dir, console, checkpoint=checkpoint)
 
 
+class _Run(NamedTuple):
+    """What the steps of one `train` (or `train --resume`) command share."""
+
+    algo_name: str
+    config: Any
+    options: RunOptions
+    run_dir: Path
+    console: Console
+    stop: StopSignals
+
+
 def train_chunks(
     algo_name, config, steps, options: RunOptions, run_dir: Path, console: Console, checkpoint
 ) -> int:
@@ -196,9 +231,9 @@ def train_chunks(
     if options.compile_cache and not jax.config.jax_compilation_cache_dir:  # a cache set up already stays
         jax.config.update("jax_compilation_cache_dir", str(compile_cache_dir()))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    stop = StopSignals()
-    with stop.caught():  # from here on, Ctrl-C and SIGTERM stop the run between compiled pieces
-        chunks = make_chunk_runner(steps, config.log_interval)
+    run = _Run(algo_name, config, options, run_dir, console, StopSignals())
+    with run.stop.caught():  # from here on, Ctrl-C and SIGTERM stop the run between compiled pieces
+        chunks = make_chunk_runner(steps, config.num_updates, config.log_interval, config.eval_every)
         keys = jax.random.split(jax.random.key(options.seed), options.num_seeds)
         state, metrics, updates_done = chunks.init(keys), {}, 0
         if checkpoint is not None:
@@ -211,80 +246,95 @@ def train_chunks(
                 f"{escape(str(run_dir))} has finished all {config.num_updates} updates: nothing to resume"
             )
             return 0
-        outcome = _run_with_progress(
-            chunks, state, metrics, updates_done, algo_name, config, options, run_dir, console, stop
-        )
-    return _report(outcome, updates_done, algo_name, config, options, run_dir, console, stop)
+        outcome = _run_with_progress(run, chunks, state, metrics, updates_done)
+    return _report(run, outcome, updates_done)
 
 
-def _run_with_progress(
-    chunks, state, metrics, updates_done, algo_name, config, options, run_dir, console, stop
-):
-    """`runner.run_chunks` with a progress bar of metrics rows, shown once the compile is done."""
+def _run_with_progress(run: _Run, chunks, state, metrics, updates_done) -> Outcome:
+    """`runner.run_chunks` with a progress bar of metrics rows, shown once the compile is done, and
+    the live loggers fed with each chunk's rows."""
+    config, options = run.config, run.options
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console,
-        disable=not console.is_terminal,
+        console=run.console,
+        disable=not run.console.is_terminal,
     )
-    num_rows = len(rows_update_counts(config.num_updates, config.log_interval))
+    row_updates = rows_update_counts(config.num_updates, config.log_interval)
     rows_done = next(iter(metrics.values())).shape[1] if metrics else 0
     bar = progress.add_task("compiling", total=None)
-    header = {
-        "algorithm": algo_name,
-        "config": config.to_dict(),
-        "num_seeds": options.num_seeds,
-        "seed": options.seed,
-        "linen": options.linen,
-    }
-    with progress:
-        return run_chunks(
-            chunks,
-            state,
-            metrics,
-            updates_done,
-            config.num_updates,
-            config.log_interval,
-            options.schedule,
-            run_dir=run_dir,
-            header=header,
-            stop=stop,
-            on_compiled=lambda: progress.update(
-                bar, description="training", total=num_rows, completed=rows_done
-            ),
-            on_chunk=lambda rows: progress.advance(bar, rows),
-        )
+    saved = json.loads((run.run_dir / "config.json").read_text())
+    live = loggers.Loggers(
+        options.logger,
+        run.run_dir,
+        saved,
+        row_updates,
+        config.steps_per_update,
+        history=metrics,
+        wandb_mode=options.wandb_mode,
+        wandb_project=options.wandb_project,
+    )
+
+    def on_chunk(rows: dict[str, np.ndarray], first_row: int) -> None:
+        progress.advance(bar, next(iter(rows.values())).shape[1])
+        live.log(rows, first_row)
+
+    header = {key: saved[key] for key in ("algorithm", "config", "num_seeds", "seed", "linen")}
+    try:
+        with progress:
+            return run_chunks(
+                chunks,
+                state,
+                metrics,
+                updates_done,
+                config.num_updates,
+                config.log_interval,
+                options.schedule,
+                run_dir=run.run_dir,
+                header=header,
+                stop=run.stop,
+                on_compiled=lambda: progress.update(
+                    bar, description="training", total=len(row_updates), completed=rows_done
+                ),
+                on_chunk=on_chunk,
+            )
+    finally:
+        live.close()
 
 
-def _report(outcome, updates_done, algo_name, config, options, run_dir, console, stop) -> int:
+def _report(run: _Run, outcome: Outcome, updates_done: int) -> int:
     """Write the run folder's results of `outcome` and say how the run ended; the exit code."""
+    config, console, run_dir = run.config, run.console, run.run_dir
     rows_written = next(iter(outcome.metrics.values())).shape[1] if outcome.metrics else 0
     if rows_written:
-        library = "Linen" if options.linen else "Equinox"
-        title = f"{algo_name.upper().replace('_', ' ')} ({library}) on {config.env}"
-        result = train_result(outcome.state, outcome.metrics)
+        library = "Linen" if run.options.linen else "Equinox"
+        title = f"{run.algo_name.upper().replace('_', ' ')} ({library}) on {config.env}"
         summary = runs.write_results(
             run_dir,
             title,
             config,
-            result,
+            train_result(outcome.state, outcome.metrics),
             outcome.compile_seconds,
             outcome.train_seconds,
             status=outcome.status,
             updates_done=outcome.updates_done,
             trained_updates=outcome.updates_done - updates_done,
         )
-        finals = np.array([np.nan if x is None else x for x in summary["final_return_per_seed"]], float)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # no seed finished an episode: NaN, said so
-            mean, std = np.nanmean(finals), np.nanstd(finals)
+        mean, std = _mean_std(summary["final_return_per_seed"])
         console.print(
-            f"final return (last 5% of the rows) {mean:.2f} ± {std:.2f} over {options.num_seeds} seed(s) | "
-            f"train {outcome.train_seconds:.1f}s + compile {outcome.compile_seconds:.1f}s | "
+            f"final return (last 5% of the rows) {mean:.2f} ± {std:.2f} over {run.options.num_seeds} seed(s)"
+            f" | train {outcome.train_seconds:.1f}s + compile {outcome.compile_seconds:.1f}s | "
             f"{summary['env_steps_per_second']:,.0f} env steps/s"
         )
+        for key, policy in (("final_eval_return", "greedy"), ("final_eval_sampled_return", "sampled")):
+            if summary.get(f"{key}_mean") is not None:
+                mean, std = _mean_std(summary[f"{key}_per_seed"])
+                console.print(
+                    f"{policy} evaluation {mean:.2f} ± {std:.2f} ({summary['final_eval_episodes']} "
+                    f"episodes per seed, at env step {summary['final_eval_env_steps']:,})"
+                )
         console.print(
             f"wrote {escape(str(run_dir))}/{{config.json,metrics.csv,summary.json,learning_curve.png,"
             "agent_seed*.eqx,checkpoints/}"
@@ -300,7 +350,15 @@ def _report(outcome, updates_done, algo_name, config, options, run_dir, console,
         f"{escape(shlex.quote(str(run_dir)))}",
         highlight=False,
     )
-    return stop.exit_code
+    return run.stop.exit_code
+
+
+def _mean_std(per_seed: list[float | None]) -> tuple[float, float]:
+    """Mean and standard deviation over the seeds with a value (None: no episode finished)."""
+    values = np.array([np.nan if x is None else x for x in per_seed], float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # no seed finished an episode: NaN, said so
+        return float(np.nanmean(values)), float(np.nanstd(values))
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,10 @@ once, in plain words, before a single array is traced.
 
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 INT32_MAX = 2**31 - 1
 """The largest count or size a compiled program holds: its step counters and indices are int32."""
@@ -88,6 +90,12 @@ class TrainConfig:
     """Hidden widths of the network's MLPs."""
     log_interval: int = 10
     """Updates per logged metrics row."""
+    eval_interval: int | None = None
+    """Evaluate the policy on fresh episodes every this many updates, inside the compiled run (at
+    the end of the metrics row that reaches each multiple, and at the last row): the `eval_return`
+    column. None: 10 evaluations over the run; 0: none."""
+    eval_episodes: int = 16
+    """Episodes of each evaluation, played in parallel environments."""
 
     @property
     def steps_per_update(self) -> int:
@@ -98,11 +106,18 @@ class TrainConfig:
     def num_updates(self) -> int:
         return self.total_timesteps // self.steps_per_update
 
+    @property
+    def eval_every(self) -> int:
+        """`eval_interval` with None resolved: updates between evaluations (0: none)."""
+        return max(1, self.num_updates // 10) if self.eval_interval is None else self.eval_interval
+
     def check(self, checks: ConfigChecks) -> None:
         """Add this config's problems to `checks`. Properties used here must not divide by a
         field that may be zero before that field has been checked."""
         checks.representable()
-        checks.positive("total_timesteps", "num_envs", "log_interval", "learning_rate")
+        checks.positive("total_timesteps", "num_envs", "log_interval", "learning_rate", "eval_episodes")
+        if self.eval_interval is not None:
+            checks.non_negative("eval_interval")
         checks.in_unit_interval("gamma")
         checks.require(
             all(size > 0 for size in self.hidden_sizes),
@@ -119,3 +134,38 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def typed_values(config_cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Config fields read from a file (JSON, YAML), checked against the fields' types: lists become
+    tuples, integral floats (`1e6`) integers, numeric strings (YAML 1.1 reads `3e-4` as one) floats;
+    anything else of the wrong type is a `ValueError` naming the field."""
+    hints = typing.get_type_hints(config_cls)
+    return {name: _typed(name, value, hints[name]) for name, value in values.items()}
+
+
+def _typed(name: str, value: Any, hint: Any) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [arg for arg in args if arg is not type(None)]
+        return _typed(name, value, hint)
+    if origin is tuple and isinstance(value, list | tuple):
+        return tuple(_typed(name, item, args[0]) for item in value)
+    if origin is Literal and value in args:
+        return value
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is int and not isinstance(value, bool):
+        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+            return int(value)
+    if hint is float and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    if hint is str and isinstance(value, str):
+        return value
+    expected = " or ".join(map(repr, args)) if origin is Literal else getattr(hint, "__name__", str(hint))
+    raise ValueError(f"{name} must be {expected}, got {value!r}")

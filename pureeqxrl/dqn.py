@@ -33,6 +33,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from pureeqxrl.config import ConfigChecks, TrainConfig
 from pureeqxrl.envs import Step, VecEnv, episode_stats, make_env
+from pureeqxrl.evaluate import make_evaluator
 from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, train_from_steps
 from pureeqxrl.nets import MLP, Functional
 
@@ -257,7 +258,7 @@ def make_train(
     `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
     """
     steps = make_update_steps(config, network_fn)
-    return train_from_steps(steps, config.num_updates, config.log_interval, on_log)
+    return train_from_steps(steps, config.num_updates, config.log_interval, on_log, config.eval_every)
 
 
 def make_update_steps(
@@ -373,7 +374,14 @@ def make_update_steps(
             key=loop_key,
         )
 
-    return UpdateSteps(network=network, init=init, collect=collect, learn=learn, update=update)
+    # EVALUATION: the greedy policy on fresh episodes (`config.eval_interval`)
+    eval_env = make_env(config.env, config.eval_episodes, config.max_episode_steps)
+    evaluate = make_evaluator(
+        eval_env,
+        lambda params, obs_stats, greedy: policy(network, params, eval_env, obs_stats, greedy),
+        False,
+    )
+    return UpdateSteps(network, init, collect, learn, update, evaluate, eval_env)
 
 
 # USING A TRAINED AGENT

@@ -46,7 +46,9 @@ class UpdateSteps(NamedTuple):
     - `init(key) -> state`: initial network, optimizer, environments (and buffer);
     - `collect(state) -> (state, experience, ...)`: the update's environment steps;
     - `learn(state, ...) -> (state, ...)`: the update's gradient steps (arguments per algorithm);
-    - `update(state) -> (state, stats)`: one whole update, with the stats `scan_logged` sums.
+    - `update(state) -> (state, stats)`: one whole update, with the stats `scan_logged` sums;
+    - `evaluate(state) -> {name: scalar}`: the policy of `state` on fresh episodes
+      (`pureeqxrl.evaluate.make_evaluator`), or None; `eval_env` the environments it plays.
     """
 
     network: Any
@@ -54,13 +56,20 @@ class UpdateSteps(NamedTuple):
     collect: Callable[..., Any]
     learn: Callable[..., Any]
     update: Callable[[Any], tuple[Any, Stats]]
+    evaluate: Callable[[Any], dict[str, Array]] | None = None
+    eval_env: Any = None
 
 
 def train_from_steps(
-    steps: UpdateSteps, num_updates: int, log_interval: int, on_log: LogCallback | None = None
+    steps: UpdateSteps,
+    num_updates: int,
+    log_interval: int,
+    on_log: LogCallback | None = None,
+    eval_interval: int = 0,
 ) -> Callable[[PRNGKeyArray], TrainResult]:
     """`train(key) -> TrainResult`: `steps.init(key)`, then `num_updates` of `steps.update` logged
-    every `log_interval` updates by `scan_logged`.
+    every `log_interval` updates by `scan_logged`, with `steps.evaluate` every `eval_interval`
+    updates (`eval_rows`; 0: never).
 
     The training state must have `params` and `env_state` fields; if the environment normalises
     observations (`pureeqxrl.normalize.NormalizedState.obs_stats`), their statistics are returned
@@ -68,8 +77,12 @@ def train_from_steps(
     """
 
     def train(key: PRNGKeyArray) -> TrainResult:
-        state, metrics = scan_logged(steps.update, steps.init(key), num_updates, log_interval, on_log)
+        state, metrics = scan_logged(
+            steps.update, steps.init(key), num_updates, log_interval, on_log, evaluation(steps, due)
+        )
         return train_result(state, metrics)
+
+    due = eval_rows(num_updates, log_interval, eval_interval)
 
     return train
 
@@ -90,33 +103,71 @@ class ChunkRunner(NamedTuple):
     """A run of vmapped seeds in chunks of updates (`make_chunk_runner`).
 
     - `init(keys) -> state`: the initial training state of every seed (a leading seed axis);
-    - `run(state, num_updates) -> (state, rows)`: `num_updates` more updates of every seed, with
-      `rows[name]` of shape `(num_seeds, num_rows)`, a row per `log_interval` updates (the last
-      one shorter if `num_updates` is not a multiple);
+    - `run(state, num_updates, first_row) -> (state, rows)`: `num_updates` more updates of every
+      seed, from metrics row `first_row` of the run on, with `rows[name]` of shape
+      `(num_seeds, num_rows)`, a row per `log_interval` updates (the last one shorter if
+      `num_updates` is not a multiple);
     - `compile(state, num_updates)`: compile `run`'s program for that many updates ahead of time.
       One program is compiled per distinct `num_updates`: a run of equal chunks compiles one, and
       one more for a shorter last chunk.
     """
 
     init: Callable[[PRNGKeyArray], Any]
-    run: Callable[[Any, int], tuple[Any, dict[str, Array]]]
+    run: Callable[[Any, int, int], tuple[Any, dict[str, Array]]]
     compile: Callable[[Any, int], None]
 
 
-def make_chunk_runner(steps: UpdateSteps, log_interval: int) -> ChunkRunner:
-    """Jitted, vmapped `init` and chunk programs of `steps` (see `ChunkRunner`)."""
+def make_chunk_runner(
+    steps: UpdateSteps, num_updates: int, log_interval: int, eval_interval: int = 0
+) -> ChunkRunner:
+    """Jitted, vmapped `init` and chunk programs of `steps` for a run of `num_updates` (see
+    `ChunkRunner`), evaluating every `eval_interval` updates as `train_from_steps` does."""
     programs: dict[int, Callable] = {}
+    evaluate = evaluation(steps, eval_rows(num_updates, log_interval, eval_interval))
 
-    def compile(state: Any, num_updates: int) -> None:
-        if num_updates not in programs:
-            chunk = lambda s: scan_logged(steps.update, s, num_updates, log_interval)  # noqa: E731
-            programs[num_updates] = jax.jit(jax.vmap(chunk)).lower(state).compile()
+    def compile(state: Any, length: int) -> None:
+        if length not in programs:
 
-    def run(state: Any, num_updates: int) -> tuple[Any, dict[str, Array]]:
-        compile(state, num_updates)
-        return programs[num_updates](state)
+            def chunk(state, first_row):
+                return scan_logged(
+                    steps.update, state, length, log_interval, evaluate=evaluate, first_row=first_row
+                )
+
+            # The row number is the same for every seed: an evaluation is a branch taken or not.
+            vmapped = jax.vmap(chunk, in_axes=(0, None))
+            programs[length] = jax.jit(vmapped).lower(state, jnp.int32(0)).compile()
+
+    def run(state: Any, length: int, first_row: int) -> tuple[Any, dict[str, Array]]:
+        compile(state, length)
+        return programs[length](state, jnp.int32(first_row))
 
     return ChunkRunner(init=jax.jit(jax.vmap(steps.init)), run=run, compile=compile)
+
+
+def _nbytes(tree: Any) -> int:
+    """Bytes of the arrays of a tree of `jax.ShapeDtypeStruct`s (a random key as its raw data)."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            total += jax.eval_shape(jax.random.key_data, leaf).size * 4
+        else:
+            total += leaf.size * np.dtype(leaf.dtype).itemsize
+    return int(total)
+
+
+def estimate_bytes(steps: UpdateSteps, num_seeds: int) -> dict[str, int]:
+    """What a run of `num_seeds` vmapped seeds holds in memory, from shapes alone (`jax.eval_shape`,
+    nothing is allocated or compiled): the training state (networks, optimizer, environments,
+    replay buffer), one update's collected experience, and the evaluation's environments."""
+    key = jax.random.key(0)
+    state = jax.eval_shape(steps.init, key)
+    estimate = {
+        "training state": _nbytes(state) * num_seeds,
+        "collected experience": _nbytes(jax.eval_shape(steps.collect, state)[1:]) * num_seeds,
+    }
+    if steps.evaluate is not None and steps.eval_env is not None:
+        estimate["evaluation environments"] = _nbytes(jax.eval_shape(steps.eval_env.reset, key)) * num_seeds
+    return estimate
 
 
 def chunk_lengths(num_updates: int, log_interval: int, chunk_rows: int, start: int = 0) -> list[int]:
@@ -124,6 +175,32 @@ def chunk_lengths(num_updates: int, log_interval: int, chunk_rows: int, start: i
     `chunk_rows` whole rows each, and whatever is left in the last."""
     per_chunk = chunk_rows * log_interval
     return [min(per_chunk, num_updates - done) for done in range(start, num_updates, per_chunk)]
+
+
+# EVALUATION during training, at the end of some logged rows, inside the compiled program.
+
+
+def eval_rows(num_updates: int, log_interval: int, eval_interval: int) -> np.ndarray:
+    """Which metrics rows end with an evaluation: the first row to reach each multiple of
+    `eval_interval` updates, and the last row (none if `eval_interval` is 0)."""
+    ends = rows_update_counts(num_updates, log_interval)
+    if not eval_interval:
+        return np.zeros(len(ends), bool)
+    starts = np.concatenate([[0], ends[:-1]])
+    due = ends // eval_interval > starts // eval_interval
+    due[-1] = True
+    return due
+
+
+class Evaluation(NamedTuple):
+    """`evaluate(state) -> {name: scalar}` and the rows (`eval_rows`) whose end runs it."""
+
+    evaluate: Callable[[Any], dict[str, Array]]
+    due: np.ndarray
+
+
+def evaluation(steps: UpdateSteps, due: np.ndarray) -> Evaluation | None:
+    return Evaluation(steps.evaluate, due) if steps.evaluate is not None and due.any() else None
 
 
 def _reduce(stats: Stats) -> dict[str, Array]:
@@ -146,6 +223,8 @@ def scan_logged(
     num_updates: int,
     log_interval: int,
     on_log: LogCallback | None = None,
+    evaluate: Evaluation | None = None,
+    first_row: Array | int = 0,
 ) -> tuple[Carry, dict[str, Array]]:
     """Apply `update` `num_updates` times inside `lax.scan`, logging a row every `log_interval`.
 
@@ -154,14 +233,26 @@ def scan_logged(
     - `update`: one training update, `carry -> (carry, stats)`.
     - `on_log`: optional host function `(row_index, row)` called after each row (via
       `jax.debug.callback`, so it works under `jit` and is called once per seed under `vmap`).
+    - `evaluate`: optional; where `evaluate.due[first_row + row_index]`, the row also holds
+      `evaluate.evaluate(carry)` of the carry at its end, elsewhere NaN in those columns. The
+      branch is a `lax.cond` on the row number, so rows without an evaluation cost nothing.
+    - `first_row`: the number of this call's first row in the whole run (for a run in chunks).
 
     **Returns:** the final carry and the rows, each metric an array of shape `(num_rows,)`, where
     `num_rows = ceil(num_updates / log_interval)` (the last row may cover fewer updates).
     """
 
+    if evaluate is not None:
+        due = jnp.asarray(evaluate.due)
+        skipped = jax.tree.map(
+            lambda s: jnp.full(s.shape, jnp.nan, s.dtype), jax.eval_shape(evaluate.evaluate, carry)
+        )
+
     def run_chunk(carry, length, index):
         carry, stats = jax.lax.scan(lambda c, _: update(c), carry, None, length)
         row = _reduce(stats)
+        if evaluate is not None:
+            row |= jax.lax.cond(due[first_row + index], evaluate.evaluate, lambda _: skipped, carry)
         if on_log is not None:
             jax.debug.callback(on_log, index, row)
         return carry, row

@@ -34,10 +34,12 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import optax
 from jaxtyping import Array, PRNGKeyArray
 
-from pureeqxrl.envs import VecEnv, episode_stats
+from pureeqxrl.envs import VecEnv, episode_stats, make_env
+from pureeqxrl.evaluate import make_evaluator
 from pureeqxrl.heads import actor_critic, mode, sample
 from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, train_from_steps
 from pureeqxrl.nets import Functional
@@ -107,7 +109,7 @@ def make_train(
     If observations are normalised, `train(key).obs_stats` holds the statistics to act with.
     """
     steps = make_update_steps(config, network_fn)
-    return train_from_steps(steps, config.num_updates, config.log_interval, on_log)
+    return train_from_steps(steps, config.num_updates, config.log_interval, on_log, config.eval_every)
 
 
 def make_update_steps(
@@ -190,7 +192,12 @@ def make_update_steps(
             params=params, opt_state=optimizer.init(params), env_state=env_state, obs=obs, key=loop_key
         )
 
-    return UpdateSteps(network=network, init=init, collect=collect, learn=learn, update=update)
+    # EVALUATION: the greedy and the sampled policy on fresh episodes (`config.eval_interval`)
+    eval_env = make_env(config.env, config.eval_episodes, config.max_episode_steps)
+    evaluate = make_evaluator(
+        eval_env, lambda params, obs_stats, greedy: policy(network, params, eval_env, obs_stats, greedy), True
+    )
+    return UpdateSteps(network, init, collect, learn, update, evaluate, eval_env)
 
 
 # USING A TRAINED AGENT
@@ -215,6 +222,6 @@ def policy(
         if obs_stats is not None:
             obs = obs_stats.normalize(obs)
         distribution, _ = network.apply(params, obs)
-        return env.to_env_action(mode(distribution) if greedy else sample(distribution, key))
+        return env.to_env_action(jnp.where(greedy, mode(distribution), sample(distribution, key)))
 
     return act

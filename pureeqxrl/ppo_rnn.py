@@ -37,8 +37,8 @@ from distreqx.distributions import AbstractDistribution, Categorical
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from pureeqxrl.config import ConfigChecks
-from pureeqxrl.envs import VecEnv, episode_stats
-from pureeqxrl.evaluate import RecurrentPolicy
+from pureeqxrl.envs import VecEnv, episode_stats, make_env
+from pureeqxrl.evaluate import RecurrentPolicy, make_evaluator
 from pureeqxrl.heads import mode, sample
 from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, train_from_steps
 from pureeqxrl.nets import ACTIVATIONS, MLP, NetworkKey, ParamKeys, orthogonal
@@ -287,7 +287,7 @@ def make_train(
     `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
     """
     steps = make_update_steps(config, network_fn)
-    return train_from_steps(steps, config.num_updates, config.log_interval, on_log)
+    return train_from_steps(steps, config.num_updates, config.log_interval, on_log, config.eval_every)
 
 
 def make_update_steps(
@@ -402,7 +402,12 @@ def make_update_steps(
             key=loop_key,
         )
 
-    return UpdateSteps(network=network, init=init, collect=collect, learn=learn, update=update)
+    # EVALUATION: the greedy and the sampled policy on fresh episodes (`config.eval_interval`)
+    eval_env = make_env(config.env, config.eval_episodes, config.max_episode_steps)
+    evaluate = make_evaluator(
+        eval_env, lambda params, obs_stats, greedy: policy(network, params, eval_env, obs_stats, greedy), True
+    )
+    return UpdateSteps(network, init, collect, learn, update, evaluate, eval_env)
 
 
 # USING A TRAINED AGENT
@@ -423,7 +428,7 @@ def policy(
         if obs_stats is not None:
             obs = obs_stats.normalize(obs)
         hidden, distribution, _ = network.step(params, hidden, obs, reset)
-        action = mode(distribution) if greedy else sample(distribution, key)
+        action = jnp.where(greedy, mode(distribution), sample(distribution, key))
         return action.astype(jnp.int32), hidden
 
     return RecurrentPolicy(initial_hidden=network.initial_hidden, act=act)

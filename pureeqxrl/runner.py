@@ -6,6 +6,7 @@ The CLI drives a run through `run_chunks`; the Python API's `make_train` stays o
 """
 
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pureeqxrl import runs
-from pureeqxrl.loop import ChunkRunner, chunk_lengths
+from pureeqxrl.loop import ChunkRunner, UpdateSteps, chunk_lengths, estimate_bytes
 
 EPISODE_METRICS = ("episode_return", "episode_length", "episodes")
 
@@ -93,6 +94,36 @@ class StopSignals:
         return signal.Signals(self.received).name if self.received else "no signal"
 
 
+def memory_limit_bytes() -> int:
+    """Memory of the device a run trains on: an accelerator's own, or the host's physical memory."""
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(steps: UpdateSteps, num_seeds: int, eval_on: bool, limit: int | None = None) -> None:
+    """A `ValueError` with the numbers if a run of `num_seeds` seeds cannot fit in the device's memory
+    (`pureeqxrl.loop.estimate_bytes`, against `limit`, default `memory_limit_bytes()`)."""
+    estimate = estimate_bytes(steps if eval_on else steps._replace(evaluate=None), num_seeds)
+    limit = memory_limit_bytes() if limit is None else limit
+    if sum(estimate.values()) > limit:
+        parts = ", ".join(f"{name} {_size(size)}" for name, size in estimate.items())
+        raise ValueError(
+            f"this run needs at least {_size(sum(estimate.values()))} ({parts}, for {num_seeds} "
+            f"seed(s)); the {jax.devices()[0].platform} device has {_size(limit)}"
+        )
+
+
+def _size(num_bytes: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024:
+            return f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return f"{num_bytes:,.1f} TiB"
+
+
 @jax.jit
 def _finite_per_seed(params: Any) -> jax.Array:
     leaves = [jnp.isfinite(leaf).reshape(leaf.shape[0], -1).all(axis=1) for leaf in jax.tree.leaves(params)]
@@ -110,7 +141,9 @@ def first_bad_row(rows: dict[str, np.ndarray], row_offset: int) -> str | None:
     names = [
         name
         for name in sorted(rows)
-        if name not in EPISODE_METRICS and not np.isfinite(rows[name][seed, row])
+        if name not in EPISODE_METRICS
+        and not name.startswith("eval_")
+        and not np.isfinite(rows[name][seed, row])
     ]
     return (
         f"{', '.join(names) or 'a logged value'} of seed {seed} not finite in metrics row {row_offset + row}"
@@ -130,15 +163,15 @@ def run_chunks(
     header: dict[str, Any],
     stop: StopSignals,
     on_compiled: Callable[[], None] = lambda: None,
-    on_chunk: Callable[[int], None] = lambda rows: None,
+    on_chunk: Callable[[dict[str, np.ndarray], int], None] = lambda rows, first_row: None,
 ) -> Outcome:
     """Train from `state` (`updates_done` updates in, a chunk boundary, with its `metrics` rows)
     to `num_updates`, in chunks, checkpointing `header` + state + metrics into `run_dir`.
 
     Compiles the chunk programs first (`on_compiled` is called after), then runs them, calling
-    `on_chunk(num_rows)` after each. Stops early, after the chunk in progress, when `stop` has
-    caught a signal (a checkpoint is written) or a loss or parameter is not finite (the last good
-    checkpoint is kept).
+    `on_chunk(rows, first_row)` with each chunk's good rows (the live loggers' row callback). Stops
+    early, after the chunk in progress, when `stop` has caught a signal (a checkpoint is written)
+    or a loss or parameter is not finite (the last good checkpoint is kept).
     """
     lengths = chunk_lengths(num_updates, log_interval, schedule.chunk_rows, start=updates_done)
     start = time.perf_counter()
@@ -180,9 +213,9 @@ def run_chunks(
         checkpoint = save() if checkpoint is None else checkpoint
         return outcome("interrupted", f"{stop.name} while compiling: no update was run", train_start)
     for length in lengths:
-        new_state, rows = runner.run(state, length)
-        rows = {name: np.asarray(value) for name, value in rows.items()}
         rows_before = next(iter(metrics.values())).shape[1] if metrics else 0
+        new_state, rows = runner.run(state, length, rows_before)
+        rows = {name: np.asarray(value) for name, value in rows.items()}
         all_rows = {
             name: np.concatenate([metrics[name], rows[name]], axis=1) if metrics else rows[name]
             for name in rows
@@ -197,7 +230,7 @@ def run_chunks(
             )
             return outcome("diverged", message, train_start, all_rows)
         state, metrics, updates_done = new_state, all_rows, updates_done + length
-        on_chunk(next(iter(rows.values())).shape[1])
+        on_chunk(rows, rows_before)
         due = (
             schedule.checkpoint_updates and updates_done - last_saved_updates >= schedule.checkpoint_updates
         ) or (time.monotonic() - last_saved_time >= 60 * schedule.checkpoint_minutes)

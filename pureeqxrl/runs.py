@@ -26,6 +26,7 @@ import numpy as np
 
 import pureeqxrl
 from pureeqxrl import registry
+from pureeqxrl.config import typed_values
 from pureeqxrl.envs import make_env
 from pureeqxrl.evaluate import evaluate
 from pureeqxrl.loop import TrainResult, final_return, rows_update_counts
@@ -133,8 +134,13 @@ def write_results(
     updates = rows_update_counts(config.num_updates, config.log_interval)[:num_rows]  # at each row's end
     header, rows = metrics_table(metrics, updates, config.steps_per_update)
     write_metrics_csv(run_dir / "metrics.csv", header, rows)
+    evaluations = {name: metrics[name] for name in EVAL_COLUMNS if name in metrics}
     plot_learning_curve(
-        run_dir / "learning_curve.png", updates * config.steps_per_update, metrics["episode_return"], title
+        run_dir / "learning_curve.png",
+        updates * config.steps_per_update,
+        metrics["episode_return"],
+        title,
+        evaluations,
     )
     for seed in range(num_seeds):
         save_agent(run_dir / f"agent_seed{seed}.eqx", *seed_slice((result.params, result.obs_stats), seed))
@@ -148,6 +154,7 @@ def write_results(
         "final_return_per_seed": [float(x) for x in finals],
         "final_return_mean": float(np.nanmean(finals)) if any_finished else None,
         "final_return_std": float(np.nanstd(finals)) if any_finished else None,
+        **last_evaluation(metrics, updates * config.steps_per_update, config.eval_episodes),
         "compile_seconds": compile_seconds,
         "train_seconds": train_seconds,
         "env_steps_per_second": trained_updates
@@ -156,6 +163,30 @@ def write_results(
         / max(train_seconds, 1e-9),
     }
     atomic_write_text(run_dir / "summary.json", strict_json(summary))
+    return summary
+
+
+EVAL_COLUMNS = {"eval_return": "greedy", "eval_return_sampled": "sampled"}
+"""The evaluation columns of the metrics (`pureeqxrl.evaluate.make_evaluator`), and their policies."""
+
+
+def last_evaluation(metrics: dict[str, np.ndarray], env_steps: np.ndarray, episodes: int) -> dict[str, Any]:
+    """The summary's part on the run's last evaluation during training (the last row with one):
+    `final_eval_return_per_seed` (greedy), `final_eval_sampled_return_per_seed` (stochastic
+    policies), their means, and the environment steps it was made at; empty if none was made."""
+    if "eval_return" not in metrics:
+        return {}
+    evaluated = np.flatnonzero(~np.isnan(metrics["eval_return"]).all(axis=0))
+    if not evaluated.size:
+        return {}
+    row = int(evaluated[-1])
+    summary: dict[str, Any] = {"final_eval_env_steps": int(env_steps[row]), "final_eval_episodes": episodes}
+    for column, policy in EVAL_COLUMNS.items():
+        if column in metrics:
+            per_seed = metrics[column][:, row].astype(float)
+            key = "final_eval_return" if policy == "greedy" else "final_eval_sampled_return"
+            summary[f"{key}_per_seed"] = per_seed.tolist()
+            summary[f"{key}_mean"] = float(np.nanmean(per_seed)) if np.isfinite(per_seed).any() else None
     return summary
 
 
@@ -195,9 +226,10 @@ def seed_slice(tree: Any, seed: int) -> Any:
 
 
 def metrics_table(
-    metrics: dict[str, np.ndarray], updates: np.ndarray, steps_per_update: int
+    metrics: dict[str, np.ndarray], updates: np.ndarray, steps_per_update: int, first_row: int = 0
 ) -> tuple[list[str], list[list]]:
-    """Long-format rows (seed, row, update, env_steps, metric...) from `(num_seeds, num_rows)` arrays.
+    """Long-format rows (seed, row, update, env_steps, metric...) from `(num_seeds, num_rows)` arrays
+    of the run's rows from `first_row` on.
 
     `updates[row]` is the number of updates done at the end of each row (`rows_update_counts`).
     """
@@ -207,7 +239,7 @@ def metrics_table(
     rows = [
         [
             seed,
-            row,
+            first_row + row,
             int(updates[row]),
             int(updates[row]) * steps_per_update,
             *(float(metrics[name][seed, row]) for name in names),
@@ -227,20 +259,30 @@ def write_metrics_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 
 def read_metrics_csv(path: Path) -> dict[str, np.ndarray]:
-    """`metrics.csv` back as `name -> (num_seeds, num_rows)` arrays (plus `env_steps`)."""
+    """`metrics.csv` back as `name -> (num_seeds, num_rows)` arrays (plus `env_steps`), whatever
+    the order of its lines (seed by seed when a run ends, chunk by chunk while it trains)."""
     with open(path) as f:
         records = list(csv.DictReader(f))
-    num_seeds = 1 + max(int(r["seed"]) for r in records)
+    seeds = np.array([int(r["seed"]) for r in records])
+    rows = np.array([int(r["row"]) for r in records])
     columns = {}
     for name in records[0]:
         if name in ("seed", "row"):
             continue
-        columns[name] = np.array([float(r[name]) for r in records]).reshape(num_seeds, -1)
+        columns[name] = np.full((seeds.max() + 1, rows.max() + 1), np.nan)
+        columns[name][seeds, rows] = [float(r[name]) for r in records]
     return columns
 
 
-def plot_learning_curve(path: Path, env_steps: np.ndarray, returns: np.ndarray, title: str) -> None:
-    """Mean episode return over seeds with a min-max band, one thin line per seed."""
+def plot_learning_curve(
+    path: Path,
+    env_steps: np.ndarray,
+    returns: np.ndarray,
+    title: str,
+    evaluations: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Mean episode return over seeds with a min-max band, one thin line per seed, and the mean
+    of each evaluation column (`EVAL_COLUMNS`) at the rows that have one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -254,12 +296,21 @@ def plot_learning_curve(path: Path, env_steps: np.ndarray, returns: np.ndarray, 
     for seed_returns in returns:
         ax.plot(env_steps, seed_returns, lw=0.6, alpha=0.35, color="tab:blue")
     ax.fill_between(env_steps, low, high, alpha=0.2, color="tab:blue", label="min-max over seeds")
-    ax.plot(env_steps, mean, lw=2, color="tab:blue", label=f"mean of {len(returns)} seeds")
+    ax.plot(env_steps, mean, lw=2, color="tab:blue", label=f"training return, mean of {len(returns)} seeds")
+    for column, values in (evaluations or {}).items():
+        evaluated = ~np.isnan(values).all(axis=0)
+        if evaluated.any():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                eval_mean = np.nanmean(values[:, evaluated], axis=0)
+            label = f"{EVAL_COLUMNS.get(column, column)} evaluation, mean"
+            color = "tab:orange" if column == "eval_return" else "tab:green"
+            ax.plot(env_steps[evaluated], eval_mean, "o-", ms=3, lw=1.5, color=color, label=label)
     ax.set_xlabel("environment steps")
     ax.set_ylabel("episode return")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -454,8 +505,9 @@ def read_run(run_dir: Path) -> tuple[dict, Any, Callable[[Any, Any], Any]]:
 
 
 def config_from_dict(config_cls: type, values: dict) -> Any:
-    """Rebuild a config dataclass from its JSON form (lists back to tuples, renamed fields under
-    their current names); a field this version does not know is a `ValueError` naming it."""
+    """Rebuild a config dataclass from its JSON (or YAML) form (renamed fields under their current
+    names, values checked by `pureeqxrl.config.typed_values`); a field this version does not know, or
+    a value of the wrong type, is a `ValueError` naming it."""
     values = {RENAMED_FIELDS.get(name, name): value for name, value in values.items()}
     known = {field.name for field in dataclasses.fields(config_cls)}
     unknown = sorted(set(values) - known)
@@ -463,4 +515,4 @@ def config_from_dict(config_cls: type, values: dict) -> Any:
         raise ValueError(
             f"{config_cls.__name__} has no field {', '.join(unknown)} (written by another pureeqxrl version?)"
         )
-    return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    return config_cls(**typed_values(config_cls, values))

@@ -65,6 +65,11 @@ def test_train_writes_the_run_folder(run_dir):
     assert summary["env_steps_per_second"] > 0
     assert summary["status"] == "finished" and summary["updates_done"] == 300
     assert len(summary["final_return_per_seed"]) == 2
+    # Evaluated during training every 30 updates (10 times by default): each row of 60, greedy only.
+    evaluated = [int(r["env_steps"]) for r in rows[:5] if r["eval_return"] != "nan"]
+    assert evaluated == [600, 1200, 1800, 2400, 3000] and "eval_return_sampled" not in rows[0]
+    assert summary["final_eval_env_steps"] == 3000 and summary["final_eval_episodes"] == 16
+    assert summary["final_eval_return_per_seed"] == [float(r["eval_return"]) for r in rows[4::5]]
     metrics = runs.read_metrics_csv(run_dir / "metrics.csv")
     np.testing.assert_allclose(
         np.mean(summary["final_return_per_seed"]), np.nanmean(metrics["episode_return"][:, -1]), rtol=1e-5
@@ -128,6 +133,9 @@ def test_existing_run_folder_is_never_overwritten(run_dir, capsys):
             "chunk_rows must be positive, got 0; keep_checkpoints",
         ),
         (["--config", "/nonexistent/config.json"], "cannot read the config file /nonexistent/config.json"),
+        # 1000 replay buffers of 1e8 transitions: about 3.7 TiB; 2e9 evaluation episodes x 1000 seeds.
+        (["--buffer-size", "100000000", "--num-seeds", "1000"], "needs at least 3.7 TiB (training state 3.7"),
+        (["--eval-episodes", "2000000000", "--num-seeds", "1000"], "evaluation environments 80.0 TiB"),
     ],
 )
 def test_bad_input_is_reported_and_nothing_is_written(args, message, tmp_path, capsys, no_compile):
@@ -357,6 +365,17 @@ def test_a_saved_config_is_rerun_with_flags_on_top(run_dir, tmp_path):
     saved = json.loads((target / "config.json").read_text())["config"]
     original = json.loads((run_dir / "config.json").read_text())["config"]
     assert saved == {**original, "learning_rate": 0.001}
+
+
+def test_a_yaml_config_file_and_one_of_the_wrong_type(tmp_path, capsys, no_compile):
+    path = tmp_path / "config.yaml"
+    path.write_text("env: Acrobot-v1\nlearning_rate: 3e-4\nhidden_sizes: [32, 32]\n")
+    config = cli.config_from_file(path, dqn.DQNConfig)
+    assert config == dqn.DQNConfig(env="Acrobot-v1", learning_rate=3e-4, hidden_sizes=(32, 32))
+    path.write_text("learning_rate: fast\n")
+    assert cli.main(["train", "dqn", "--config", str(path), "--run-dir", str(tmp_path / "r")]) == 2
+    assert f"error: {path}: learning_rate must be float, got 'fast'" in capsys.readouterr().out
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_run_that_finishes_no_episode_writes_strict_json(tmp_path):

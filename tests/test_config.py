@@ -1,9 +1,10 @@
 import dataclasses
+import re
 
 import pytest
 
 from pureeqxrl import registry, runs
-from pureeqxrl.config import ConfigChecks, TrainConfig
+from pureeqxrl.config import ConfigChecks, TrainConfig, typed_values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,3 +79,31 @@ def test_every_algorithm_config_extends_the_base_under_one_naming_and_its_defaul
         names = {field.name for field in dataclasses.fields(config)}
         assert not names & set(runs.RENAMED_FIELDS), name  # old names stay old
         config.validate()
+
+
+def test_values_from_a_file_are_checked_against_the_field_types():
+    from pureeqxrl.ppo_rnn import PPORNNConfig
+
+    values = {
+        "learning_rate": "3e-4",  # YAML 1.1 reads 3e-4 as a string
+        "total_timesteps": 1e6,  # JSON and YAML write 1e6 as a float
+        "hidden_sizes": [32, 32],
+        "max_episode_steps": None,
+        "cell": "s5",
+        "anneal_lr": True,
+    }
+    typed = typed_values(PPORNNConfig, values)
+    assert typed == {**values, "learning_rate": 3e-4, "total_timesteps": 1_000_000, "hidden_sizes": (32, 32)}
+    assert type(typed["total_timesteps"]) is int
+    for name, bad, message in [
+        ("learning_rate", "abc", "learning_rate must be float, got 'abc'"),
+        ("total_timesteps", 1.5, "total_timesteps must be int, got 1.5"),
+        ("num_envs", True, "num_envs must be int, got True"),
+        ("anneal_lr", "yes", "anneal_lr must be bool, got 'yes'"),
+        ("hidden_sizes", 64, "hidden_sizes must be tuple"),
+        ("hidden_sizes", [64, "a"], "hidden_sizes must be int, got 'a'"),
+        ("cell", "lstm", "cell must be 'gru' or 's5', got 'lstm'"),
+        ("max_episode_steps", "x", "max_episode_steps must be int, got 'x'"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            typed_values(PPORNNConfig, {name: bad})

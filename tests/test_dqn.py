@@ -58,6 +58,8 @@ def test_discount_probe_bootstraps():
 def test_action_reward_probe_learns_values_and_policy():
     result = _train(dataclasses.replace(PROBE, env="ActionReward-probe"))
     np.testing.assert_allclose(_q(result, [1.0]), [[0.0, 1.0]] * 2, atol=0.1)
+    # The evaluation during training, at its last row: the greedy policy is always right.
+    np.testing.assert_array_equal(result.metrics["eval_return"][:, -1], [1.0, 1.0])
     np.testing.assert_allclose(_q(result, [-1.0]), [[1.0, 0.0]] * 2, atol=0.1)
 
 

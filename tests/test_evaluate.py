@@ -1,9 +1,12 @@
+from typing import Any
+
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from pureeqxrl.envs import make_env
-from pureeqxrl.evaluate import RecurrentPolicy, evaluate
+from pureeqxrl.evaluate import RecurrentPolicy, evaluate, make_evaluator
 
 
 def test_evaluate_reports_first_episode_and_nan_when_unfinished(key):
@@ -31,3 +34,32 @@ def test_recurrent_policy_carries_its_state_and_sees_episode_starts(key):
     resets, hiddens = zip(*seen, strict=True)
     np.testing.assert_array_equal(np.stack(resets)[:, 0], [1, 0, 0, 1, 0, 0, 1])
     np.testing.assert_array_equal(np.stack(hiddens)[:, 0], [1, 2, 3, 1, 2, 3, 1])
+
+
+class _TrainingState(eqx.Module):
+    params: jax.Array
+    env_state: Any
+    key: jax.Array
+
+
+def test_evaluator_plays_greedy_and_sampled_policies_on_fresh_episodes(key):
+    # ActionReward-probe pays 1 for the action matching the observation's sign, else 0: the greedy
+    # policy below always matches (return 1); the sampled one is a coin flip (return about 0.5).
+    env = make_env("ActionReward-probe", 256)
+
+    def policy(params, obs_stats, greedy):
+        def act(key, obs):
+            right = (obs[:, 0] * params > 0).astype(jnp.int32)
+            coin = jax.random.bernoulli(key, 0.5, right.shape).astype(jnp.int32)
+            return jnp.where(greedy, right, coin)
+
+        return act
+
+    state = _TrainingState(params=jnp.array(1.0), env_state=None, key=key)
+    results = jax.jit(make_evaluator(env, policy, stochastic=True))(state)
+    assert float(results["eval_return"]) == 1.0
+    assert 0.4 < float(results["eval_return_sampled"]) < 0.6
+    inverted = jax.jit(make_evaluator(env, policy, stochastic=False))(
+        eqx.tree_at(lambda s: s.params, state, -1.0)
+    )
+    assert set(inverted) == {"eval_return"} and float(inverted["eval_return"]) == 0.0

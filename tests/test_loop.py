@@ -6,7 +6,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pureeqxrl.loop import UpdateSteps, final_return, rows_update_counts, scan_logged, train_from_steps
+from pureeqxrl.loop import (
+    Evaluation,
+    UpdateSteps,
+    eval_rows,
+    final_return,
+    rows_update_counts,
+    scan_logged,
+    train_from_steps,
+)
 from pureeqxrl.normalize import NormalizedState, RunningStats
 
 pytestmark = pytest.mark.usefixtures("strict_promotion")
@@ -81,3 +89,28 @@ def test_train_from_steps_returns_the_observation_statistics_it_normalised_with(
     )
     result = train_from_steps(steps, num_updates=2, log_interval=1)(jax.random.key(0))
     np.testing.assert_array_equal(result.obs_stats.mean, stats.mean)
+
+
+def test_eval_rows_are_the_first_to_reach_each_multiple_and_the_last():
+    # Rows end at updates 4, 8, 10: multiples of 3 are reached in rows 0 (3), 1 (6), 2 (9).
+    np.testing.assert_array_equal(eval_rows(10, 4, 3), [True, True, True])
+    # Rows end at 10, 20, ..., 100: multiples of 25 are reached in rows 2, 4 (50), 7, 9.
+    np.testing.assert_array_equal(np.flatnonzero(eval_rows(100, 10, 25)), [2, 4, 7, 9])
+    np.testing.assert_array_equal(np.flatnonzero(eval_rows(100, 10, 1000)), [9])  # the last row
+    assert not eval_rows(100, 10, 0).any()
+
+
+def test_evaluations_run_at_their_rows_with_the_carry_of_the_row_end_in_chunks_too():
+    due = eval_rows(10, 2, 4)  # rows end at 2, 4, ..., 10: evaluations in rows 1, 3 and 4
+    evaluate = Evaluation(lambda counter: {"eval_counter": counter.astype(jnp.float32)}, due)
+    _, rows = jax.jit(lambda c: scan_logged(_counting_update, c, 10, 2, evaluate=evaluate))(jnp.array(0))
+    np.testing.assert_array_equal(rows["eval_counter"], [np.nan, 4, np.nan, 8, 10])
+    # The same run as chunks of 2 rows: `first_row` says where each chunk's rows are.
+    counter, chunks = jnp.array(0), []
+    chunk = jax.jit(
+        lambda c, first: scan_logged(_counting_update, c, 4, 2, evaluate=evaluate, first_row=first)
+    )
+    for first in (0, 2):
+        counter, rows_of_chunk = chunk(counter, jnp.int32(first))
+        chunks.append(rows_of_chunk["eval_counter"])
+    np.testing.assert_array_equal(np.concatenate(chunks), [np.nan, 4, np.nan, 8])

@@ -59,6 +59,20 @@ def test_action_reward_probe_learns_the_policy():
         np.testing.assert_allclose(value, 1.0, atol=0.1)
 
 
+def test_evaluation_during_training_takes_nothing_from_training():
+    config = dataclasses.replace(PROBE, env="ActionReward-probe", total_timesteps=4096, log_interval=4)
+    with_eval = _train(dataclasses.replace(config, eval_interval=8))  # 32 updates: rows 1, 3, 5, 7
+    without = _train(dataclasses.replace(config, eval_interval=0))
+    assert "eval_return" not in without.metrics
+    for name, values in without.metrics.items():  # the same training, bit for bit
+        np.testing.assert_array_equal(with_eval.metrics[name], values, err_msg=name)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), with_eval.params, without.params))
+    greedy, sampled = with_eval.metrics["eval_return"], with_eval.metrics["eval_return_sampled"]
+    np.testing.assert_array_equal(np.isnan(greedy), [[True, False] * 4] * 2)
+    np.testing.assert_array_equal(greedy[:, -1], [1.0, 1.0])  # ActionReward's best return, greedy
+    assert (sampled[:, -1] > 0.8).all()  # the sampled policy, nearly deterministic by now
+
+
 def test_truncation_is_bootstrapped_and_termination_is_not():
     # Reward 1 forever, truncated after every step: the value is 1 / (1 - gamma) = 2, not 1.
     result = _train(dataclasses.replace(PROBE, env="TimeLimit-probe", gamma=0.5))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pureeqxrl import dqn, ppo, ppo_rnn, runs
-from pureeqxrl.loop import UpdateSteps, chunk_lengths, make_chunk_runner, train_result
-from pureeqxrl.runner import CheckpointSchedule, StopSignals, first_bad_row, run_chunks
+from pureeqxrl.loop import UpdateSteps, chunk_lengths, estimate_bytes, make_chunk_runner, train_result
+from pureeqxrl.runner import CheckpointSchedule, StopSignals, check_memory, first_bad_row, run_chunks
 
 TINY = {
     "dqn": dqn.DQNConfig(
@@ -43,15 +43,15 @@ HEADER = {"algorithm": "test", "config": {}, "num_seeds": 0, "seed": 0, "linen":
 
 def _run(steps, config, num_seeds, run_dir, schedule, stop_after_chunks=None, start=None):
     """run_chunks from the start (or from a checkpoint path `start`), optionally 'interrupted'."""
-    chunks = make_chunk_runner(steps, config.log_interval)
+    chunks = make_chunk_runner(steps, config.num_updates, config.log_interval, config.eval_every)
     state, metrics, done = chunks.init(jax.random.split(jax.random.key(7), num_seeds)), {}, 0
     if start is not None:
         header, state, metrics = runs.load_checkpoint(start, state)
         done = header["updates_done"]
     stop, seen = StopSignals(), []
 
-    def on_chunk(rows):
-        seen.append(rows)
+    def on_chunk(rows, first_row):
+        seen.append(first_row)
         if stop_after_chunks is not None and len(seen) == stop_after_chunks:
             stop.received = 2  # as the SIGINT handler records it
 
@@ -176,3 +176,19 @@ def test_a_checkpoint_of_another_version_or_a_damaged_one_is_refused(tmp_path):
     (tmp_path / "foreign.ckpt").write_bytes(b"not a checkpoint\n")
     with pytest.raises(ValueError, match="not a pureeqxrl checkpoint"):
         runs.read_checkpoint_header(tmp_path / "foreign.ckpt")
+
+
+def test_memory_estimate_counts_the_replay_buffer_and_the_evaluation_from_shapes(no_compile):
+    def estimate(**changes):
+        return estimate_bytes(dqn.make_update_steps(dqn.DQNConfig(**changes)), num_seeds=3)
+
+    # A CartPole transition: obs and next obs (4 float32 each), action, reward (4 bytes), terminated.
+    transition = 4 * 4 + 4 + 4 + 4 * 4 + 1
+    grown = estimate(buffer_size=20_000)["training state"] - estimate()["training state"]
+    assert grown == 3 * 10_000 * transition
+    evaluation = estimate(eval_episodes=32)["evaluation environments"]
+    assert evaluation == 2 * estimate()["evaluation environments"] > 0
+    steps = dqn.make_update_steps(dqn.DQNConfig())
+    check_memory(steps, num_seeds=3, eval_on=True, limit=sum(estimate().values()))  # fits exactly
+    with pytest.raises(ValueError, match=r"needs at least 1.7 MiB \(training state 1.7 MiB, .*has 1.0 MiB"):
+        check_memory(steps, num_seeds=3, eval_on=True, limit=2**20)
