@@ -381,7 +381,8 @@ def make_update_steps(
         lambda params, obs_stats, greedy: policy(network, params, eval_env, obs_stats, greedy),
         False,
     )
-    return UpdateSteps(network, init, collect, learn, update, evaluate, eval_env)
+    shared = lambda state: (state.timesteps, state.buffer.position, state.buffer.size)  # noqa: E731
+    return UpdateSteps(network, init, collect, learn, update, evaluate, eval_env, shared)
 
 
 # USING A TRAINED AGENT

@@ -48,7 +48,11 @@ class UpdateSteps(NamedTuple):
     - `learn(state, ...) -> (state, ...)`: the update's gradient steps (arguments per algorithm);
     - `update(state) -> (state, stats)`: one whole update, with the stats `scan_logged` sums;
     - `evaluate(state) -> {name: scalar}`: the policy of `state` on fresh episodes
-      (`pureeqxrl.evaluate.make_evaluator`), or None; `eval_env` the environments it plays.
+      (`pureeqxrl.evaluate.make_evaluator`), or None; `eval_env` the environments it plays;
+    - `shared(state) -> tuple of leaves`: the counters of the state that are the same for every
+      seed (a step count, a buffer's position), or None. `jax.vmap` of a whole `train(key)` keeps
+      them unbatched by itself, so the branches they decide stay branches (`lax.cond`) rather than
+      both sides computed for every seed; `make_chunk_runner` keeps them so too.
     """
 
     network: Any
@@ -58,6 +62,7 @@ class UpdateSteps(NamedTuple):
     update: Callable[[Any], tuple[Any, Stats]]
     evaluate: Callable[[Any], dict[str, Array]] | None = None
     eval_env: Any = None
+    shared: Callable[[Any], tuple[Array, ...]] | None = None
 
 
 def train_from_steps(
@@ -133,9 +138,21 @@ def make_chunk_runner(
                     steps.update, state, length, log_interval, evaluate=evaluate, first_row=first_row
                 )
 
-            # The row number is the same for every seed: an evaluation is a branch taken or not.
-            vmapped = jax.vmap(chunk, in_axes=(0, None))
-            programs[length] = jax.jit(vmapped).lower(state, jnp.int32(0)).compile()
+            # The row number is the same for every seed, and so are the `shared` counters: they
+            # enter the vmapped chunk once, so that what they decide is a branch taken or not.
+            axes = jax.tree.map(lambda _: 0, state)
+            if steps.shared is not None:
+                axes = eqx.tree_at(steps.shared, axes, replace_fn=lambda _: None)
+            vmapped = jax.vmap(chunk, in_axes=(axes, None), out_axes=(axes, 0))
+
+            def program(state, first_row):
+                num_seeds = jax.tree.leaves(state)[0].shape[0]
+                once = jax.tree.map(lambda x, axis: x if axis == 0 else x[0], state, axes)
+                state, rows = vmapped(once, first_row)
+                seeds = lambda x, axis: x if axis == 0 else jnp.broadcast_to(x, (num_seeds, *x.shape))  # noqa: E731
+                return jax.tree.map(seeds, state, axes), rows
+
+            programs[length] = jax.jit(program).lower(state, jnp.int32(0)).compile()
 
     def run(state: Any, length: int, first_row: int) -> tuple[Any, dict[str, Array]]:
         compile(state, length)

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from pureeqxrl import dqn, ppo, ppo_rnn, runs
-from pureeqxrl.loop import UpdateSteps, chunk_lengths, estimate_bytes, make_chunk_runner, train_result
+from pureeqxrl.loop import (
+    UpdateSteps,
+    chunk_lengths,
+    estimate_bytes,
+    make_chunk_runner,
+    train_from_steps,
+    train_result,
+)
 from pureeqxrl.runner import CheckpointSchedule, StopSignals, check_memory, first_bad_row, run_chunks
 
 TINY = {
@@ -119,6 +126,33 @@ class _State(eqx.Module):
     params: jax.Array
     env_state: Any
     count: jax.Array
+
+
+def test_shared_counters_decide_branches_in_chunks_as_in_the_single_program():
+    # An update whose branch runs on every 5th update, decided by a counter that every seed shares.
+    taken = []
+
+    def update(state):
+        def every_fifth(params):
+            jax.debug.callback(lambda: taken.append(1))
+            return params + 1.0
+
+        params = jax.lax.cond(state.count % 5 == 0, every_fifth, lambda p: p, state.params)
+        return _State(params, None, state.count + 1), {"episode_return": (params.sum(), jnp.array(1.0))}
+
+    def init(key):
+        return _State(jax.random.normal(key, (2,)), None, jnp.array(0))
+
+    steps = UpdateSteps(None, init, None, None, update, shared=lambda state: (state.count,))
+    chunks = make_chunk_runner(steps, num_updates=20, log_interval=5)
+    state = chunks.init(jax.random.split(jax.random.key(0), 3))
+    for first_row in (0, 2):
+        state, _ = chunks.run(state, 10, first_row)
+    jax.effects_barrier()
+    assert len(taken) == 4  # a branch taken 4 times for all seeds at once, not computed on every update
+    np.testing.assert_array_equal(state.count, [20, 20, 20])  # still one per seed on the host
+    single = jax.jit(jax.vmap(train_from_steps(steps, 20, 5)))(jax.random.split(jax.random.key(0), 3))
+    np.testing.assert_array_equal(state.params, single.params)
 
 
 def _steps_that_diverge_at(update: int) -> UpdateSteps:
