@@ -60,7 +60,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     algorithm = ALGORITHMS[args.algo]
-    config = algorithm.config_cls(total_timesteps=args.total_timesteps)
+    # The training alone, as in the committed tables (measured before evaluation during training
+    # existed): evaluation is the same code for both libraries.
+    config = algorithm.config_cls(total_timesteps=args.total_timesteps, eval_interval=0)
     samples = {(lib, n): [] for n in args.seeds for lib in LIBRARIES}
     # Warm-up, not recorded: the first compile in a process also pays one-off costs (JAX's and
     # XLA's own caches and thread pools), which would land on whichever library went first.

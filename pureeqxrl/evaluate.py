@@ -1,4 +1,4 @@
-"""Evaluating a trained policy on fresh episodes, inside one `lax.scan`."""
+"""Evaluating a trained policy on fresh episodes, inside one `lax.while_loop`."""
 
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -26,9 +26,9 @@ def evaluate(
 ) -> Float[Array, " num_envs"]:
     """Return of the first episode of each of `env.num_envs` environments under policy `act`.
 
-    `act(key, obs_batch) -> action_batch`, or a `RecurrentPolicy`. Runs `max_steps` steps (default:
-    the environment's time limit) inside one `lax.scan`; an episode still running at the end gives
-    NaN, never a partial return.
+    `act(key, obs_batch) -> action_batch`, or a `RecurrentPolicy`. Steps every environment inside
+    one `lax.while_loop` until each has finished an episode, or for `max_steps` steps (default: the
+    environment's time limit); an episode still running then gives NaN, never a partial return.
     """
     if not isinstance(act, RecurrentPolicy):
         memoryless = act
@@ -42,20 +42,21 @@ def evaluate(
     nan = jnp.full(env.num_envs, jnp.nan, jnp.float32)
     starts = jnp.ones(env.num_envs, bool)
 
-    def one_step(carry, step_key):
-        obs, state, hidden, reset, returns = carry
-        act_key, step_key = jax.random.split(step_key)
+    def unfinished(carry) -> Array:
+        time, *_, returns = carry
+        return (time < max_steps) & jnp.isnan(returns).any()
+
+    def one_step(carry):
+        time, obs, state, hidden, reset, returns = carry
+        act_key, step_key = jax.random.split(jax.random.fold_in(key, time))
         action, hidden = act.act(act_key, obs, hidden, reset)
         obs, state, step = env.step(step_key, state, action)
         first_end = step.done & jnp.isnan(returns)
         returns = jnp.where(first_end, step.episode_return, returns)
-        return (obs, state, hidden, step.done, returns), None
+        return time + 1, obs, state, hidden, step.done, returns
 
-    (*_, returns), _ = jax.lax.scan(
-        one_step,
-        (obs, state, act.initial_hidden(env.num_envs), starts, nan),
-        jax.random.split(key, max_steps),
-    )
+    carry = (jnp.int32(0), obs, state, act.initial_hidden(env.num_envs), starts, nan)
+    *_, returns = jax.lax.while_loop(unfinished, one_step, carry)
     return returns
 
 

@@ -437,6 +437,25 @@ def test_a_signal_keeps_the_work_and_the_run_resumes_to_the_end(sig, code, tmp_p
 
 
 @pytest.mark.slow
+def test_kill_9_loses_only_the_updates_since_the_last_checkpoint(tmp_path, capsys):
+    run_dir = tmp_path / "killed"
+    flags = "--total-timesteps 200000 --log-interval 100 --chunk-rows 1 --checkpoint-updates 200".split()
+    process = _start(tmp_path, "train", "dqn", "--run-dir", str(run_dir), "--hidden-sizes", "16", *flags)
+    deadline = time.monotonic() + 120
+    while len(list((run_dir / "checkpoints").glob("*.ckpt"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.kill()  # SIGKILL: no handler runs, nothing is written after this
+    process.communicate(timeout=60)
+    saved = runs.read_checkpoint_header(runs.latest_checkpoint(run_dir))["updates_done"]
+    assert saved >= 400 and saved % 200 == 0
+    # metrics.csv, written chunk by chunk, holds at least the checkpointed rows and reads back.
+    assert runs.read_metrics_csv(run_dir / "metrics.csv")["episode_return"].shape[1] >= saved // 100
+    assert cli.main(["train", "--resume", str(run_dir)]) == 0
+    assert f"from update {saved}" in capsys.readouterr().out
+    assert runs.read_metrics_csv(run_dir / "metrics.csv")["episode_return"].shape == (1, 200)
+
+
+@pytest.mark.slow
 def test_ctrl_c_while_compiling_exits_cleanly(tmp_path):
     run_dir = tmp_path / "early"
     process = _start(tmp_path, "train", "ppo_s5", "--run-dir", str(run_dir))

@@ -18,7 +18,9 @@ def test_evaluate_reports_first_episode_and_nan_when_unfinished(key):
 
 
 def test_recurrent_policy_carries_its_state_and_sees_episode_starts(key):
-    env = make_env("TimeLimit-probe", 2, max_episode_steps=3)
+    # CartPole pushed always left: episodes of different lengths, so environments that finished
+    # go on (and start again) while the others finish their first episode.
+    env = make_env("CartPole-v1", 8)
     seen = []
 
     def act(key, obs, hidden, reset):
@@ -29,11 +31,16 @@ def test_recurrent_policy_carries_its_state_and_sees_episode_starts(key):
         return jnp.zeros(obs.shape[0], jnp.int32), hidden
 
     policy = RecurrentPolicy(initial_hidden=lambda n: jnp.full(n, 100), act=act)
-    returns = evaluate(env, policy, key, max_steps=7)
-    np.testing.assert_array_equal(returns, [3.0, 3.0])  # the first episode's return
-    resets, hiddens = zip(*seen, strict=True)
-    np.testing.assert_array_equal(np.stack(resets)[:, 0], [1, 0, 0, 1, 0, 0, 1])
-    np.testing.assert_array_equal(np.stack(hiddens)[:, 0], [1, 2, 3, 1, 2, 3, 1])
+    returns = np.asarray(evaluate(env, policy, key))
+    resets, hiddens = map(np.stack, zip(*seen, strict=True))
+    # The step at which each environment starts again; the last to finish never does here.
+    first_lengths = np.where(resets[1:].any(axis=0), np.argmax(resets[1:], axis=0) + 1, len(seen))
+    np.testing.assert_array_equal(returns, first_lengths)  # reward 1 per step of the first episode
+    assert len(seen) == returns.max() and returns.min() < returns.max()  # stops once all finished
+    expected = np.zeros_like(hiddens)
+    for t in range(len(hiddens)):
+        expected[t] = np.where(resets[t], 1, expected[t - 1] + 1 if t else 1)
+    np.testing.assert_array_equal(hiddens, expected)  # reset where, and only where, episodes start
 
 
 class _TrainingState(eqx.Module):
