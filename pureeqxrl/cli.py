@@ -70,6 +70,7 @@ class RunOptions:
     wandb_mode: Literal["online", "offline", "disabled"] | None = None
     """W&B's mode (default: W&B's own setting); offline needs no network (`wandb sync` uploads later)."""
     wandb_project: str = "pureeqxrl"
+    """W&B project the run is logged to."""
 
     @property
     def schedule(self) -> CheckpointSchedule:
@@ -151,10 +152,10 @@ def train_command(algo_name: str, argv: list[str], console: Console) -> int:
     runs.write_config(
         run_dir, algo_name, config, options.linen, options.num_seeds, options.seed, run_options(options)
     )
-    console.print(
+    started = (
         f"[bold]{algo_name}[/] on {escape(config.env)}, {options.num_seeds} seed(s) -> {escape(str(run_dir))}"
     )
-    return train_chunks(algo_name, config, steps, options, run_dir, console, checkpoint=None)
+    return train_chunks(algo_name, config, steps, options, run_dir, console, None, started)
 
 
 def run_options(options: RunOptions) -> dict[str, Any]:
@@ -209,10 +210,8 @@ def resume_command(argv: list[str], console: Console) -> int:
     checkpoint = runs.latest_checkpoint(run_dir)
     steps = registry.get(algo_name).make_update_steps(config, registry.get(algo_name).network(options.linen))
     where = f"update {runs.read_checkpoint_header(checkpoint)['updates_done']}" if checkpoint else "the start"
-    console.print(
-        f"[bold]{algo_name}[/] on {escape(config.env)}: resuming {escape(str(run_dir))} from {where}"
-    )
-    return train_chunks(algo_name, config, steps, options, run_dir, console, checkpoint=checkpoint)
+    started = f"[bold]{algo_name}[/] on {escape(config.env)}: resuming {escape(str(run_dir))} from {where}"
+    return train_chunks(algo_name, config, steps, options, run_dir, console, checkpoint, started)
 
 
 class _Run(NamedTuple):
@@ -227,14 +226,17 @@ class _Run(NamedTuple):
 
 
 def train_chunks(
-    algo_name, config, steps, options: RunOptions, run_dir: Path, console: Console, checkpoint
+    algo_name, config, steps, options: RunOptions, run_dir: Path, console: Console, checkpoint, started: str
 ) -> int:
-    """Train (or go on training) in chunks with checkpoints, then write the run folder's results."""
+    """Train (or go on training) in chunks with checkpoints, then write the run folder's results.
+    `started` is printed once Ctrl-C and SIGTERM are caught, so a signal sent on seeing it keeps
+    the run."""
     if options.compile_cache and not jax.config.jax_compilation_cache_dir:  # a cache set up already stays
         jax.config.update("jax_compilation_cache_dir", str(compile_cache_dir()))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     run = _Run(algo_name, config, options, run_dir, console, StopSignals())
     with run.stop.caught():  # from here on, Ctrl-C and SIGTERM stop the run between compiled pieces
+        console.print(started)
         chunks = make_chunk_runner(steps, config.num_updates, config.log_interval, config.eval_every)
         keys = jax.random.split(jax.random.key(options.seed), options.num_seeds)
         state, metrics, updates_done = chunks.init(keys), {}, 0
