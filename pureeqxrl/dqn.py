@@ -33,7 +33,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from pureeqxrl.config import ConfigChecks, TrainConfig
 from pureeqxrl.envs import Step, VecEnv, episode_stats, make_env
-from pureeqxrl.evaluate import make_evaluator
+from pureeqxrl.evaluate import training_evaluator
 from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, train_from_steps
 from pureeqxrl.nets import MLP, Functional
 
@@ -375,14 +375,9 @@ def make_update_steps(
         )
 
     # EVALUATION: the greedy policy on fresh episodes (`config.eval_interval`)
-    eval_env = make_env(config.env, config.eval_episodes, config.max_episode_steps)
-    evaluate = make_evaluator(
-        eval_env,
-        lambda params, obs_stats, greedy: policy(network, params, eval_env, obs_stats, greedy),
-        False,
-    )
+    evaluate = training_evaluator(config, network, policy, stochastic=False)
     shared = lambda state: (state.timesteps, state.buffer.position, state.buffer.size)  # noqa: E731
-    return UpdateSteps(network, init, collect, learn, update, evaluate, eval_env, shared)
+    return UpdateSteps(network, init, collect, learn, update, evaluate, shared)
 
 
 # USING A TRAINED AGENT

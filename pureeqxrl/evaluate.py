@@ -1,13 +1,14 @@
 """Evaluating a trained policy on fresh episodes, inside one `lax.while_loop`."""
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from pureeqxrl.envs import VecEnv
+from pureeqxrl.envs import VecEnv, make_env
 
 
 class RecurrentPolicy(NamedTuple):
@@ -65,18 +66,30 @@ EVAL_STREAM = 0x6576616C
 the training's random stream, so a run trains the same with evaluation on or off."""
 
 
+@dataclass(frozen=True, eq=False)
+class Evaluator:
+    """`evaluator(state) -> {"eval_return": ...}` (see `make_evaluator`), and the environments it
+    plays (`env`, whose size `pureeqxrl.loop.estimate_bytes` counts)."""
+
+    env: VecEnv
+    run: Callable[[Any], dict[str, Array]]
+
+    def __call__(self, state: Any) -> dict[str, Array]:
+        return self.run(state)
+
+
 def make_evaluator(
     env: VecEnv,
     policy: Callable[[Any, Any, bool], Callable[[PRNGKeyArray, Array], Array] | RecurrentPolicy],
     stochastic: bool,
-) -> Callable[[Any], dict[str, Array]]:
+) -> Evaluator:
     """`evaluate(state) -> {"eval_return": ...}` for a training state (fields `params`, `env_state`
     and `key`): the mean return of the greedy policy over `env.num_envs` fresh episodes and, if
     `stochastic`, of the sampled policy on the same episodes (`"eval_return_sampled"`).
 
     `policy(params, obs_stats, greedy) -> act` (`greedy` a bool, or a traced one for a stochastic
-    policy), where `obs_stats` are the observation statistics of
-    a normalising environment (`state.env_state.obs_stats`), or None.
+    policy), where `obs_stats` are the observation statistics of a normalising environment
+    (`state.env_state.obs_stats`), or None.
     """
 
     def run(state: Any) -> dict[str, Array]:
@@ -92,4 +105,14 @@ def make_evaluator(
         greedy, sampled = jax.vmap(mean_return)(jnp.array([True, False]))
         return {"eval_return": greedy, "eval_return_sampled": sampled}
 
-    return run
+    return Evaluator(env, run)
+
+
+def training_evaluator(config: Any, network: Any, policy: Callable[..., Any], stochastic: bool) -> Evaluator:
+    """The evaluation during training of an algorithm (`config.eval_interval`): its `policy(network,
+    params, env, obs_stats, greedy)` on `config.eval_episodes` fresh episodes of the config's
+    environment."""
+    env = make_env(config.env, config.eval_episodes, config.max_episode_steps)
+    return make_evaluator(
+        env, lambda params, obs_stats, greedy: policy(network, params, env, obs_stats, greedy), stochastic
+    )

@@ -107,21 +107,19 @@ class _CSV:
     def log(self, rows: dict[str, np.ndarray], first_row: int) -> None:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        if not self.started:
-            if self.history:
-                header, old_rows = self._table(self.history, 0)
-                writer.writerow(header)
-                writer.writerows(old_rows)
-            header, new_rows = self._table(rows, first_row)
-            if not self.history:
-                writer.writerow(header)
-            writer.writerows(new_rows)
-            atomic_write_text(self.path, buffer.getvalue())
-            self.started = True
+        if self.started:
+            writer.writerows(self._table(rows, first_row)[1])
+            with open(self.path, "a", newline="") as f:
+                f.write(buffer.getvalue())
             return
-        writer.writerows(self._table(rows, first_row)[1])
-        with open(self.path, "a", newline="") as f:
-            f.write(buffer.getvalue())
+        if self.history:  # rows 0 to first_row - 1, from the checkpoint
+            rows = {name: np.concatenate([self.history[name], rows[name]], axis=1) for name in rows}
+            first_row = 0
+        header, table = self._table(rows, first_row)
+        writer.writerow(header)
+        writer.writerows(table)
+        atomic_write_text(self.path, buffer.getvalue())
+        self.started = True
 
 
 class _TensorBoard:

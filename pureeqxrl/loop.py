@@ -47,8 +47,8 @@ class UpdateSteps(NamedTuple):
     - `collect(state) -> (state, experience, ...)`: the update's environment steps;
     - `learn(state, ...) -> (state, ...)`: the update's gradient steps (arguments per algorithm);
     - `update(state) -> (state, stats)`: one whole update, with the stats `scan_logged` sums;
-    - `evaluate(state) -> {name: scalar}`: the policy of `state` on fresh episodes
-      (`pureeqxrl.evaluate.make_evaluator`), or None; `eval_env` the environments it plays;
+    - `evaluate(state) -> {name: scalar}`: the policy of `state` on fresh episodes (a
+      `pureeqxrl.evaluate.Evaluator`, whose `env` `estimate_bytes` counts), or None;
     - `shared(state) -> tuple of leaves`: the counters of the state that are the same for every
       seed (a step count, a buffer's position), or None. `jax.vmap` of a whole `train(key)` keeps
       them unbatched by itself, so the branches they decide stay branches (`lax.cond`) rather than
@@ -61,7 +61,6 @@ class UpdateSteps(NamedTuple):
     learn: Callable[..., Any]
     update: Callable[[Any], tuple[Any, Stats]]
     evaluate: Callable[[Any], dict[str, Array]] | None = None
-    eval_env: Any = None
     shared: Callable[[Any], tuple[Array, ...]] | None = None
 
 
@@ -182,8 +181,9 @@ def estimate_bytes(steps: UpdateSteps, num_seeds: int) -> dict[str, int]:
         "training state": _nbytes(state) * num_seeds,
         "collected experience": _nbytes(jax.eval_shape(steps.collect, state)[1:]) * num_seeds,
     }
-    if steps.evaluate is not None and steps.eval_env is not None:
-        estimate["evaluation environments"] = _nbytes(jax.eval_shape(steps.eval_env.reset, key)) * num_seeds
+    eval_env = getattr(steps.evaluate, "env", None)
+    if eval_env is not None:
+        estimate["evaluation environments"] = _nbytes(jax.eval_shape(eval_env.reset, key)) * num_seeds
     return estimate
 
 

@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, PRNGKeyArray
 
-from pureeqxrl.envs import VecEnv, episode_stats, make_env
-from pureeqxrl.evaluate import make_evaluator
+from pureeqxrl.envs import VecEnv, episode_stats
+from pureeqxrl.evaluate import training_evaluator
 from pureeqxrl.heads import actor_critic, mode, sample
 from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, train_from_steps
 from pureeqxrl.nets import Functional
@@ -193,11 +193,8 @@ def make_update_steps(
         )
 
     # EVALUATION: the greedy and the sampled policy on fresh episodes (`config.eval_interval`)
-    eval_env = make_env(config.env, config.eval_episodes, config.max_episode_steps)
-    evaluate = make_evaluator(
-        eval_env, lambda params, obs_stats, greedy: policy(network, params, eval_env, obs_stats, greedy), True
-    )
-    return UpdateSteps(network, init, collect, learn, update, evaluate, eval_env)
+    evaluate = training_evaluator(config, network, policy, stochastic=True)
+    return UpdateSteps(network, init, collect, learn, update, evaluate)
 
 
 # USING A TRAINED AGENT

@@ -142,7 +142,7 @@ def first_bad_row(rows: dict[str, np.ndarray], row_offset: int) -> str | None:
         name
         for name in sorted(rows)
         if name not in EPISODE_METRICS
-        and not name.startswith("eval_")
+        and name not in runs.EVAL_COLUMNS
         and not np.isfinite(rows[name][seed, row])
     ]
     return (
