@@ -20,6 +20,7 @@ def machine() -> dict:
         "processor": platform.processor(),
         "cpu_count": os.cpu_count(),
         "backend": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
         "jax": jax.__version__,
         "equinox": equinox.__version__,
         "flax": flax.__version__,
@@ -28,10 +29,12 @@ def machine() -> dict:
 
 def machine_line(info: dict) -> str:
     """`machine()` as the sentence every table's header ends with."""
-    return (
-        f"{info['cpu_count']} CPU cores, {info['backend']}, jax {info['jax']}, "
-        f"equinox {info['equinox']}, flax {info['flax']}."
+    device = (
+        f"{info['device']} ({info['cpu_count']} CPU cores)"
+        if info.get("backend") != "cpu"
+        else (f"{info['cpu_count']} CPU cores")
     )
+    return f"{device}, {info['backend']}, jax {info['jax']}, equinox {info['equinox']}, flax {info['flax']}."
 
 
 def write_results(out: Path, data: dict, table_lines: list[str]) -> None:

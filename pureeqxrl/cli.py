@@ -13,7 +13,6 @@ import json
 import os
 import shlex
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
@@ -26,15 +25,26 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pureeqxrl import loggers, registry, runs
+from pureeqxrl import compare, loggers, registry, runs, sweep
 from pureeqxrl.config import INT32_MAX
 from pureeqxrl.envs import env_names
 from pureeqxrl.loggers import LoggerName
-from pureeqxrl.loop import make_chunk_runner, rows_update_counts, train_result
-from pureeqxrl.runner import CheckpointSchedule, Outcome, StopSignals, check_memory, run_chunks
+from pureeqxrl.loop import estimate_bytes, make_chunk_runner, rows_update_counts, train_result
+from pureeqxrl.runner import (
+    CheckpointSchedule,
+    Outcome,
+    StopSignals,
+    check_memory,
+    memory_limit_bytes,
+    run_chunks,
+    size_text,
+)
 
 USAGE = """usage: pureeqxrl train ALGO [flags]     train ALGO ({algos}); --help lists its flags
        pureeqxrl train --resume RUN_DIR   continue a run from its newest checkpoint
+       pureeqxrl sweep ALGO [flags]       train a grid (or --random N) of hyperparameters in one program
+       pureeqxrl sweep --resume SWEEP_DIR continue a sweep
+       pureeqxrl compare RUN_DIR ...      learning curves and final scores of runs, with intervals
        pureeqxrl eval RUN_DIR [flags]     evaluate a run's saved agents (greedy, or --sample)
        pureeqxrl envs                     list the environment ids"""
 
@@ -54,6 +64,9 @@ class RunOptions:
     config: Path | None = None
     """Start from a saved configuration: a run folder's config.json, or a JSON or YAML file of config
     fields. Flags given on the command line override it."""
+    preset: str | None = None
+    """Start from a named set of settings instead of the defaults: `dqn --preset purejaxrl` is
+    PureJaxRL's exact DQN (no gradient clipping). Flags override it."""
     chunk_rows: int = CheckpointSchedule.chunk_rows
     """Metrics rows per compiled chunk of updates; progress, checkpoints and Ctrl-C act between chunks."""
     checkpoint_updates: int = CheckpointSchedule.checkpoint_updates
@@ -94,13 +107,32 @@ def compile_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pureeqxrl" / "xla"
 
 
-def _config_file_argument(argv: list[str]) -> Path | None:
+def _argument(argv: list[str], flag: str) -> str | None:
+    """The value of `--flag VALUE` or `--flag=VALUE` in `argv`, read before tyro parses the rest
+    (it sets the defaults the other flags go on top of)."""
     for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            return Path(argv[i + 1])
-        if arg.startswith("--config="):
-            return Path(arg.split("=", 1)[1])
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(f"{flag}="):
+            return arg.split("=", 1)[1]
     return None
+
+
+def base_config(config_cls: type, argv: list[str]) -> Any:
+    """The config the flags go on top of: the class's defaults, a named `--preset` of them
+    (`config_cls.PRESETS`), or a `--config` file."""
+    config_file, preset = _argument(argv, "--config"), _argument(argv, "--preset")
+    if config_file and preset:
+        raise ValueError("--config and --preset both set the starting config: give one of them")
+    if config_file:
+        return config_from_file(Path(config_file), config_cls)
+    if preset:
+        presets = getattr(config_cls, "PRESETS", {})
+        if preset not in presets:
+            known = ", ".join(presets) or "none"
+            raise ValueError(f"unknown preset {preset!r} for {config_cls.__name__} (presets: {known})")
+        return dataclasses.replace(config_cls(), **presets[preset])
+    return config_cls()
 
 
 def config_from_file(path: Path, config_cls: type) -> Any:
@@ -139,18 +171,16 @@ def parse_train_flags(
 
 def train_command(algo_name: str, argv: list[str], console: Console) -> int:
     algorithm = registry.get(algo_name)
-    config_file = _config_file_argument(argv)
-    default_config = (
-        config_from_file(config_file, algorithm.config_cls) if config_file else algorithm.config_cls()
+    options, config = parse_train_flags(
+        argv, algo_name, (RunOptions(), base_config(algorithm.config_cls, argv))
     )
-    options, config = parse_train_flags(argv, algo_name, (RunOptions(), default_config))
     options.check()
     # Everything that can reject the config runs here, before compiling or touching the disk.
     steps = algorithm.make_update_steps(config, algorithm.network(options.linen))
     check_memory(steps, options.num_seeds, config.eval_every > 0)
     run_dir = runs.prepare_run_dir(options.run_dir, algo_name, config.env)
     runs.write_config(
-        run_dir, algo_name, config, options.linen, options.num_seeds, options.seed, run_options(options)
+        run_dir, algo_name, config, options.linen, options.num_seeds, options.seed, run_options_of(options)
     )
     started = (
         f"[bold]{algo_name}[/] on {escape(config.env)}, {options.num_seeds} seed(s) -> {escape(str(run_dir))}"
@@ -158,7 +188,7 @@ def train_command(algo_name: str, argv: list[str], console: Console) -> int:
     return train_chunks(algo_name, config, steps, options, run_dir, console, None, started)
 
 
-def run_options(options: RunOptions) -> dict[str, Any]:
+def run_options_of(options: RunOptions) -> dict[str, Any]:
     """What `config.json` records of the options that shape a run's chunks, checkpoints and loggers
     (a resumed run keeps them unless flags say otherwise)."""
     return {
@@ -180,6 +210,11 @@ def resume_command(argv: list[str], console: Console) -> int:
         raise ValueError("--resume needs the run folder: pureeqxrl train --resume RUN_DIR [flags]")
     run_dir, argv = Path(argv[0]), argv[1:]
     saved, config, _ = runs.read_run(run_dir)
+    if "sweep" in saved:
+        raise ValueError(
+            f"{run_dir} is a group of a sweep: continue the sweep with pureeqxrl sweep --resume "
+            f"{shlex.quote(str(run_dir.parent))}"
+        )
     algo_name = saved["algorithm"]
     saved_options = RunOptions(
         num_seeds=saved["num_seeds"],
@@ -214,6 +249,257 @@ def resume_command(argv: list[str], console: Console) -> int:
     return train_chunks(algo_name, config, steps, options, run_dir, console, checkpoint, started)
 
 
+# SWEEPS: a grid (or random sample) of hyperparameters x seeds in one compiled program per group of
+# configurations that fits in memory; each group is a run folder of the sweep folder.
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """Options of a sweep that are not hyperparameters. Each swept hyperparameter flag takes one or
+    more values (`--learning-rate 1e-4 3e-4 1e-3`); the sweep trains every combination."""
+
+    num_seeds: int = 4
+    """Seeds per configuration; seed i of every configuration uses the same key."""
+    seed: int = 0
+    """Base seed; seed i uses `jax.random.split(key(seed), num_seeds)[i]`."""
+    sweep_dir: Path | None = None
+    """Output folder (must not exist or be empty). Default: sweeps/ALGO-ENV-TIMESTAMP."""
+    linen: bool = False
+    """Sweep the Flax Linen control version."""
+    config: Path | None = None
+    """Base config file (a run folder's config.json, a sweep's best_config.json, JSON or YAML)."""
+    preset: str | None = None
+    """Base config: a named set of settings (`dqn --preset purejaxrl`: PureJaxRL's exact DQN)."""
+    random: int = 0
+    """Sample this many configurations instead of the grid: each swept flag then takes LOW HIGH."""
+    log_uniform: tuple[str, ...] = ()
+    """Fields sampled log-uniformly by --random (e.g. learning-rate)."""
+    random_seed: int = 0
+    """Seed of the --random draws."""
+    rank_by: Literal["eval", "train"] = "eval"
+    """Rank configurations by the IQM of the final greedy evaluation, or of the final training return."""
+    max_group_configs: int = 0
+    """At most this many configurations per compiled program (0: as many as fit in memory)."""
+    chunk_rows: int = CheckpointSchedule.chunk_rows
+    """Metrics rows per compiled chunk of updates; progress, checkpoints and Ctrl-C act between chunks."""
+    checkpoint_minutes: float = CheckpointSchedule.checkpoint_minutes
+    """Checkpoint after this many minutes since the last checkpoint."""
+    compile_cache: bool = True
+    """Keep compiled programs in the user's cache folder (every group of equal size compiles once)."""
+
+
+def sweep_flags_class(config_cls: type) -> type:
+    """`config_cls` with each sweepable field (`pureeqxrl.sweep.sweepable_fields`) taking a tuple of
+    values: the flags of `pureeqxrl sweep ALGO`. An empty tuple keeps the base config's value."""
+    fields = [
+        (
+            name,
+            Annotated[
+                tuple[float, ...],
+                tyro.conf.arg(
+                    help=f"values of {name} to sweep (with --random: LOW HIGH); none given: the base "
+                    f"config's ({getattr(config_cls(), name)})"
+                ),
+            ],
+            dataclasses.field(default=()),
+        )
+        for name in sweep.sweepable_fields(config_cls)
+    ]
+    return dataclasses.make_dataclass(f"{config_cls.__name__}Sweep", fields, bases=(config_cls,), frozen=True)
+
+
+def sweep_command(algo_name: str, argv: list[str], console: Console) -> int:
+    algorithm = registry.get(algo_name)
+    base = base_config(algorithm.config_cls, argv)
+    swept = sweep.sweepable_fields(algorithm.config_cls)
+    flags_cls = sweep_flags_class(algorithm.config_cls)
+    defaults = flags_cls(
+        **{f.name: () if f.name in swept else getattr(base, f.name) for f in dataclasses.fields(base)}
+    )
+    options, flags = tyro.cli(
+        tuple[Annotated[SweepOptions, tyro.conf.arg(name="")], Annotated[flags_cls, tyro.conf.arg(name="")]],
+        args=argv,
+        default=(SweepOptions(), defaults),
+        prog=f"pureeqxrl sweep {algo_name}",
+        description=SweepOptions.__doc__,
+    )
+    given = {name: getattr(flags, name) for name in swept if getattr(flags, name)}
+    base = algorithm.config_cls(
+        **{f.name: getattr(base if f.name in swept else flags, f.name) for f in dataclasses.fields(base)}
+    )
+    configurations = sweep_configurations(options, given, swept)
+    problems = (
+        []
+        if 1 <= options.num_seeds <= INT32_MAX
+        else [f"num_seeds must be positive, got {options.num_seeds}"]
+    )
+    problems += CheckpointSchedule(options.chunk_rows, 0, options.checkpoint_minutes).errors()
+    if options.max_group_configs < 0:
+        problems.append(f"max_group_configs must be >= 0, got {options.max_group_configs}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    # Every configuration is checked, and the memory estimated, before the sweep folder exists.
+    sweep.check_configurations(base, configurations)
+    network_fn = algorithm.network(options.linen)
+    groups = sweep_groups(
+        algorithm.make_update_steps(base, network_fn), base, options, len(configurations), console
+    )
+    sweep_dir = runs.prepare_run_dir(options.sweep_dir, algo_name, base.env, parent="sweeps")
+    saved = {
+        "algorithm": algo_name,
+        "linen": options.linen,
+        "config": base.to_dict(),
+        "configurations": configurations,
+        "groups": groups,
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(options).items()},
+    }
+    runs.atomic_write_text(sweep_dir / "sweep.json", runs.strict_json(saved))
+    return run_sweep(sweep_dir, saved, console)
+
+
+def sweep_configurations(
+    options: SweepOptions, given: dict, swept: tuple[str, ...]
+) -> list[dict[str, float]]:
+    """The grid of the given values, or `--random N` draws from the given LOW HIGH ranges."""
+    if not given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in swept)
+        raise ValueError(f"a sweep needs values for at least one of {flags}")
+    if not options.random:
+        if options.log_uniform:
+            raise ValueError("--log-uniform needs --random N")
+        return sweep.grid(given)
+    if options.random < 0:
+        raise ValueError(f"random must be >= 0, got {options.random}")
+    wrong = [
+        f"--{name.replace('_', '-')} has {len(values)}" for name, values in given.items() if len(values) != 2
+    ]
+    if wrong:
+        raise ValueError(f"--random takes LOW HIGH per swept flag: {', '.join(wrong)} value(s)")
+    log_uniform = [name.replace("-", "_") for name in options.log_uniform]
+    return sweep.random_configurations(given, options.random, log_uniform, options.random_seed)
+
+
+def sweep_groups(
+    steps, config, options: SweepOptions, num_configurations: int, console: Console
+) -> list[list[int]]:
+    """Configurations per compiled program: as many as fit in half the device's memory (the rest for
+    XLA's temporaries), at most `--max-group-configs`; a `ValueError` if one does not fit at all."""
+    check_memory(steps, options.num_seeds, config.eval_every > 0)
+    estimate = estimate_bytes(
+        steps if config.eval_every > 0 else steps._replace(evaluate=None), options.num_seeds
+    )
+    per_configuration, limit = sum(estimate.values()), memory_limit_bytes()
+    per_group = max(1, limit // 2 // max(per_configuration, 1))
+    if options.max_group_configs:
+        per_group = min(per_group, options.max_group_configs)
+    groups = sweep.group_configurations(num_configurations, per_group)
+    if len(groups) > 1:
+        console.print(
+            f"{num_configurations} configurations x {options.num_seeds} seeds need about "
+            f"{size_text(per_configuration * num_configurations)} against "
+            f"{size_text(limit)} of {jax.devices()[0].platform} memory: {len(groups)} programs of up to "
+            f"{len(groups[0])} configurations, one after another"
+        )
+    return groups
+
+
+def sweep_resume_command(argv: list[str], console: Console) -> int:
+    if len(argv) != 1 or argv[0].startswith("-"):
+        raise ValueError("usage: pureeqxrl sweep --resume SWEEP_DIR")
+    sweep_dir = Path(argv[0])
+    path = sweep_dir / "sweep.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {sweep_dir} is not a folder of `pureeqxrl sweep`")
+    return run_sweep(sweep_dir, json.loads(path.read_text()), console)
+
+
+def run_sweep(sweep_dir: Path, saved: dict, console: Console) -> int:
+    """Train every group of the sweep not yet finished (resuming one that has a checkpoint), then
+    write the sweep's ranked results."""
+    algo_name, options = saved["algorithm"], saved["options"]
+    algorithm = registry.get(algo_name)
+    config = runs.config_from_dict(algorithm.config_cls, saved["config"])
+    configurations, num_seeds = saved["configurations"], options["num_seeds"]
+    network_fn = algorithm.network(saved["linen"])
+    steps = sweep.swept_update_steps(algorithm.make_update_steps, config, network_fn)
+    keys = jax.random.split(jax.random.key(options["seed"]), num_seeds)
+    use_compile_cache(options["compile_cache"])
+    stop = StopSignals()
+    with stop.caught():
+        console.print(
+            f"[bold]sweep of {algo_name}[/] on {escape(config.env)}: {len(configurations)} configurations x "
+            f"{num_seeds} seeds in {len(saved['groups'])} program(s) -> {escape(str(sweep_dir))}"
+        )
+        for number, group in enumerate(saved["groups"]):
+            group_dir = sweep_dir / f"group_{number}"
+            if (group_dir / "summary.json").is_file():
+                if json.loads((group_dir / "summary.json").read_text())["status"] == "finished":
+                    continue
+            group_dir.mkdir(exist_ok=True)
+            run_options = RunOptions(
+                num_seeds=len(group) * num_seeds,
+                seed=options["seed"],
+                run_dir=group_dir,
+                linen=saved["linen"],
+                chunk_rows=options["chunk_rows"],
+                checkpoint_minutes=options["checkpoint_minutes"],
+                compile_cache=options["compile_cache"],
+            )
+            if not (group_dir / "config.json").is_file():
+                runs.write_config(
+                    group_dir,
+                    algo_name,
+                    config,
+                    saved["linen"],
+                    run_options.num_seeds,
+                    options["seed"],
+                    run_options_of(run_options),
+                    sweep={
+                        "configurations": group,
+                        "values": [configurations[i] for i in group],
+                        "seeds_per_configuration": num_seeds,
+                    },
+                )
+            run = _Run(algo_name, config, run_options, group_dir, console, stop)
+            starts = sweep.flat_starts([configurations[i] for i in group], keys)
+            if len(saved["groups"]) > 1:
+                console.print(
+                    f"group {number + 1} of {len(saved['groups'])}: configurations {group[0]}-{group[-1]}"
+                )
+            trained = train_run(run, steps, runs.latest_checkpoint(group_dir), starts)
+            if trained is not None:
+                outcome, updates_done = trained
+                write_run_results(run, outcome, updates_done)
+                if outcome.status != "finished":
+                    return _ending(run, outcome, f"pureeqxrl sweep --resume {shlex.quote(str(sweep_dir))}")
+    metrics = {}
+    for number in range(len(saved["groups"])):
+        part = runs.read_metrics_csv(sweep_dir / f"group_{number}" / "metrics.csv")
+        metrics = {
+            name: np.concatenate([metrics[name], part[name]]) if metrics else part[name] for name in part
+        }
+    library = "Linen" if saved["linen"] else "Equinox"
+    title = f"sweep of {algo_name.upper().replace('_', ' ')} ({library}) on {config.env}"
+    entries = sweep.write_results(
+        sweep_dir, algo_name, config, configurations, metrics, num_seeds, options["rank_by"], title
+    )
+    lines = sweep.table_lines(entries[:10])
+    console.print("\n".join(lines), highlight=False, markup=False)
+    if len(entries) > 10:
+        console.print(f"(the top 10 of {len(entries)}; all of them in {sweep_dir}/table.md)", markup=False)
+    console.print(
+        f"best: {sweep.describe(entries[0]['values'])}. Train it: pureeqxrl train {algo_name} --config "
+        f"{shlex.quote(str(sweep_dir / 'best_config.json'))}",
+        highlight=False,
+        markup=False,
+    )
+    console.print(
+        f"wrote {escape(str(sweep_dir))}/{{sweep.json,results.json,table.md,learning_curves.png,"
+        "best_config.json,group_*/}"
+    )
+    return 0
+
+
 class _Run(NamedTuple):
     """What the steps of one `train` (or `train --resume`) command share."""
 
@@ -231,27 +517,39 @@ def train_chunks(
     """Train (or go on training) in chunks with checkpoints, then write the run folder's results.
     `started` is printed once Ctrl-C and SIGTERM are caught, so a signal sent on seeing it keeps
     the run."""
-    if options.compile_cache and not jax.config.jax_compilation_cache_dir:  # a cache set up already stays
-        jax.config.update("jax_compilation_cache_dir", str(compile_cache_dir()))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    use_compile_cache(options.compile_cache)
     run = _Run(algo_name, config, options, run_dir, console, StopSignals())
     with run.stop.caught():  # from here on, Ctrl-C and SIGTERM stop the run between compiled pieces
         console.print(started)
-        chunks = make_chunk_runner(steps, config.num_updates, config.log_interval, config.eval_every)
         keys = jax.random.split(jax.random.key(options.seed), options.num_seeds)
-        state, metrics, updates_done = chunks.init(keys), {}, 0
-        if checkpoint is not None:
-            header, state, metrics = runs.load_checkpoint(checkpoint, state)
-            if header["config"] != json.loads(json.dumps(config.to_dict())):
-                raise ValueError(f"{checkpoint} was written for another config than {run_dir}/config.json")
-            updates_done = header["updates_done"]
-        if updates_done >= config.num_updates:
-            console.print(
-                f"{escape(str(run_dir))} has finished all {config.num_updates} updates: nothing to resume"
-            )
-            return 0
-        outcome = _run_with_progress(run, chunks, state, metrics, updates_done)
-    return _report(run, outcome, updates_done)
+        trained = train_run(run, steps, checkpoint, keys)
+    return 0 if trained is None else _report(run, *trained)
+
+
+def use_compile_cache(on: bool) -> None:
+    if on and not jax.config.jax_compilation_cache_dir:  # a cache set up already stays
+        jax.config.update("jax_compilation_cache_dir", str(compile_cache_dir()))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def train_run(run: _Run, steps, checkpoint, starts) -> tuple[Outcome, int] | None:
+    """Run `steps` from `steps.init(starts)` (the seeds' keys, or a sweep's `Start`s), or from
+    `checkpoint`, until done or stopped: the outcome and the updates done before it; None if the
+    checkpoint has done them all."""
+    config = run.config
+    chunks = make_chunk_runner(steps, config.num_updates, config.log_interval, config.eval_every)
+    state, metrics, updates_done = chunks.init(starts), {}, 0
+    if checkpoint is not None:
+        header, state, metrics = runs.load_checkpoint(checkpoint, state)
+        if header["config"] != json.loads(json.dumps(config.to_dict())):
+            raise ValueError(f"{checkpoint} was written for another config than {run.run_dir}/config.json")
+        updates_done = header["updates_done"]
+    if updates_done >= config.num_updates:
+        run.console.print(
+            f"{escape(str(run.run_dir))} has finished all {config.num_updates} updates: nothing to resume"
+        )
+        return None
+    return _run_with_progress(run, chunks, state, metrics, updates_done), updates_done
 
 
 def _run_with_progress(run: _Run, chunks, state, metrics, updates_done) -> Outcome:
@@ -308,41 +606,52 @@ def _run_with_progress(run: _Run, chunks, state, metrics, updates_done) -> Outco
         live.close()
 
 
+def write_run_results(run: _Run, outcome: Outcome, updates_done: int) -> dict | None:
+    """The run folder's results of `outcome` (`runs.write_results`); its summary, or None if not
+    one row was logged."""
+    if not outcome.metrics or not next(iter(outcome.metrics.values())).shape[1]:
+        return None
+    library = "Linen" if run.options.linen else "Equinox"
+    title = f"{run.algo_name.upper().replace('_', ' ')} ({library}) on {run.config.env}"
+    return runs.write_results(
+        run.run_dir,
+        title,
+        run.config,
+        train_result(outcome.state, outcome.metrics),
+        outcome.compile_seconds,
+        outcome.train_seconds,
+        status=outcome.status,
+        updates_done=outcome.updates_done,
+        trained_updates=outcome.updates_done - updates_done,
+    )
+
+
 def _report(run: _Run, outcome: Outcome, updates_done: int) -> int:
     """Write the run folder's results of `outcome` and say how the run ended; the exit code."""
-    config, console, run_dir = run.config, run.console, run.run_dir
-    rows_written = next(iter(outcome.metrics.values())).shape[1] if outcome.metrics else 0
-    if rows_written:
-        library = "Linen" if run.options.linen else "Equinox"
-        title = f"{run.algo_name.upper().replace('_', ' ')} ({library}) on {config.env}"
-        summary = runs.write_results(
-            run_dir,
-            title,
-            config,
-            train_result(outcome.state, outcome.metrics),
-            outcome.compile_seconds,
-            outcome.train_seconds,
-            status=outcome.status,
-            updates_done=outcome.updates_done,
-            trained_updates=outcome.updates_done - updates_done,
-        )
-        mean, std = _mean_std(summary["final_return_per_seed"])
+    console, run_dir = run.console, run.run_dir
+    summary = write_run_results(run, outcome, updates_done)
+    if summary is not None:
         console.print(
-            f"final return (last 5% of the rows) {mean:.2f} ± {std:.2f} over {run.options.num_seeds} seed(s)"
-            f" | train {outcome.train_seconds:.1f}s + compile {outcome.compile_seconds:.1f}s | "
-            f"{summary['env_steps_per_second']:,.0f} env steps/s"
+            f"final return (last 5% of the rows) {_estimates(summary, 'final_return')} over "
+            f"{run.options.num_seeds} seed(s) | train {outcome.train_seconds:.1f}s + compile "
+            f"{outcome.compile_seconds:.1f}s | {summary['env_steps_per_second']:,.0f} env steps/s"
         )
         for key, policy in (("final_eval_return", "greedy"), ("final_eval_sampled_return", "sampled")):
             if summary.get(f"{key}_mean") is not None:
-                mean, std = _mean_std(summary[f"{key}_per_seed"])
                 console.print(
-                    f"{policy} evaluation {mean:.2f} ± {std:.2f} ({summary['final_eval_episodes']} "
+                    f"{policy} evaluation {_estimates(summary, key)} ({summary['final_eval_episodes']} "
                     f"episodes per seed, at env step {summary['final_eval_env_steps']:,})"
                 )
         console.print(
             f"wrote {escape(str(run_dir))}/{{config.json,metrics.csv,summary.json,learning_curve.png,"
             "agent_seed*.eqx,checkpoints/}"
         )
+    return _ending(run, outcome, f"pureeqxrl train --resume {shlex.quote(str(run_dir))}")
+
+
+def _ending(run: _Run, outcome: Outcome, resume_command: str) -> int:
+    """Say how a run ended unless it finished; the exit code."""
+    console = run.console
     if outcome.status == "finished":
         return 0
     where = f"; the newest checkpoint is {escape(str(outcome.checkpoint))}" if outcome.checkpoint else ""
@@ -350,19 +659,23 @@ def _report(run: _Run, outcome: Outcome, updates_done: int) -> int:
         console.print(f"[red]stopped:[/] {escape(outcome.message)}{where}", highlight=False)
         return 1
     console.print(
-        f"[yellow]stopped:[/] {escape(outcome.message)}{where}. Continue with: pureeqxrl train --resume "
-        f"{escape(shlex.quote(str(run_dir)))}",
+        f"[yellow]stopped:[/] {escape(outcome.message)}{where}. Continue with: {escape(resume_command)}",
         highlight=False,
     )
     return run.stop.exit_code
 
 
-def _mean_std(per_seed: list[float | None]) -> tuple[float, float]:
-    """Mean and standard deviation over the seeds with a value (None: no episode finished)."""
-    values = np.array([np.nan if x is None else x for x in per_seed], float)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # no seed finished an episode: NaN, said so
-        return float(np.nanmean(values)), float(np.nanstd(values))
+def _estimates(summary: dict, key: str) -> str:
+    """`IQM 481.3 [470.2, 490.0], mean 470.1 [455.0, 483.2]` (95% bootstrap intervals over the
+    seeds, `pureeqxrl.stats`) of one of the summary's per-seed scores; `n/a` without scores."""
+    if summary.get(f"{key}_iqm") is None:
+        return "n/a (no episode finished)"
+    iqm_low, iqm_high = summary[f"{key}_iqm_ci"]
+    mean_low, mean_high = summary[f"{key}_mean_ci"]
+    return (
+        f"IQM {summary[f'{key}_iqm']:.2f} [{iqm_low:.2f}, {iqm_high:.2f}], "
+        f"mean {summary[f'{key}_mean']:.2f} [{mean_low:.2f}, {mean_high:.2f}]"
+    )
 
 
 @dataclass(frozen=True)
@@ -388,6 +701,51 @@ def eval_command(argv: list[str], console: Console) -> dict:
     return {f"{kind}_return_per_seed": per_seed}
 
 
+@dataclass(frozen=True)
+class CompareOptions:
+    run_dirs: tyro.conf.Positional[tuple[Path, ...]]
+    """Run folders of `pureeqxrl train` (two or more; one shows its own curve and intervals)."""
+    labels: tuple[str, ...] = ()
+    """A label per run (default: algorithm, library and folder name)."""
+    out: Path | None = None
+    """Output folder (must not exist or be empty). Default: comparisons/compare-N-runs-TIMESTAMP."""
+    title: str = ""
+
+
+def compare_command(argv: list[str], console: Console) -> None:
+    options = tyro.cli(CompareOptions, args=argv, prog="pureeqxrl compare")
+    if options.labels and len(options.labels) != len(options.run_dirs):
+        raise ValueError(f"{len(options.labels)} labels for {len(options.run_dirs)} runs")
+    labels = options.labels or (None,) * len(options.run_dirs)
+    scored = [
+        compare.read_run_scores(run_dir, label)
+        for run_dir, label in zip(options.run_dirs, labels, strict=True)
+    ]
+    out = runs.prepare_run_dir(options.out, "compare", f"{len(scored)}-runs", parent="comparisons")
+    lines = compare.table_lines(scored)
+    verdicts = compare.overlap_lines(scored)
+    compare.plot(out / "compare.png", scored, options.title)
+    header = [f"# {options.title or 'comparison'}", "", f"`pureeqxrl compare {shlex.join(argv)}`", ""]
+    runs.atomic_write_text(out / "compare.md", "\n".join([*header, *lines, "", *verdicts]) + "\n")
+    runs.atomic_write_text(
+        out / "compare.json",
+        runs.strict_json(
+            [
+                {
+                    "run_dir": str(run_dir),
+                    "label": run.label,
+                    "seeds": int(run.returns.shape[0]),
+                    "final_return": run.final_return,
+                    "final_eval_return": run.final_eval_return,
+                }
+                for run_dir, run in zip(options.run_dirs, scored, strict=True)
+            ]
+        ),
+    )
+    console.print("\n".join([*lines, *verdicts]), highlight=False, markup=False)
+    console.print(f"wrote {escape(str(out))}/{{compare.png,compare.md,compare.json}}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     console = Console(soft_wrap=True)  # a path or an error stays on one line, whatever the width
@@ -403,7 +761,15 @@ def main(argv: list[str] | None = None) -> int:
             if not rest or rest[0] not in registry.ALGORITHMS:
                 raise ValueError(f"train needs an algorithm: one of {', '.join(registry.ALGORITHMS)}")
             return train_command(rest[0], rest[1:], console)
-        if command == "eval":
+        if command == "sweep" and rest and rest[0] == "--resume":
+            return sweep_resume_command(rest[1:], console)
+        if command == "sweep":
+            if not rest or rest[0] not in registry.ALGORITHMS:
+                raise ValueError(f"sweep needs an algorithm: one of {', '.join(registry.ALGORITHMS)}")
+            return sweep_command(rest[0], rest[1:], console)
+        if command == "compare":
+            compare_command(rest, console)
+        elif command == "eval":
             eval_command(rest, console)
         elif command == "envs":
             console.print("\n".join(env_names()), highlight=False)

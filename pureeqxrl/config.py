@@ -12,6 +12,8 @@ import typing
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import jax
+
 INT32_MAX = 2**31 - 1
 """The largest count or size a compiled program holds: its step counters and indices are int32."""
 
@@ -127,7 +129,13 @@ class TrainConfig:
             checks.positive("max_episode_steps")
 
     def validate(self) -> None:
-        """Raise one `ValueError` naming every setting that cannot train, before anything compiles."""
+        """Raise one `ValueError` naming every setting that cannot train, before anything compiles.
+
+        A config holding traced values (a sweep's batch of hyperparameters, inside the compiled
+        program) is not checked again: `pureeqxrl.sweep.check_configurations` checked every one
+        of its configurations before tracing, and a traced value has no truth value to test."""
+        if any(isinstance(value, jax.Array) for value in vars(self).values()):
+            return
         checks = ConfigChecks(self)
         self.check(checks)
         checks.raise_if_any()

@@ -109,14 +109,14 @@ def check_memory(steps: UpdateSteps, num_seeds: int, eval_on: bool, limit: int |
     estimate = estimate_bytes(steps if eval_on else steps._replace(evaluate=None), num_seeds)
     limit = memory_limit_bytes() if limit is None else limit
     if sum(estimate.values()) > limit:
-        parts = ", ".join(f"{name} {_size(size)}" for name, size in estimate.items())
+        parts = ", ".join(f"{name} {size_text(size)}" for name, size in estimate.items())
         raise ValueError(
-            f"this run needs at least {_size(sum(estimate.values()))} ({parts}, for {num_seeds} "
-            f"seed(s)); the {jax.devices()[0].platform} device has {_size(limit)}"
+            f"this run needs at least {size_text(sum(estimate.values()))} ({parts}, for {num_seeds} "
+            f"seed(s)); the {jax.devices()[0].platform} device has {size_text(limit)}"
         )
 
 
-def _size(num_bytes: float) -> str:
+def size_text(num_bytes: float) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB"):
         if num_bytes < 1024:
             return f"{num_bytes:.1f} {unit}"

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import pureeqxrl
-from pureeqxrl import registry
+from pureeqxrl import registry, stats
 from pureeqxrl.config import typed_values
 from pureeqxrl.envs import make_env
 from pureeqxrl.evaluate import evaluate
@@ -59,14 +59,15 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def prepare_run_dir(run_dir: Path | None, algorithm: str, env: str) -> Path:
-    """Create the run folder; refuse to reuse a non-empty one (nothing the user had is touched)."""
+def prepare_run_dir(run_dir: Path | None, algorithm: str, env: str, parent: str = "runs") -> Path:
+    """Create the run folder (default `parent/ALGO-ENV-TIMESTAMP`); refuse to reuse a non-empty one
+    (nothing the user had is touched)."""
     if run_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path("runs") / f"{algorithm}-{env}-{stamp}"
+        run_dir = Path(parent) / f"{algorithm}-{env}-{stamp}"
         suffix = 1
         while run_dir.exists():
-            run_dir = Path("runs") / f"{algorithm}-{env}-{stamp}-{suffix}"
+            run_dir = Path(parent) / f"{algorithm}-{env}-{stamp}-{suffix}"
             suffix += 1
     run_dir = Path(run_dir)
     try:
@@ -91,9 +92,12 @@ def write_config(
     num_seeds: int,
     seed: int,
     run: dict[str, Any] | None = None,
+    sweep: dict[str, Any] | None = None,
 ) -> None:
     """`config.json`: everything needed to rebuild the run's config, networks and keys, and the
-    `run` options (chunks, checkpoints) a resume keeps."""
+    `run` options (chunks, checkpoints) a resume keeps; for a group of a sweep, the `sweep` part
+    (its configurations: the run's element `c * seeds_per_configuration + s` is configuration `c`,
+    seed `s`)."""
     saved = {
         "algorithm": algorithm,
         "linen": linen,
@@ -101,6 +105,7 @@ def write_config(
         "seed": seed,
         "config": config.to_dict(),
         "run": run or {},
+        **({"sweep": sweep} if sweep is not None else {}),
         "versions": {
             "pureeqxrl": pureeqxrl.__version__,
             "jax": jax.__version__,
@@ -154,6 +159,7 @@ def write_results(
         "final_return_per_seed": [float(x) for x in finals],
         "final_return_mean": float(np.nanmean(finals)) if any_finished else None,
         "final_return_std": float(np.nanstd(finals)) if any_finished else None,
+        **interval_estimates("final_return", finals),
         **last_evaluation(metrics, updates * config.steps_per_update, config.eval_episodes),
         "compile_seconds": compile_seconds,
         "train_seconds": train_seconds,
@@ -187,7 +193,19 @@ def last_evaluation(metrics: dict[str, np.ndarray], env_steps: np.ndarray, episo
             key = "final_eval_return" if policy == "greedy" else "final_eval_sampled_return"
             summary[f"{key}_per_seed"] = per_seed.tolist()
             summary[f"{key}_mean"] = float(np.nanmean(per_seed)) if np.isfinite(per_seed).any() else None
+            summary |= interval_estimates(key, per_seed)
     return summary
+
+
+def interval_estimates(key: str, per_seed: np.ndarray) -> dict[str, Any]:
+    """`{key}_iqm`, `{key}_iqm_ci` and `{key}_mean_ci` over the seeds with a score: the
+    interquartile mean and 95% stratified-bootstrap intervals (`pureeqxrl.stats.summary`)."""
+    estimates = stats.summary(per_seed)
+    return {
+        f"{key}_iqm": estimates["iqm"],
+        f"{key}_iqm_ci": estimates["iqm_ci"],
+        f"{key}_mean_ci": estimates["mean_ci"],
+    }
 
 
 def write_evaluation(run_dir: Path, kind: str, episodes: int, seed: int, per_seed: list[float]) -> Path:
@@ -306,11 +324,22 @@ def plot_learning_curve(
             label = f"{EVAL_COLUMNS.get(column, column)} evaluation, mean"
             color = "tab:orange" if column == "eval_return" else "tab:green"
             ax.plot(env_steps[evaluated], eval_mean, "o-", ms=3, lw=1.5, color=color, label=label)
+    save_curves_figure(fig, ax, path, title, "episode return")
+
+
+def save_curves_figure(fig, ax, path: Path, title: str, ylabel: str, best_last: bool = False) -> None:
+    """Label a figure of curves over environment steps, and write it as a PNG atomically.
+    `best_last`: the legend lists the lines in the reverse of their drawing order."""
+    import matplotlib.pyplot as plt
+
     ax.set_xlabel("environment steps")
-    ax.set_ylabel("episode return")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
+    handles, labels = ax.get_legend_handles_labels()
+    if best_last:
+        handles, labels = handles[::-1], labels[::-1]
+    ax.legend(handles, labels, loc="best", fontsize="small" if len(labels) < 5 else "x-small")
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

@@ -78,3 +78,19 @@ def test_end_to_end_and_chart_write_tables_json_and_png(tmp_path, monkeypatch):
 def test_chart_says_when_there_is_nothing_to_draw(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="no benchmark JSON"):
         run_script(monkeypatch, "chart", "--results", str(tmp_path), "--suffix", "cpu")
+
+
+@pytest.mark.slow
+def test_sweep_benchmark_trains_the_same_runs_both_ways(tmp_path, monkeypatch):
+    out = tmp_path / "sweeps_test"
+    run_script(
+        monkeypatch, "sweeps", "--algo", "ppo", "--configs", "2", "--seeds", "2", "--repeats", "1",
+        "--total-timesteps", "4096", "--out", str(out),
+    )  # fmt: skip
+    data = json.loads(out.with_suffix(".json").read_text())
+    one, separate = data["samples"]["one_program"][0], data["samples"]["separate_programs"][0]
+    # The sweep and the separate programs train the same runs: the same final returns.
+    assert one["final_return"] == pytest.approx(separate["final_return"], rel=1e-6)
+    assert one["final_return"][0] != one["final_return"][1]  # two learning rates, two results
+    table = out.with_suffix(".md").read_text()
+    assert "| compile + train |" in table and "2 learning rates x 2 seeds" in table

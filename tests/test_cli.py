@@ -133,6 +133,11 @@ def test_existing_run_folder_is_never_overwritten(run_dir, capsys):
             "chunk_rows must be positive, got 0; keep_checkpoints",
         ),
         (["--config", "/nonexistent/config.json"], "cannot read the config file /nonexistent/config.json"),
+        (["--preset", "fast"], "unknown preset 'fast' for DQNConfig (presets: purejaxrl)"),
+        (
+            ["--preset", "purejaxrl", "--config", "c.json"],
+            "--config and --preset both set the starting config",
+        ),
         # 1000 replay buffers of 1e8 transitions: about 3.7 TiB; 2e9 evaluation episodes x 1000 seeds.
         (["--buffer-size", "100000000", "--num-seeds", "1000"], "needs at least 3.7 TiB (training state 3.7"),
         (["--eval-episodes", "2000000000", "--num-seeds", "1000"], "evaluation environments 80.0 TiB"),
@@ -143,6 +148,17 @@ def test_bad_input_is_reported_and_nothing_is_written(args, message, tmp_path, c
     assert cli.main(["train", "dqn", "--run-dir", str(target), *args]) == 2
     assert message in capsys.readouterr().out
     assert not target.exists()
+
+
+def test_the_purejaxrl_preset_is_the_reference_dqn_and_flags_go_on_top():
+    options, config = cli.parse_train_flags(
+        ["--preset", "purejaxrl", "--tau", "0.5"],
+        "dqn",
+        (cli.RunOptions(), cli.base_config(dqn.DQNConfig, ["--preset", "purejaxrl"])),
+    )
+    assert options.preset == "purejaxrl"
+    assert config == dqn.DQNConfig(learning_rate=2.5e-4, double_dqn=False, tau=0.5)
+    assert dqn.DQNConfig().double_dqn and dqn.DQNConfig().learning_rate == 1.25e-4
 
 
 def test_usage_errors(capsys):

@@ -88,6 +88,35 @@ def test_td_target_terminated_vs_truncated_on_real_transitions(key):
     np.testing.assert_array_equal(terminated_target, step.reward)
 
 
+def test_double_dqn_target_and_huber_loss_by_hand():
+    # Two transitions, 3 actions. Online argmax at the next state: action 2, then action 0.
+    next_q_target = jnp.array([[1.0, 5.0, 2.0], [4.0, 0.0, 3.0]])
+    next_q_online = jnp.array([[0.0, 1.0, 9.0], [7.0, 1.0, 2.0]])
+    reward, terminated = jnp.array([1.0, 2.0]), jnp.array([False, True])
+    # DQN: max of the target's values; Double DQN: the target's value of the online argmax.
+    np.testing.assert_allclose(dqn.td_target(next_q_target, reward, terminated, 0.5), [1 + 0.5 * 5, 2])
+    np.testing.assert_allclose(
+        dqn.td_target(next_q_target, reward, terminated, 0.5, next_q_online), [1 + 0.5 * 2, 2]
+    )
+
+    # The losses on a batch whose chosen Q-values sit 0.5 and 3 from their targets (terminated,
+    # so the target is the reward): squared 0.25 and 9; Huber 0.125 and 2.5 (0.5 x^2, then linear).
+    def apply(params, obs):
+        return jnp.stack([obs[:, 0] * params, obs[:, 0] * params], axis=-1)
+
+    batch = dqn.Transition(
+        obs=jnp.array([[1.5], [5.0]]),
+        action=jnp.array([0, 1]),
+        reward=jnp.array([1.0, 2.0]),
+        next_obs=jnp.zeros((2, 1)),
+        terminated=jnp.array([True, True]),
+    )
+    for loss, expected in (("mse", (0.25 + 9) / 2), ("huber", (0.125 + 2.5) / 2)):
+        config = dqn.DQNConfig(loss=loss, double_dqn=loss == "huber")
+        value, _ = dqn.q_loss(apply, jnp.array(1.0), jnp.array(1.0), batch, config)
+        np.testing.assert_allclose(value, expected, rtol=1e-6)
+
+
 # SEEDS
 
 
@@ -138,7 +167,10 @@ def test_annealed_learning_rate_reaches_zero_at_the_last_gradient_step():
             lambda s, _: (steps.update(s)[0], None), steps.init(key), None, config.num_updates
         )[0]
     )(jax.random.key(0))
-    (schedule,) = [part for part in state.opt_state if isinstance(part, optax.ScaleByScheduleState)]
+    is_schedule = lambda part: isinstance(part, optax.ScaleByScheduleState)  # noqa: E731
+    (schedule,) = [
+        part for part in jax.tree.leaves(state.opt_state, is_leaf=is_schedule) if is_schedule(part)
+    ]
     # (4000 - 500) / 4 steps past learning_starts, one gradient step every 4: 875 of them.
     assert int(schedule.count) == dqn.num_gradient_steps(config) == 875
 
@@ -172,10 +204,15 @@ def test_impossible_configs_fail_before_compiling(change, message, no_compile):
 
 
 @pytest.mark.slow
-def test_cartpole_reaches_475_with_default_config():
+def test_cartpole_reaches_475_on_every_seed_with_default_config():
     result = _train(dqn.DQNConfig(), seeds=2, key=0)
     curve = np.asarray(result.metrics["episode_return"]).mean(axis=0)
     assert np.nanmax(curve) >= 475, curve  # the mean over both seeds reaches 475 in training
+    # The final greedy policy of every seed holds 475: in the run's own last evaluation, and on 16
+    # other episodes. (With PureJaxRL's settings, 5 of 32 seeds collapsed late: docs/dqn_settings.md.)
+    assert (np.asarray(result.metrics["eval_return"])[:, -1] >= 475).all(), result.metrics["eval_return"][
+        :, -1
+    ]
     env = make_env("CartPole-v1", 16)
 
     def greedy(network, key):
@@ -183,7 +220,4 @@ def test_cartpole_reaches_475_with_default_config():
 
     returns = jax.jit(jax.vmap(greedy))(result.params, jax.random.split(jax.random.key(1), 2))
     per_seed = np.asarray(returns).mean(axis=1)
-    # The final greedy policies: DQN's last network can sit in a dip (over 8 seeds the final
-    # training return was 500 for six, 466 and 415 for two), so one seed must hold 475 and both
-    # must stay far above a random policy (about 22).
-    assert per_seed.max() >= 475 and per_seed.min() >= 300, per_seed
+    assert (per_seed >= 475).all(), per_seed

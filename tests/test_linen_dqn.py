@@ -30,8 +30,8 @@ def test_loss_and_gradients_match_linen(key, assert_same_gradients):
     batch = _batch(batch_key)
 
     def loss_and_grads(q_function, params, target_params):
-        return jax.jit(jax.value_and_grad(dqn.q_loss, argnums=1, has_aux=True), static_argnums=0)(
-            q_function.apply, params, target_params, batch, config.gamma
+        return jax.jit(jax.value_and_grad(dqn.q_loss, argnums=1, has_aux=True), static_argnums=(0, 4))(
+            q_function.apply, params, target_params, batch, config
         )
 
     (eqx_loss, eqx_q_mean), eqx_grads = loss_and_grads(eqx_q, online, target)

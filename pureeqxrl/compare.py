@@ -1,0 +1,122 @@
+"""Several runs side by side (`pureeqxrl compare RUN_DIR RUN_DIR ...`): their learning curves as the
+IQM over seeds with a 95% bootstrap band, and their final scores with intervals (`pureeqxrl.stats`).
+E.g. the Equinox DQN against its Linen twin, or DQN against Double DQN.
+
+Each run is read from its folder (`metrics.csv`, `config.json`), so runs of any age, finished or
+stopped, compare; a sweep's group folder compares as one run of all its configurations' seeds.
+"""
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pureeqxrl import runs, stats
+from pureeqxrl.loop import final_return
+
+CURVE_REPS = 2_000
+"""Bootstrap replicates per row of a curve's band (the final scores use `stats.DEFAULT_REPS`)."""
+
+
+@dataclass(frozen=True)
+class RunScores:
+    label: str
+    env_steps: np.ndarray
+    """Environment steps per seed at the end of each logged row."""
+    returns: np.ndarray
+    """Training episode returns, `(seeds, rows)`."""
+    final_return: dict
+    """`stats.summary` of the seeds' final training returns (last 5% of the rows)."""
+    final_eval_return: dict
+    """`stats.summary` of the seeds' last greedy evaluations (`runs: 0` if the run made none)."""
+
+
+def read_run_scores(run_dir: Path, label: str | None = None) -> RunScores:
+    saved, config, _ = runs.read_run(run_dir)
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run_dir} has not logged a row yet")
+    metrics = runs.read_metrics_csv(path)
+    greedy = np.full(metrics["episode_return"].shape[0], np.nan)
+    if "eval_return" in metrics:
+        evaluated = np.flatnonzero(~np.isnan(metrics["eval_return"]).all(axis=0))
+        if evaluated.size:
+            greedy = metrics["eval_return"][:, evaluated[-1]]
+    if label is None:
+        library = "Linen" if saved["linen"] else "Equinox"
+        label = f"{saved['algorithm']} ({library}) {Path(run_dir).name}"
+    return RunScores(
+        label=label,
+        env_steps=metrics["env_steps"][0],
+        returns=metrics["episode_return"],
+        final_return=stats.summary(final_return(metrics["episode_return"])),
+        final_eval_return=stats.summary(greedy),
+    )
+
+
+def curve_band(returns: np.ndarray, reps: int = CURVE_REPS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IQM over seeds per row and its 95% bootstrap interval (NaN where no seed has a value)."""
+    iqm, low, high = (np.full(returns.shape[1], np.nan) for _ in range(3))
+    for row, column in enumerate(returns.T):
+        column = column[np.isfinite(column)]
+        if column.size:
+            iqm[row] = stats.iqm(column)
+            low[row], high[row] = stats.stratified_bootstrap(column, stats.iqm, reps)
+    return iqm, low, high
+
+
+def table_lines(scored: list[RunScores]) -> list[str]:
+    def cell(entry: dict, name: str) -> str:
+        if entry[name] is None:
+            return "n/a"
+        low, high = entry[f"{name}_ci"]
+        return f"{entry[name]:.1f} [{low:.1f}, {high:.1f}]"
+
+    lines = [
+        "| run | seeds | final return IQM [95% CI] | mean [95% CI] | greedy eval IQM [95% CI] | mean [95% CI] |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in scored:
+        train, greedy = run.final_return, run.final_eval_return
+        lines.append(
+            f"| {run.label} | {run.returns.shape[0]} | {cell(train, 'iqm')} | {cell(train, 'mean')} "
+            f"| {cell(greedy, 'iqm')} | {cell(greedy, 'mean')} |"
+        )
+    return lines
+
+
+def overlap_lines(scored: list[RunScores]) -> list[str]:
+    """For two runs: whether their IQM intervals overlap, for the training return and the greedy
+    evaluation (disjoint 95% intervals: a difference; overlapping: none shown at this many seeds)."""
+    if len(scored) != 2:
+        return []
+    lines = []
+    for key, name in (("final_return", "final training return"), ("final_eval_return", "greedy evaluation")):
+        a, b = (getattr(run, key) for run in scored)
+        if a["iqm"] is None or b["iqm"] is None:
+            continue
+        disjoint = a["iqm_ci"][1] < b["iqm_ci"][0] or b["iqm_ci"][1] < a["iqm_ci"][0]
+        verdict = (
+            "differ (the 95% intervals are disjoint)"
+            if disjoint
+            else "do not differ detectably (the 95% intervals overlap)"
+        )
+        lines.append(f"{name}: IQM {a['iqm']:.1f} vs {b['iqm']:.1f}, {verdict}")
+    return lines
+
+
+def plot(path: Path, scored: list[RunScores], title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=120)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for run in scored:
+            iqm, low, high = curve_band(run.returns)
+            (line,) = ax.plot(run.env_steps, iqm, lw=1.8, label=f"{run.label} ({run.returns.shape[0]} seeds)")
+            ax.fill_between(run.env_steps, low, high, alpha=0.2, color=line.get_color())
+    runs.save_curves_figure(fig, ax, path, title, "episode return (IQM over seeds, 95% CI)")
