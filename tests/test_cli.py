@@ -444,7 +444,7 @@ def test_a_signal_keeps_the_work_and_the_run_resumes_to_the_end(sig, code, tmp_p
     assert stopped_at == summary["updates_done"]
 
     assert cli.main(["train", "--resume", str(run_dir), "--learning-rate", "0.001"]) == 2
-    assert "learning_rate (saved 0.00025, given 0.001) would change the run" in capsys.readouterr().out
+    assert "learning_rate (saved 0.000125, given 0.001) would change the run" in capsys.readouterr().out
     assert cli.main(["train", "--resume", str(run_dir), "--no-compile-cache"]) == 0
     assert f"from update {stopped_at}" in capsys.readouterr().out
     summary = json.loads((run_dir / "summary.json").read_text())
