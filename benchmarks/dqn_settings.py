@@ -85,8 +85,8 @@ def table(results: dict, num_seeds: int) -> list[str]:
     for name, row in results.items():
         train, greedy = row["final_return"], row["final_eval_return"]
         lines.append(
-            f"| {name} | {stats.interval_text(train)[4:]} | {stats.interval_text(train, 'mean')[5:]} "
-            f"| {stats.interval_text(greedy)[4:]} | {stats.interval_text(greedy, 'mean')[5:]} "
+            f"| {name} | {stats.estimate_text(train)} | {stats.estimate_text(train, 'mean')} "
+            f"| {stats.estimate_text(greedy)} | {stats.estimate_text(greedy, 'mean')} "
             f"| {row['lowest_eval_return']:.1f} | {row['seeds_at_bar']}/{num_seeds} |"
         )
     return lines
@@ -109,7 +109,9 @@ def main() -> None:
     for name in args.settings:
         results[name] = run_setting(SETTINGS[name], args.seeds, args.seed)
         row = results[name]
-        print(name, stats.interval_text(row["final_eval_return"]), row["seeds_at_bar"], flush=True)
+        print(
+            name, "greedy IQM", stats.estimate_text(row["final_eval_return"]), row["seeds_at_bar"], flush=True
+        )
         header = [
             f"DQN settings on CartPole-v1, {args.seeds} seeds each (keys split from key({args.seed})), "
             f"5e5 steps, truncation bootstrapped; the rest of the config is PureJaxRL's. "

@@ -29,7 +29,7 @@ from pureeqxrl import compare, loggers, registry, runs, sweep
 from pureeqxrl.config import INT32_MAX
 from pureeqxrl.envs import env_names
 from pureeqxrl.loggers import LoggerName
-from pureeqxrl.loop import estimate_bytes, make_chunk_runner, rows_update_counts, train_result
+from pureeqxrl.loop import make_chunk_runner, rows_update_counts, train_result
 from pureeqxrl.runner import (
     CheckpointSchedule,
     Outcome,
@@ -328,16 +328,9 @@ def sweep_command(algo_name: str, argv: list[str], console: Console) -> int:
         **{f.name: getattr(base if f.name in swept else flags, f.name) for f in dataclasses.fields(base)}
     )
     configurations = sweep_configurations(options, given, swept)
-    problems = (
-        []
-        if 1 <= options.num_seeds <= INT32_MAX
-        else [f"num_seeds must be positive, got {options.num_seeds}"]
-    )
-    problems += CheckpointSchedule(options.chunk_rows, 0, options.checkpoint_minutes).errors()
+    group_options(options, num_seeds=options.num_seeds, run_dir=None).check()  # seeds, chunks
     if options.max_group_configs < 0:
-        problems.append(f"max_group_configs must be >= 0, got {options.max_group_configs}")
-    if problems:
-        raise ValueError("; ".join(problems))
+        raise ValueError(f"max_group_configs must be >= 0, got {options.max_group_configs}")
     # Every configuration is checked, and the memory estimated, before the sweep folder exists.
     sweep.check_configurations(base, configurations)
     network_fn = algorithm.network(options.linen)
@@ -355,6 +348,23 @@ def sweep_command(algo_name: str, argv: list[str], console: Console) -> int:
     }
     runs.atomic_write_text(sweep_dir / "sweep.json", runs.strict_json(saved))
     return run_sweep(sweep_dir, saved, console)
+
+
+# What `run_sweep` reads back of a sweep's saved options (the rest chose the configurations).
+_GROUP_FIELDS = ("num_seeds", "seed", "linen", "rank_by", "chunk_rows", "checkpoint_minutes", "compile_cache")
+
+
+def group_options(options: SweepOptions, num_seeds: int, run_dir: Path | None) -> RunOptions:
+    """The run options of one group of a sweep: `num_seeds` runs (configurations x seeds)."""
+    return RunOptions(
+        num_seeds=num_seeds,
+        seed=options.seed,
+        run_dir=run_dir,
+        linen=options.linen,
+        chunk_rows=options.chunk_rows,
+        checkpoint_minutes=options.checkpoint_minutes,
+        compile_cache=options.compile_cache,
+    )
 
 
 def sweep_configurations(
@@ -384,10 +394,7 @@ def sweep_groups(
 ) -> list[list[int]]:
     """Configurations per compiled program: as many as fit in half the device's memory (the rest for
     XLA's temporaries), at most `--max-group-configs`; a `ValueError` if one does not fit at all."""
-    check_memory(steps, options.num_seeds, config.eval_every > 0)
-    estimate = estimate_bytes(
-        steps if config.eval_every > 0 else steps._replace(evaluate=None), options.num_seeds
-    )
+    estimate = check_memory(steps, options.num_seeds, config.eval_every > 0)
     per_configuration, limit = sum(estimate.values()), memory_limit_bytes()
     per_group = max(1, limit // 2 // max(per_configuration, 1))
     if options.max_group_configs:
@@ -416,14 +423,17 @@ def sweep_resume_command(argv: list[str], console: Console) -> int:
 def run_sweep(sweep_dir: Path, saved: dict, console: Console) -> int:
     """Train every group of the sweep not yet finished (resuming one that has a checkpoint), then
     write the sweep's ranked results."""
-    algo_name, options = saved["algorithm"], saved["options"]
+    algo_name = saved["algorithm"]
+    options = SweepOptions(
+        **{name: value for name, value in saved["options"].items() if name in _GROUP_FIELDS}
+    )
     algorithm = registry.get(algo_name)
     config = runs.config_from_dict(algorithm.config_cls, saved["config"])
-    configurations, num_seeds = saved["configurations"], options["num_seeds"]
-    network_fn = algorithm.network(saved["linen"])
+    configurations, num_seeds = saved["configurations"], options.num_seeds
+    network_fn = algorithm.network(options.linen)
     steps = sweep.swept_update_steps(algorithm.make_update_steps, config, network_fn)
-    keys = jax.random.split(jax.random.key(options["seed"]), num_seeds)
-    use_compile_cache(options["compile_cache"])
+    keys = jax.random.split(jax.random.key(options.seed), num_seeds)
+    use_compile_cache(options.compile_cache)
     stop = StopSignals()
     with stop.caught():
         console.print(
@@ -436,32 +446,25 @@ def run_sweep(sweep_dir: Path, saved: dict, console: Console) -> int:
                 if json.loads((group_dir / "summary.json").read_text())["status"] == "finished":
                     continue
             group_dir.mkdir(exist_ok=True)
-            run_options = RunOptions(
+            values = [configurations[i] for i in group]
+            run_options = group_options(
+                options,
                 num_seeds=len(group) * num_seeds,
-                seed=options["seed"],
                 run_dir=group_dir,
-                linen=saved["linen"],
-                chunk_rows=options["chunk_rows"],
-                checkpoint_minutes=options["checkpoint_minutes"],
-                compile_cache=options["compile_cache"],
             )
             if not (group_dir / "config.json").is_file():
                 runs.write_config(
                     group_dir,
                     algo_name,
                     config,
-                    saved["linen"],
+                    options.linen,
                     run_options.num_seeds,
-                    options["seed"],
+                    options.seed,
                     run_options_of(run_options),
-                    sweep={
-                        "configurations": group,
-                        "values": [configurations[i] for i in group],
-                        "seeds_per_configuration": num_seeds,
-                    },
+                    sweep={"configurations": group, "values": values, "seeds_per_configuration": num_seeds},
                 )
             run = _Run(algo_name, config, run_options, group_dir, console, stop)
-            starts = sweep.flat_starts([configurations[i] for i in group], keys)
+            starts = sweep.flat_starts(values, keys)
             if len(saved["groups"]) > 1:
                 console.print(
                     f"group {number + 1} of {len(saved['groups'])}: configurations {group[0]}-{group[-1]}"
@@ -478,10 +481,10 @@ def run_sweep(sweep_dir: Path, saved: dict, console: Console) -> int:
         metrics = {
             name: np.concatenate([metrics[name], part[name]]) if metrics else part[name] for name in part
         }
-    library = "Linen" if saved["linen"] else "Equinox"
+    library = "Linen" if options.linen else "Equinox"
     title = f"sweep of {algo_name.upper().replace('_', ' ')} ({library}) on {config.env}"
     entries = sweep.write_results(
-        sweep_dir, algo_name, config, configurations, metrics, num_seeds, options["rank_by"], title
+        sweep_dir, algo_name, config, configurations, metrics, num_seeds, options.rank_by, title
     )
     lines = sweep.table_lines(entries[:10])
     console.print("\n".join(lines), highlight=False, markup=False)
@@ -755,17 +758,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     try:
-        if command == "train" and rest and rest[0] == "--resume":
-            return resume_command(rest[1:], console)
+        resume = {"train": resume_command, "sweep": sweep_resume_command}
+        if command in resume and rest and rest[0] == "--resume":
+            return resume[command](rest[1:], console)
+        if command in resume and (not rest or rest[0] not in registry.ALGORITHMS):
+            raise ValueError(f"{command} needs an algorithm: one of {', '.join(registry.ALGORITHMS)}")
         if command == "train":
-            if not rest or rest[0] not in registry.ALGORITHMS:
-                raise ValueError(f"train needs an algorithm: one of {', '.join(registry.ALGORITHMS)}")
             return train_command(rest[0], rest[1:], console)
-        if command == "sweep" and rest and rest[0] == "--resume":
-            return sweep_resume_command(rest[1:], console)
         if command == "sweep":
-            if not rest or rest[0] not in registry.ALGORITHMS:
-                raise ValueError(f"sweep needs an algorithm: one of {', '.join(registry.ALGORITHMS)}")
             return sweep_command(rest[0], rest[1:], console)
         if command == "compare":
             compare_command(rest, console)

@@ -38,11 +38,10 @@ def read_run_scores(run_dir: Path, label: str | None = None) -> RunScores:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {run_dir} has not logged a row yet")
     metrics = runs.read_metrics_csv(path)
-    greedy = np.full(metrics["episode_return"].shape[0], np.nan)
-    if "eval_return" in metrics:
-        evaluated = np.flatnonzero(~np.isnan(metrics["eval_return"]).all(axis=0))
-        if evaluated.size:
-            greedy = metrics["eval_return"][:, evaluated[-1]]
+    row = runs.last_evaluated_row(metrics)
+    greedy = (
+        np.full(metrics["episode_return"].shape[0], np.nan) if row is None else metrics["eval_return"][:, row]
+    )
     if label is None:
         library = "Linen" if saved["linen"] else "Equinox"
         label = f"{saved['algorithm']} ({library}) {Path(run_dir).name}"
@@ -57,22 +56,15 @@ def read_run_scores(run_dir: Path, label: str | None = None) -> RunScores:
 
 def curve_band(returns: np.ndarray, reps: int = CURVE_REPS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """IQM over seeds per row and its 95% bootstrap interval (NaN where no seed has a value)."""
-    iqm, low, high = (np.full(returns.shape[1], np.nan) for _ in range(3))
+    low, high = (np.full(returns.shape[1], np.nan) for _ in range(2))
     for row, column in enumerate(returns.T):
         column = column[np.isfinite(column)]
         if column.size:
-            iqm[row] = stats.iqm(column)
             low[row], high[row] = stats.stratified_bootstrap(column, stats.iqm, reps)
-    return iqm, low, high
+    return stats.iqm_per_row(returns), low, high
 
 
 def table_lines(scored: list[RunScores]) -> list[str]:
-    def cell(entry: dict, name: str) -> str:
-        if entry[name] is None:
-            return "n/a"
-        low, high = entry[f"{name}_ci"]
-        return f"{entry[name]:.1f} [{low:.1f}, {high:.1f}]"
-
     lines = [
         "| run | seeds | final return IQM [95% CI] | mean [95% CI] | greedy eval IQM [95% CI] | mean [95% CI] |",
         "|---|---|---|---|---|---|",
@@ -80,8 +72,9 @@ def table_lines(scored: list[RunScores]) -> list[str]:
     for run in scored:
         train, greedy = run.final_return, run.final_eval_return
         lines.append(
-            f"| {run.label} | {run.returns.shape[0]} | {cell(train, 'iqm')} | {cell(train, 'mean')} "
-            f"| {cell(greedy, 'iqm')} | {cell(greedy, 'mean')} |"
+            f"| {run.label} | {run.returns.shape[0]} | {stats.estimate_text(train, 'iqm')} "
+            f"| {stats.estimate_text(train, 'mean')} | {stats.estimate_text(greedy, 'iqm')} "
+            f"| {stats.estimate_text(greedy, 'mean')} |"
         )
     return lines
 
@@ -107,12 +100,7 @@ def overlap_lines(scored: list[RunScores]) -> list[str]:
 
 
 def plot(path: Path, scored: list[RunScores], title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=120)
+    fig, ax = runs.curves_figure((7.2, 4.4))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for run in scored:

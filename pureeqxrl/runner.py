@@ -103,9 +103,12 @@ def memory_limit_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_memory(steps: UpdateSteps, num_seeds: int, eval_on: bool, limit: int | None = None) -> None:
+def check_memory(
+    steps: UpdateSteps, num_seeds: int, eval_on: bool, limit: int | None = None
+) -> dict[str, int]:
     """A `ValueError` with the numbers if a run of `num_seeds` seeds cannot fit in the device's memory
-    (`pureeqxrl.loop.estimate_bytes`, against `limit`, default `memory_limit_bytes()`)."""
+    (`pureeqxrl.loop.estimate_bytes`, against `limit`, default `memory_limit_bytes()`); else the
+    estimate."""
     estimate = estimate_bytes(steps if eval_on else steps._replace(evaluate=None), num_seeds)
     limit = memory_limit_bytes() if limit is None else limit
     if sum(estimate.values()) > limit:
@@ -114,6 +117,7 @@ def check_memory(steps: UpdateSteps, num_seeds: int, eval_on: bool, limit: int |
             f"this run needs at least {size_text(sum(estimate.values()))} ({parts}, for {num_seeds} "
             f"seed(s)); the {jax.devices()[0].platform} device has {size_text(limit)}"
         )
+    return estimate
 
 
 def size_text(num_bytes: float) -> str:

@@ -180,12 +180,9 @@ def last_evaluation(metrics: dict[str, np.ndarray], env_steps: np.ndarray, episo
     """The summary's part on the run's last evaluation during training (the last row with one):
     `final_eval_return_per_seed` (greedy), `final_eval_sampled_return_per_seed` (stochastic
     policies), their means, and the environment steps it was made at; empty if none was made."""
-    if "eval_return" not in metrics:
+    row = last_evaluated_row(metrics)
+    if row is None:
         return {}
-    evaluated = np.flatnonzero(~np.isnan(metrics["eval_return"]).all(axis=0))
-    if not evaluated.size:
-        return {}
-    row = int(evaluated[-1])
     summary: dict[str, Any] = {"final_eval_env_steps": int(env_steps[row]), "final_eval_episodes": episodes}
     for column, policy in EVAL_COLUMNS.items():
         if column in metrics:
@@ -195,6 +192,15 @@ def last_evaluation(metrics: dict[str, np.ndarray], env_steps: np.ndarray, episo
             summary[f"{key}_mean"] = float(np.nanmean(per_seed)) if np.isfinite(per_seed).any() else None
             summary |= interval_estimates(key, per_seed)
     return summary
+
+
+def last_evaluated_row(metrics: dict[str, np.ndarray]) -> int | None:
+    """The last metrics row with an evaluation during training (`eval_return` not NaN for some
+    seed), or None if the run made none."""
+    if "eval_return" not in metrics:
+        return None
+    evaluated = np.flatnonzero(~np.isnan(metrics["eval_return"]).all(axis=0))
+    return int(evaluated[-1]) if evaluated.size else None
 
 
 def interval_estimates(key: str, per_seed: np.ndarray) -> dict[str, Any]:
@@ -301,12 +307,7 @@ def plot_learning_curve(
 ) -> None:
     """Mean episode return over seeds with a min-max band, one thin line per seed, and the mean
     of each evaluation column (`EVAL_COLUMNS`) at the rows that have one."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    fig, ax = curves_figure((6.4, 4.0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # rows where no seed finished an episode
         mean = np.nanmean(returns, axis=0)
@@ -325,6 +326,16 @@ def plot_learning_curve(
             color = "tab:orange" if column == "eval_return" else "tab:green"
             ax.plot(env_steps[evaluated], eval_mean, "o-", ms=3, lw=1.5, color=color, label=label)
     save_curves_figure(fig, ax, path, title, "episode return")
+
+
+def curves_figure(size: tuple[float, float]):
+    """A new matplotlib figure and axes (the Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=size, dpi=120)
 
 
 def save_curves_figure(fig, ax, path: Path, title: str, ylabel: str, best_last: bool = False) -> None:

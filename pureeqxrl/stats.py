@@ -98,10 +98,18 @@ def summary(scores: np.ndarray, reps: int = DEFAULT_REPS, seed: int = 0) -> dict
     return out
 
 
-def interval_text(entry: dict, name: str = "iqm") -> str:
-    """`"IQM 481.3 [470.2, 490.0]"` of a `summary` dict (or `"IQM n/a"` without scores)."""
-    label = "IQM" if name == "iqm" else name
+def estimate_text(entry: dict, name: str = "iqm") -> str:
+    """`"481.3 [470.2, 490.0]"`: statistic `name` ("iqm" or "mean") of a `summary` dict with its
+    interval, or `"n/a"` without scores."""
     if entry.get(name) is None:
-        return f"{label} n/a"
+        return "n/a"
     low, high = entry[f"{name}_ci"]
-    return f"{label} {entry[name]:.1f} [{low:.1f}, {high:.1f}]"
+    return f"{entry[name]:.1f} [{low:.1f}, {high:.1f}]"
+
+
+def iqm_per_row(values: np.ndarray) -> np.ndarray:
+    """The IQM of each column of a `(runs, rows)` array over its finite values (a learning curve
+    over seeds); NaN where a row has none."""
+    return np.array(
+        [iqm(column[np.isfinite(column)]) if np.isfinite(column).any() else np.nan for column in values.T]
+    )

@@ -23,7 +23,6 @@ import itertools
 import math
 import types
 import typing
-import warnings
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,6 @@ from pureeqxrl.loop import (
     rows_update_counts,
     train_from_steps,
 )
-from pureeqxrl.stats import iqm
 
 Configuration = dict[str, float]
 """Values of the swept fields of one configuration."""
@@ -269,9 +267,9 @@ def configuration_scores(metrics: dict[str, np.ndarray], num_seeds: int) -> list
     for start in range(0, total, num_seeds):
         part = {name: values[start : start + num_seeds] for name, values in metrics.items()}
         entry = {"final_return": final_return(part["episode_return"]), "curves": part["episode_return"]}
-        evaluated = np.flatnonzero(~np.isnan(part.get("eval_return", np.full((1, 1), np.nan))).all(axis=0))
+        row = runs.last_evaluated_row(part)
         entry["final_eval_return"] = (
-            part["eval_return"][:, evaluated[-1]] if evaluated.size else np.full(num_seeds, np.nan)
+            np.full(num_seeds, np.nan) if row is None else part["eval_return"][:, row]
         )
         scores.append(entry)
     return scores
@@ -331,17 +329,10 @@ def table_lines(entries: Sequence[dict]) -> list[str]:
         lines.append(
             f"| {entry['rank']} | "
             + " | ".join(cells)
-            + f" | {_interval(train, 'iqm')} | {_interval(train, 'mean')} | {_interval(greedy, 'iqm')} "
-            f"| {_interval(greedy, 'mean')} |"
+            + f" | {stats.estimate_text(train, 'iqm')} | {stats.estimate_text(train, 'mean')} "
+            f"| {stats.estimate_text(greedy, 'iqm')} | {stats.estimate_text(greedy, 'mean')} |"
         )
     return lines
-
-
-def _interval(entry: dict, name: str) -> str:
-    if entry[name] is None:
-        return "n/a"
-    low, high = entry[f"{name}_ci"]
-    return f"{entry[name]:.1f} [{low:.1f}, {high:.1f}]"
 
 
 def plot_curves(
@@ -349,22 +340,9 @@ def plot_curves(
 ) -> None:
     """Training-return curves, one per configuration (the IQM over its seeds at each row): the
     five best in colour and labelled, the others thin and grey."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=120)
+    fig, ax = runs.curves_figure((7.2, 4.4))
     for entry in reversed(entries):  # the best drawn last, on top
-        curves = scores[entry["configuration"]]["curves"]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # rows where no episode finished
-            curve = np.array(
-                [
-                    iqm(column[np.isfinite(column)]) if np.isfinite(column).any() else np.nan
-                    for column in curves.T
-                ]
-            )
+        curve = stats.iqm_per_row(scores[entry["configuration"]]["curves"])
         if entry["rank"] <= 5:
             ax.plot(env_steps, curve, lw=1.8, label=f"#{entry['rank']}: {describe(entry['values'])}")
         else:
