@@ -25,3 +25,5 @@ step 130 python3 benchmarks/sweeps.py --algo ppo --repeats 2 --total-timesteps 2
 step 130 python3 benchmarks/sweeps.py --algo dqn --repeats 2 --total-timesteps 100000 --out "$RESULTS/sweeps_dqn_gpu"
 step 110 python3 benchmarks/end_to_end.py --algo ppo --repeats 2 --seeds 1 8 --total-timesteps 500000 --out "$RESULTS/ppo_gpu"
 step 110 python3 benchmarks/end_to_end.py --algo dqn --repeats 2 --seeds 1 8 --total-timesteps 200000 --out "$RESULTS/dqn_gpu"
+# Scaling over the machine's GPUs (1 device: a table of one row per mode, still the steps/s of one GPU).
+step 90 python3 benchmarks/scaling.py --algo ppo --seeds-per-device 64 --envs-per-device 256 --out "$RESULTS/scaling_ppo_gpu"

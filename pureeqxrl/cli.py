@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pureeqxrl import compare, loggers, registry, runs, sweep
-from pureeqxrl.config import INT32_MAX
+from pureeqxrl import compare, loggers, parallel, registry, runs, sweep
+from pureeqxrl.config import INT32_MAX, flag_value
 from pureeqxrl.envs import env_names
 from pureeqxrl.loggers import LoggerName
 from pureeqxrl.loop import make_chunk_runner, rows_update_counts, train_result
@@ -84,6 +84,21 @@ class RunOptions:
     """W&B's mode (default: W&B's own setting); offline needs no network (`wandb sync` uploads later)."""
     wandb_project: str = "pureeqxrl"
     """W&B project the run is logged to."""
+    devices: int = 0
+    """Devices to train on (0: all of them, or in one process the most that the seeds divide over)."""
+    env_devices: int = 1
+    """Devices per agent: each agent's environments are split over this many devices, which average
+    its gradients (data parallel); the seeds are split over the rest (`devices / env_devices`)."""
+    coordinator: str | None = None
+    """HOST:PORT of process 0 of a multi-process run (with --num-processes and --process-id)."""
+    num_processes: int | None = None
+    """Processes of a multi-process run (one per host, or per GPU)."""
+    process_id: int | None = None
+    """This process's number in a multi-process run; process 0 writes the run folder."""
+    cluster: bool = False
+    """Join a multi-process run whose processes JAX reads from the cluster's environment (SLURM, ...)."""
+    distributed_timeout: int = 300
+    """Seconds a process waits for the others to join before it gives up."""
 
     @property
     def schedule(self) -> CheckpointSchedule:
@@ -98,6 +113,12 @@ class RunOptions:
             problems.append(f"num_seeds must be positive, got {self.num_seeds}")
         if not abs(self.seed) <= INT32_MAX:
             problems.append(f"seed ({self.seed}) is past {INT32_MAX:,}")
+        if self.devices < 0:
+            problems.append(f"devices must be >= 0, got {self.devices}")
+        if self.env_devices < 1:
+            problems.append(f"env_devices must be positive, got {self.env_devices}")
+        if self.cluster and self.coordinator is not None:
+            problems.append("--cluster reads the coordinator from the cluster: give it or --coordinator")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -107,21 +128,10 @@ def compile_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pureeqxrl" / "xla"
 
 
-def _argument(argv: list[str], flag: str) -> str | None:
-    """The value of `--flag VALUE` or `--flag=VALUE` in `argv`, read before tyro parses the rest
-    (it sets the defaults the other flags go on top of)."""
-    for i, arg in enumerate(argv):
-        if arg == flag and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith(f"{flag}="):
-            return arg.split("=", 1)[1]
-    return None
-
-
 def base_config(config_cls: type, argv: list[str]) -> Any:
     """The config the flags go on top of: the class's defaults, a named `--preset` of them
     (`config_cls.PRESETS`), or a `--config` file."""
-    config_file, preset = _argument(argv, "--config"), _argument(argv, "--preset")
+    config_file, preset = flag_value(argv, "--config"), flag_value(argv, "--preset")
     if config_file and preset:
         raise ValueError("--config and --preset both set the starting config: give one of them")
     if config_file:
@@ -175,17 +185,77 @@ def train_command(algo_name: str, argv: list[str], console: Console) -> int:
         argv, algo_name, (RunOptions(), base_config(algorithm.config_cls, argv))
     )
     options.check()
+    start_processes(options)
     # Everything that can reject the config runs here, before compiling or touching the disk.
     steps = algorithm.make_update_steps(config, algorithm.network(options.linen))
-    check_memory(steps, options.num_seeds, config.eval_every > 0)
-    run_dir = runs.prepare_run_dir(options.run_dir, algo_name, config.env)
-    runs.write_config(
-        run_dir, algo_name, config, options.linen, options.num_seeds, options.seed, run_options_of(options)
+    layout = run_layout(options, config)
+    check_memory(steps, options.num_seeds, config.eval_every > 0, seed_devices=layout.seed_devices)
+    run_dir = main_process_prepares(
+        lambda: runs.prepare_run_dir(options.run_dir, algo_name, config.env), options.run_dir
     )
+    if parallel.is_main_process():
+        runs.write_config(
+            run_dir,
+            algo_name,
+            config,
+            options.linen,
+            options.num_seeds,
+            options.seed,
+            run_options_of(options),
+            layout=(layout.seed_devices, layout.env_devices),
+        )
     started = (
-        f"[bold]{algo_name}[/] on {escape(config.env)}, {options.num_seeds} seed(s) -> {escape(str(run_dir))}"
+        f"[bold]{algo_name}[/] on {escape(config.env)}, {options.num_seeds} seed(s){on_devices(layout, options)}"
+        f" -> {escape(str(run_dir))}"
     )
-    return train_chunks(algo_name, config, steps, options, run_dir, console, None, started)
+    return train_chunks(algo_name, config, steps, options, run_dir, console, None, started, layout)
+
+
+def start_processes(options: RunOptions) -> None:
+    """Join the other processes of a multi-process run, if the options name one and the `pureeqxrl`
+    command has not joined them already (`pureeqxrl.__main__`, before JAX started); a coordinator
+    that does not answer is a `ValueError` after the timeout."""
+    if jax.distributed.is_initialized():
+        return
+    if options.cluster or options.coordinator is not None or options.num_processes is not None:
+        try:
+            parallel.initialize(
+                options.coordinator, options.num_processes, options.process_id, options.distributed_timeout
+            )
+        except RuntimeError as error:
+            raise ValueError(str(error)) from error
+
+
+def run_layout(options: RunOptions, config: Any, num_runs: int | None = None) -> parallel.Layout:
+    """The devices of a run of `num_runs` runs (default: its seeds); a `ValueError` naming every
+    reason the run cannot be laid out so."""
+    num_runs = options.num_seeds if num_runs is None else num_runs
+    layout = parallel.choose_layout(num_runs, options.devices, options.env_devices)
+    problems = layout.errors(num_runs, config.num_envs)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return layout
+
+
+def on_devices(layout: parallel.Layout, options: RunOptions) -> str:
+    return "" if layout.num_devices == 1 else f" on {layout.describe(options.num_seeds)}"
+
+
+def main_process_prepares(prepare, run_dir: Path | None) -> Path:
+    """`prepare()` the run folder in process 0 only; every process learns whether it worked (a
+    collective, so that no process goes on to train alone), the others get process 0's error."""
+    if jax.process_count() == 1:
+        return prepare()
+    result = run_dir
+    if parallel.is_main_process():
+        try:
+            result = prepare()
+        except (ValueError, FileExistsError):
+            parallel.any_process(True)
+            raise
+    if parallel.any_process(False):
+        raise ValueError("process 0 could not prepare the run folder (its error says why)")
+    return result
 
 
 def run_options_of(options: RunOptions) -> dict[str, Any]:
@@ -201,6 +271,8 @@ def run_options_of(options: RunOptions) -> dict[str, Any]:
             "logger",
             "wandb_mode",
             "wandb_project",
+            "devices",
+            "env_devices",
         )
     }
 
@@ -225,6 +297,7 @@ def resume_command(argv: list[str], console: Console) -> int:
     )
     options, given = parse_train_flags(argv, algo_name, (saved_options, config))
     options.check()
+    start_processes(options)
     changed = [
         f"{name} (saved {saved_value!r}, given {new_value!r})"
         for name, saved_value, new_value in [
@@ -244,9 +317,19 @@ def resume_command(argv: list[str], console: Console) -> int:
         )
     checkpoint = runs.latest_checkpoint(run_dir)
     steps = registry.get(algo_name).make_update_steps(config, registry.get(algo_name).network(options.linen))
+    layout = run_layout(options, config)
     where = f"update {runs.read_checkpoint_header(checkpoint)['updates_done']}" if checkpoint else "the start"
-    started = f"[bold]{algo_name}[/] on {escape(config.env)}: resuming {escape(str(run_dir))} from {where}"
-    return train_chunks(algo_name, config, steps, options, run_dir, console, checkpoint, started)
+    started = (
+        f"[bold]{algo_name}[/] on {escape(config.env)}: resuming {escape(str(run_dir))} from {where}"
+        f"{on_devices(layout, options)}"
+    )
+    saved_layout = saved.get("layout")
+    if checkpoint and saved_layout and saved_layout != [layout.seed_devices, layout.env_devices]:
+        started += (
+            f" (it ran on {saved_layout[0]} x {saved_layout[1]} devices: on another layout the "
+            "continuation agrees with an uninterrupted run to float rounding, not bit for bit)"
+        )
+    return train_chunks(algo_name, config, steps, options, run_dir, console, checkpoint, started, layout)
 
 
 # SWEEPS: a grid (or random sample) of hyperparameters x seeds in one compiled program per group of
@@ -286,6 +369,11 @@ class SweepOptions:
     """Checkpoint after this many minutes since the last checkpoint."""
     compile_cache: bool = True
     """Keep compiled programs in the user's cache folder (every group of equal size compiles once)."""
+    devices: int = 0
+    """Devices to train on: the runs (configurations x seeds) are split over them (0: all, or the
+    most that a group's runs divide over)."""
+    env_devices: int = 1
+    """Devices per run: each run's environments are split over this many devices (data parallel)."""
 
 
 def sweep_flags_class(config_cls: type) -> type:
@@ -337,6 +425,8 @@ def sweep_command(algo_name: str, argv: list[str], console: Console) -> int:
     groups = sweep_groups(
         algorithm.make_update_steps(base, network_fn), base, options, len(configurations), console
     )
+    for group in groups:  # every group can be laid out on the devices
+        run_layout(group_options(options, len(group) * options.num_seeds, None), base)
     sweep_dir = runs.prepare_run_dir(options.sweep_dir, algo_name, base.env, parent="sweeps")
     saved = {
         "algorithm": algo_name,
@@ -351,7 +441,17 @@ def sweep_command(algo_name: str, argv: list[str], console: Console) -> int:
 
 
 # What `run_sweep` reads back of a sweep's saved options (the rest chose the configurations).
-_GROUP_FIELDS = ("num_seeds", "seed", "linen", "rank_by", "chunk_rows", "checkpoint_minutes", "compile_cache")
+_GROUP_FIELDS = (
+    "num_seeds",
+    "seed",
+    "linen",
+    "rank_by",
+    "chunk_rows",
+    "checkpoint_minutes",
+    "compile_cache",
+    "devices",
+    "env_devices",
+)
 
 
 def group_options(options: SweepOptions, num_seeds: int, run_dir: Path | None) -> RunOptions:
@@ -364,6 +464,8 @@ def group_options(options: SweepOptions, num_seeds: int, run_dir: Path | None) -
         chunk_rows=options.chunk_rows,
         checkpoint_minutes=options.checkpoint_minutes,
         compile_cache=options.compile_cache,
+        devices=options.devices,
+        env_devices=options.env_devices,
     )
 
 
@@ -396,7 +498,8 @@ def sweep_groups(
     XLA's temporaries), at most `--max-group-configs`; a `ValueError` if one does not fit at all."""
     estimate = check_memory(steps, options.num_seeds, config.eval_every > 0)
     per_configuration, limit = sum(estimate.values()), memory_limit_bytes()
-    per_group = max(1, limit // 2 // max(per_configuration, 1))
+    seed_devices = max((options.devices or jax.device_count()) // max(options.env_devices, 1), 1)
+    per_group = max(1, limit // 2 // max(per_configuration, 1)) * seed_devices
     if options.max_group_configs:
         per_group = min(per_group, options.max_group_configs)
     groups = sweep.group_configurations(num_configurations, per_group)
@@ -452,6 +555,7 @@ def run_sweep(sweep_dir: Path, saved: dict, console: Console) -> int:
                 num_seeds=len(group) * num_seeds,
                 run_dir=group_dir,
             )
+            layout = run_layout(run_options, config)
             if not (group_dir / "config.json").is_file():
                 runs.write_config(
                     group_dir,
@@ -462,8 +566,9 @@ def run_sweep(sweep_dir: Path, saved: dict, console: Console) -> int:
                     options.seed,
                     run_options_of(run_options),
                     sweep={"configurations": group, "values": values, "seeds_per_configuration": num_seeds},
+                    layout=(layout.seed_devices, layout.env_devices),
                 )
-            run = _Run(algo_name, config, run_options, group_dir, console, stop)
+            run = _Run(algo_name, config, run_options, group_dir, console, stop, layout)
             starts = sweep.flat_starts(values, keys)
             if len(saved["groups"]) > 1:
                 console.print(
@@ -512,16 +617,27 @@ class _Run(NamedTuple):
     run_dir: Path
     console: Console
     stop: StopSignals
+    layout: parallel.Layout = parallel.Layout()
 
 
 def train_chunks(
-    algo_name, config, steps, options: RunOptions, run_dir: Path, console: Console, checkpoint, started: str
+    algo_name,
+    config,
+    steps,
+    options: RunOptions,
+    run_dir: Path,
+    console: Console,
+    checkpoint,
+    started: str,
+    layout: parallel.Layout,
 ) -> int:
     """Train (or go on training) in chunks with checkpoints, then write the run folder's results.
     `started` is printed once Ctrl-C and SIGTERM are caught, so a signal sent on seeing it keeps
     the run."""
     use_compile_cache(options.compile_cache)
-    run = _Run(algo_name, config, options, run_dir, console, StopSignals())
+    if not parallel.is_main_process():  # process 0 shows the progress and writes the folder
+        console = Console(quiet=True)
+    run = _Run(algo_name, config, options, run_dir, console, StopSignals(), layout)
     with run.stop.caught():  # from here on, Ctrl-C and SIGTERM stop the run between compiled pieces
         console.print(started)
         keys = jax.random.split(jax.random.key(options.seed), options.num_seeds)
@@ -540,13 +656,14 @@ def train_run(run: _Run, steps, checkpoint, starts) -> tuple[Outcome, int] | Non
     `checkpoint`, until done or stopped: the outcome and the updates done before it; None if the
     checkpoint has done them all."""
     config = run.config
-    chunks = make_chunk_runner(steps, config.num_updates, config.log_interval, config.eval_every)
+    layout = run.layout if run.layout.num_devices > 1 else None
+    chunks = make_chunk_runner(steps, config.num_updates, config.log_interval, config.eval_every, layout)
     state, metrics, updates_done = chunks.init(starts), {}, 0
     if checkpoint is not None:
-        header, state, metrics = runs.load_checkpoint(checkpoint, state)
+        header, state, metrics = runs.load_checkpoint(checkpoint, parallel.gather(state))
         if header["config"] != json.loads(json.dumps(config.to_dict())):
             raise ValueError(f"{checkpoint} was written for another config than {run.run_dir}/config.json")
-        updates_done = header["updates_done"]
+        state, updates_done = chunks.place(state), header["updates_done"]
     if updates_done >= config.num_updates:
         run.console.print(
             f"{escape(str(run.run_dir))} has finished all {config.num_updates} updates: nothing to resume"
@@ -570,23 +687,29 @@ def _run_with_progress(run: _Run, chunks, state, metrics, updates_done) -> Outco
     row_updates = rows_update_counts(config.num_updates, config.log_interval)
     rows_done = next(iter(metrics.values())).shape[1] if metrics else 0
     bar = progress.add_task("compiling", total=None)
-    saved = json.loads((run.run_dir / "config.json").read_text())
-    live = loggers.Loggers(
-        options.logger,
-        run.run_dir,
-        saved,
-        row_updates,
-        config.steps_per_update,
-        history=metrics,
-        wandb_mode=options.wandb_mode,
-        wandb_project=options.wandb_project,
-    )
+    if not parallel.is_main_process():  # it trains; process 0 logs and writes the checkpoints
+        saved, live = {}, None
+    else:
+        saved = json.loads((run.run_dir / "config.json").read_text())
+        live = loggers.Loggers(
+            options.logger,
+            run.run_dir,
+            saved,
+            row_updates,
+            config.steps_per_update,
+            history=metrics,
+            wandb_mode=options.wandb_mode,
+            wandb_project=options.wandb_project,
+        )
 
     def on_chunk(rows: dict[str, np.ndarray], first_row: int) -> None:
         progress.advance(bar, next(iter(rows.values())).shape[1])
-        live.log(rows, first_row)
+        if live is not None:
+            live.log(rows, first_row)
 
-    header = {key: saved[key] for key in ("algorithm", "config", "num_seeds", "seed", "linen")}
+    header = {
+        key: saved[key] for key in ("algorithm", "config", "num_seeds", "seed", "linen") if key in saved
+    }
     try:
         with progress:
             return run_chunks(
@@ -606,7 +729,8 @@ def _run_with_progress(run: _Run, chunks, state, metrics, updates_done) -> Outco
                 on_chunk=on_chunk,
             )
     finally:
-        live.close()
+        if live is not None:
+            live.close()
 
 
 def write_run_results(run: _Run, outcome: Outcome, updates_done: int) -> dict | None:
@@ -632,7 +756,8 @@ def write_run_results(run: _Run, outcome: Outcome, updates_done: int) -> dict | 
 def _report(run: _Run, outcome: Outcome, updates_done: int) -> int:
     """Write the run folder's results of `outcome` and say how the run ended; the exit code."""
     console, run_dir = run.console, run.run_dir
-    summary = write_run_results(run, outcome, updates_done)
+    outcome = outcome._replace(state=parallel.gather(outcome.state))  # every process takes part
+    summary = write_run_results(run, outcome, updates_done) if parallel.is_main_process() else None
     if summary is not None:
         console.print(
             f"final return (last 5% of the rows) {_estimates(summary, 'final_return')} over "

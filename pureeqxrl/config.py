@@ -177,3 +177,15 @@ def _typed(name: str, value: Any, hint: Any) -> Any:
         return value
     expected = " or ".join(map(repr, args)) if origin is Literal else getattr(hint, "__name__", str(hint))
     raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def flag_value(argv: list[str], flag: str) -> str | None:
+    """The value of `--flag VALUE` or `--flag=VALUE` in `argv`, read before the command line's
+    parser: the base config (`--config`, `--preset`) and the processes to join (`--coordinator`,
+    ...) must be known before it runs."""
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(f"{flag}="):
+            return arg.split("=", 1)[1]
+    return None

@@ -31,6 +31,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from pureeqxrl import parallel
 from pureeqxrl.config import ConfigChecks, TrainConfig
 from pureeqxrl.envs import Step, VecEnv, episode_stats, make_env
 from pureeqxrl.evaluate import training_evaluator
@@ -317,7 +318,8 @@ def make_update_steps(
         optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optimizer)
 
     def learn(state: DQNState, key: PRNGKeyArray) -> tuple[DQNState, Array, Array]:
-        batch = state.buffer.sample(key, config.batch_size)
+        # data parallel: each device takes its share of the batch, and the gradients are summed
+        batch = parallel.split_batch(state.buffer.sample(key, config.batch_size))
         (loss, q_value), grads = jax.value_and_grad(q_loss, argnums=1, has_aux=True)(
             network.apply, state.params, state.target_params, batch, config
         )
@@ -415,7 +417,10 @@ def make_update_steps(
     # EVALUATION: the greedy policy on fresh episodes (`config.eval_interval`)
     evaluate = training_evaluator(config, network, policy, stochastic=False)
     shared = lambda state: (state.timesteps, state.buffer.position, state.buffer.size)  # noqa: E731
-    return UpdateSteps(network, init, collect, learn, update, evaluate, shared)
+    environments = lambda state: (state.env_state, state.obs)  # noqa: E731
+    return UpdateSteps(
+        network, init, collect, learn, update, evaluate, shared, environments, num_envs=config.num_envs
+    )
 
 
 # USING A TRAINED AGENT

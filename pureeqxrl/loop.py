@@ -17,7 +17,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 from jaxtyping import Array, PRNGKeyArray
+
+from pureeqxrl import parallel
 
 Carry = TypeVar("Carry")
 Stats = dict[str, tuple[Array, Array]]
@@ -53,6 +56,9 @@ class UpdateSteps(NamedTuple):
       seed (a step count, a buffer's position), or None. `jax.vmap` of a whole `train(key)` keeps
       them unbatched by itself, so the branches they decide stay branches (`lax.cond`) rather than
       both sides computed for every seed; `make_chunk_runner` keeps them so too.
+    - `environments(state) -> subtrees`: the parts of the state that hold the `num_envs`
+      environments (their states, observations, ...), or None. Their leaves with a leading axis of
+      `num_envs` are what a data-parallel run splits over devices (`pureeqxrl.parallel`).
     """
 
     network: Any
@@ -62,6 +68,8 @@ class UpdateSteps(NamedTuple):
     update: Callable[[Any], tuple[Any, Stats]]
     evaluate: Callable[[Any], dict[str, Array]] | None = None
     shared: Callable[[Any], tuple[Array, ...]] | None = None
+    environments: Callable[[Any], Any] | None = None
+    num_envs: int = 0
 
 
 def train_from_steps(
@@ -82,13 +90,29 @@ def train_from_steps(
 
     def train(key: PRNGKeyArray) -> TrainResult:
         state, metrics = scan_logged(
-            steps.update, steps.init(key), num_updates, log_interval, on_log, evaluation(steps, due)
+            held_update(steps),
+            hold(steps, steps.init(key)),
+            num_updates,
+            log_interval,
+            on_log,
+            evaluation(steps, due),
         )
         return train_result(state, metrics)
 
     due = eval_rows(num_updates, log_interval, eval_interval)
 
     return train
+
+
+def hold(steps: UpdateSteps, state: Any) -> Any:
+    """`state` with its environments held on their devices when traced under a mesh with an `envs`
+    axis (`pureeqxrl.parallel.hold_environments`); `state` itself otherwise."""
+    return parallel.hold_environments(state, steps.environments, steps.num_envs)
+
+
+def held_update(steps: UpdateSteps) -> Callable[[Any], tuple[Any, Stats]]:
+    """`steps.update` that starts by holding the environments where they are (`hold`)."""
+    return lambda state: steps.update(hold(steps, state))
 
 
 def train_result(state: Any, metrics: dict[str, Array]) -> TrainResult:
@@ -113,28 +137,65 @@ class ChunkRunner(NamedTuple):
       `num_updates` is not a multiple);
     - `compile(state, num_updates)`: compile `run`'s program for that many updates ahead of time.
       One program is compiled per distinct `num_updates`: a run of equal chunks compiles one, and
-      one more for a shorter last chunk.
+      one more for a shorter last chunk;
+    - `place(state) -> state`: a state read back from the host (a checkpoint) laid out as `init`
+      lays its states out.
     """
 
     init: Callable[[PRNGKeyArray], Any]
     run: Callable[[Any, int, int], tuple[Any, dict[str, Array]]]
     compile: Callable[[Any, int], None]
+    place: Callable[[Any], Any]
 
 
 def make_chunk_runner(
-    steps: UpdateSteps, num_updates: int, log_interval: int, eval_interval: int = 0
+    steps: UpdateSteps,
+    num_updates: int,
+    log_interval: int,
+    eval_interval: int = 0,
+    layout: parallel.Layout | None = None,
 ) -> ChunkRunner:
     """Jitted, vmapped `init` and chunk programs of `steps` for a run of `num_updates` (see
-    `ChunkRunner`), evaluating every `eval_interval` updates as `train_from_steps` does."""
+    `ChunkRunner`), evaluating every `eval_interval` updates as `train_from_steps` does.
+
+    With a `layout` (`pureeqxrl.parallel.Layout`), the seeds are split over its `seeds` devices
+    and each seed's environments over its `envs` devices; the metrics rows come back whole to every
+    process. Without one, everything runs on the default device.
+    """
     programs: dict[int, Callable] = {}
     evaluate = evaluation(steps, eval_rows(num_updates, log_interval, eval_interval))
+    update = held_update(steps)
+    mesh = layout.mesh() if layout is not None else None
+
+    def on_devices(fn: Callable, num_args: int) -> Callable:
+        # Each group of `envs` devices runs its own runs (`pureeqxrl.parallel.over_runs`).
+        return fn if mesh is None else parallel.over_runs(fn, mesh, layout, num_args)
+
+    def shardings(state: Any) -> Any:
+        one_run = jax.eval_shape(lambda s: jax.tree.map(lambda x: x[0], s), state)
+        return parallel.batched_shardings(
+            mesh, parallel.run_specs(one_run, steps.environments, steps.num_envs)
+        )
+
+    def init(starts: Any) -> Any:
+        vmapped = on_devices(jax.vmap(lambda start: hold(steps, steps.init(start))), 1)
+        if mesh is None:
+            return jax.jit(vmapped)(starts)
+        start_shardings = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec(parallel.SEEDS)), starts)
+        with jax.set_mesh(mesh):
+            state_shardings = shardings(jax.eval_shape(vmapped, starts))
+            program = jax.jit(vmapped, in_shardings=(start_shardings,), out_shardings=state_shardings)
+            return program(parallel.put(starts, start_shardings))
+
+    def place(state: Any) -> Any:
+        return state if mesh is None else parallel.put(state, shardings(state))
 
     def compile(state: Any, length: int) -> None:
         if length not in programs:
 
             def chunk(state, first_row):
                 return scan_logged(
-                    steps.update, state, length, log_interval, evaluate=evaluate, first_row=first_row
+                    update, state, length, log_interval, evaluate=evaluate, first_row=first_row
                 )
 
             # The row number is the same for every seed, and so are the `shared` counters: they
@@ -151,13 +212,32 @@ def make_chunk_runner(
                 seeds = lambda x, axis: x if axis == 0 else jnp.broadcast_to(x, (num_seeds, *x.shape))  # noqa: E731
                 return jax.tree.map(seeds, state, axes), rows
 
-            programs[length] = jax.jit(program).lower(state, jnp.int32(0)).compile()
+            if mesh is None:
+                programs[length] = jax.jit(program).lower(state, np.int32(0)).compile()
+                return
+            local = on_devices(lambda state, first_row: program(state, first_row[0]), 2)
+            state_shardings, whole = shardings(state), NamedSharding(mesh, PartitionSpec())
+            runs = NamedSharding(mesh, PartitionSpec(parallel.SEEDS))
+            with jax.set_mesh(mesh):
+                programs[length] = (
+                    jax.jit(
+                        local, in_shardings=(state_shardings, runs), out_shardings=(state_shardings, whole)
+                    )
+                    .lower(state, jax.ShapeDtypeStruct((layout.seed_devices,), np.int32, sharding=runs))
+                    .compile()
+                )
 
     def run(state: Any, length: int, first_row: int) -> tuple[Any, dict[str, Array]]:
         compile(state, length)
-        return programs[length](state, jnp.int32(first_row))
+        if mesh is None:
+            return programs[length](state, np.int32(first_row))
+        # The row number, once per group of devices (a global array: each process places its own).
+        rows_at = NamedSharding(mesh, PartitionSpec(parallel.SEEDS))
+        return programs[length](
+            state, parallel.put(np.full(layout.seed_devices, first_row, np.int32), rows_at)
+        )
 
-    return ChunkRunner(init=jax.jit(jax.vmap(steps.init)), run=run, compile=compile)
+    return ChunkRunner(init=init, run=run, compile=compile, place=place)
 
 
 def _nbytes(tree: Any) -> int:

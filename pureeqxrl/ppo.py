@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, PRNGKeyArray
 
+from pureeqxrl import parallel
 from pureeqxrl.envs import VecEnv, episode_stats
 from pureeqxrl.evaluate import training_evaluator
 from pureeqxrl.heads import actor_critic, mode, sample
@@ -136,6 +137,7 @@ def make_update_steps(
 
     def gradient_step(params_and_opt, minibatch: Batch):
         params, opt_state = params_and_opt
+        minibatch = parallel.split_batch(minibatch)  # data parallel: each device's share, gradients summed
         (loss, info), grads = jax.value_and_grad(ppo_loss, argnums=1, has_aux=True)(
             network.apply, params, minibatch, config
         )
@@ -194,7 +196,10 @@ def make_update_steps(
 
     # EVALUATION: the greedy and the sampled policy on fresh episodes (`config.eval_interval`)
     evaluate = training_evaluator(config, network, policy, stochastic=True)
-    return UpdateSteps(network, init, collect, learn, update, evaluate)
+    environments = lambda state: (state.env_state, state.obs)  # noqa: E731
+    return UpdateSteps(
+        network, init, collect, learn, update, evaluate, environments=environments, num_envs=config.num_envs
+    )
 
 
 # USING A TRAINED AGENT

@@ -36,6 +36,7 @@ import optax
 from distreqx.distributions import AbstractDistribution, Categorical
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from pureeqxrl import parallel
 from pureeqxrl.config import ConfigChecks
 from pureeqxrl.envs import VecEnv, episode_stats
 from pureeqxrl.evaluate import RecurrentPolicy, training_evaluator
@@ -321,6 +322,12 @@ def make_update_steps(
 
     def gradient_step(params_and_opt, minibatch: SequenceBatch):
         params, opt_state = params_and_opt
+        # data parallel: each device's share of the sequences (axis 1 of the steps), gradients summed
+        minibatch = SequenceBatch(
+            hidden=parallel.split_batch(minibatch.hidden),
+            reset=parallel.split_batch(minibatch.reset, axis=1),
+            steps=parallel.split_batch(minibatch.steps, axis=1),
+        )
         (total, info), grads = jax.value_and_grad(sequence_loss, argnums=1, has_aux=True)(
             network, params, minibatch, config
         )
@@ -404,7 +411,10 @@ def make_update_steps(
 
     # EVALUATION: the greedy and the sampled policy on fresh episodes (`config.eval_interval`)
     evaluate = training_evaluator(config, network, policy, stochastic=True)
-    return UpdateSteps(network, init, collect, learn, update, evaluate)
+    environments = lambda state: (state.env_state, state.obs, state.reset, state.hidden)  # noqa: E731
+    return UpdateSteps(
+        network, init, collect, learn, update, evaluate, environments=environments, num_envs=num_envs
+    )
 
 
 # USING A TRAINED AGENT

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pureeqxrl import runs
+from pureeqxrl import parallel, runs
 from pureeqxrl.loop import ChunkRunner, UpdateSteps, chunk_lengths, estimate_bytes
 
 EPISODE_METRICS = ("episode_return", "episode_length", "episodes")
@@ -104,18 +104,20 @@ def memory_limit_bytes() -> int:
 
 
 def check_memory(
-    steps: UpdateSteps, num_seeds: int, eval_on: bool, limit: int | None = None
+    steps: UpdateSteps, num_seeds: int, eval_on: bool, limit: int | None = None, seed_devices: int = 1
 ) -> dict[str, int]:
-    """A `ValueError` with the numbers if a run of `num_seeds` seeds cannot fit in the device's memory
-    (`pureeqxrl.loop.estimate_bytes`, against `limit`, default `memory_limit_bytes()`); else the
-    estimate."""
-    estimate = estimate_bytes(steps if eval_on else steps._replace(evaluate=None), num_seeds)
+    """A `ValueError` with the numbers if a run of `num_seeds` seeds, split over `seed_devices`
+    devices, cannot fit in one device's memory (`pureeqxrl.loop.estimate_bytes`, against `limit`,
+    default `memory_limit_bytes()`); else the estimate for one device's seeds."""
+    per_device = -(-num_seeds // seed_devices)
+    estimate = estimate_bytes(steps if eval_on else steps._replace(evaluate=None), per_device)
     limit = memory_limit_bytes() if limit is None else limit
     if sum(estimate.values()) > limit:
         parts = ", ".join(f"{name} {size_text(size)}" for name, size in estimate.items())
+        where = f"{per_device} seed(s) per device" if seed_devices > 1 else f"{num_seeds} seed(s)"
         raise ValueError(
-            f"this run needs at least {size_text(sum(estimate.values()))} ({parts}, for {num_seeds} "
-            f"seed(s)); the {jax.devices()[0].platform} device has {size_text(limit)}"
+            f"this run needs at least {size_text(sum(estimate.values()))} ({parts}, for {where}); "
+            f"the {jax.devices()[0].platform} device has {size_text(limit)}"
         )
     return estimate
 
@@ -176,6 +178,10 @@ def run_chunks(
     `on_chunk(rows, first_row)` with each chunk's good rows (the live loggers' row callback). Stops
     early, after the chunk in progress, when `stop` has caught a signal (a checkpoint is written)
     or a loss or parameter is not finite (the last good checkpoint is kept).
+
+    In a run of several processes every process calls this: they decide together when to save or
+    stop (a signal to any of them stops all), the state is gathered for each checkpoint, and only
+    process 0 writes it.
     """
     lengths = chunk_lengths(num_updates, log_interval, schedule.chunk_rows, start=updates_done)
     start = time.perf_counter()
@@ -187,16 +193,19 @@ def run_chunks(
     checkpoint = runs.latest_checkpoint(run_dir)
     last_saved_updates, last_saved_time = updates_done, time.monotonic()
 
-    def save() -> Path:
+    def save() -> Path | None:
         nonlocal last_saved_updates, last_saved_time
         rows_done = next(iter(metrics.values())).shape[1] if metrics else 0
-        path = runs.save_checkpoint(
-            run_dir,
-            {**header, "updates_done": updates_done, "rows_done": rows_done},
-            state,
-            metrics,
-            schedule.keep_checkpoints,
-        )
+        whole_state = parallel.gather(state)  # every process takes part; process 0 writes
+        path = None
+        if parallel.is_main_process():
+            path = runs.save_checkpoint(
+                run_dir,
+                {**header, "updates_done": updates_done, "rows_done": rows_done},
+                whole_state,
+                metrics,
+                schedule.keep_checkpoints,
+            )
         last_saved_updates, last_saved_time = updates_done, time.monotonic()
         return path
 
@@ -213,7 +222,8 @@ def run_chunks(
         )
 
     train_start = time.perf_counter()
-    if stop.received:
+    if parallel.any_process(stop.received is not None):
+        stop.received = stop.received or signal.SIGTERM  # another process was stopped
         checkpoint = save() if checkpoint is None else checkpoint
         return outcome("interrupted", f"{stop.name} while compiling: no update was run", train_start)
     for length in lengths:
@@ -225,7 +235,7 @@ def run_chunks(
             for name in rows
         }
         bad = first_bad_row(rows, rows_before)
-        finite = np.asarray(_finite_per_seed(new_state.params))
+        finite = np.asarray(parallel.gather(_finite_per_seed(new_state.params)))
         if bad is None and not finite.all():
             bad = f"the parameters of seed {int(np.flatnonzero(~finite)[0])} are not finite"
         if bad is not None:
@@ -238,7 +248,9 @@ def run_chunks(
         due = (
             schedule.checkpoint_updates and updates_done - last_saved_updates >= schedule.checkpoint_updates
         ) or (time.monotonic() - last_saved_time >= 60 * schedule.checkpoint_minutes)
-        if stop.received or updates_done == num_updates or due:
+        if parallel.any_process(stop.received is not None):  # all processes stop after the same chunk
+            stop.received = stop.received or signal.SIGTERM
+        if parallel.any_process(bool(stop.received or updates_done == num_updates or due)):
             checkpoint = save()
         if stop.received and updates_done < num_updates:
             return outcome(

@@ -93,11 +93,12 @@ def write_config(
     seed: int,
     run: dict[str, Any] | None = None,
     sweep: dict[str, Any] | None = None,
+    layout: tuple[int, int] = (1, 1),
 ) -> None:
     """`config.json`: everything needed to rebuild the run's config, networks and keys, and the
     `run` options (chunks, checkpoints) a resume keeps; for a group of a sweep, the `sweep` part
     (its configurations: the run's element `c * seeds_per_configuration + s` is configuration `c`,
-    seed `s`)."""
+    seed `s`); the `layout` it trains on (devices for seeds x devices per agent's environments)."""
     saved = {
         "algorithm": algorithm,
         "linen": linen,
@@ -106,6 +107,8 @@ def write_config(
         "config": config.to_dict(),
         "run": run or {},
         **({"sweep": sweep} if sweep is not None else {}),
+        "layout": list(layout),
+        "processes": jax.process_count(),
         "versions": {
             "pureeqxrl": pureeqxrl.__version__,
             "jax": jax.__version__,

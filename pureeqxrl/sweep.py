@@ -198,8 +198,19 @@ def swept_update_steps(
     shared = None
     if base.shared is not None:
         shared = lambda state: base.shared(state.inner)  # noqa: E731
+    environments = None
+    if base.environments is not None:
+        environments = lambda state: base.environments(state.inner)  # noqa: E731
     return UpdateSteps(
-        base.network, init, collect, learn, update, evaluate if base.evaluate is not None else None, shared
+        base.network,
+        init,
+        collect,
+        learn,
+        update,
+        evaluate if base.evaluate is not None else None,
+        shared,
+        environments,
+        base.num_envs,
     )
 
 

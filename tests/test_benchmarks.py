@@ -3,6 +3,8 @@ timings belong in `benchmarks/results`, not in tests)."""
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -94,3 +96,22 @@ def test_sweep_benchmark_trains_the_same_runs_both_ways(tmp_path, monkeypatch):
     assert one["final_return"][0] != one["final_return"][1]  # two learning rates, two results
     table = out.with_suffix(".md").read_text()
     assert "| compile + train |" in table and "2 learning rates x 2 seeds" in table
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_measures_every_layout_of_four_devices(tmp_path):
+    out = tmp_path / "scaling_test"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    command = [sys.executable, str(BENCHMARKS / "scaling.py"), "--algo", "ppo", "--seeds-per-device", "1"]
+    command += ["--envs-per-device", "4", "--updates", "2", "--repeats", "1", "--out", str(out)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.with_suffix(".json").read_text())["results"]
+    layouts = [(row["mode"], row["devices"], row["runs"], row["envs_per_run"]) for row in results]
+    assert layouts == [
+        ("seeds", 1, 1, 4), ("seeds", 2, 2, 4), ("seeds", 4, 4, 4),
+        ("data parallel", 1, 1, 4), ("data parallel", 2, 1, 8), ("data parallel", 4, 1, 16),
+    ]  # fmt: skip
+    assert all(row["steps_per_second"] > 0 for row in results)
+    assert [row["efficiency"] for row in results if row["devices"] == 1] == [1.0, 1.0]
+    assert "A correctness run, not a scaling claim" in out.with_suffix(".md").read_text()
