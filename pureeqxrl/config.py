@@ -179,6 +179,23 @@ def _typed(name: str, value: Any, hint: Any) -> Any:
     raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
+def check_rollout(checks: ConfigChecks, config: Any) -> None:
+    """The rules of a config whose update is a rollout of `num_steps` steps in each of `num_envs`
+    environments, learned from in `num_minibatches` minibatches (PPO, PQN); the sizes must have
+    been checked positive before."""
+    if config.num_envs > 0 and config.num_steps > 0 and config.num_minibatches > 0:
+        checks.require(
+            config.steps_per_update % config.num_minibatches == 0,
+            f"num_minibatches ({config.num_minibatches}) does not divide num_envs * num_steps "
+            f"({config.num_envs} * {config.num_steps} = {config.steps_per_update})",
+        )
+        checks.require(
+            config.total_timesteps <= 0 or config.num_updates > 0,
+            f"total_timesteps ({config.total_timesteps}) is smaller than one rollout "
+            f"(num_envs * num_steps = {config.steps_per_update}): not one update",
+        )
+
+
 def flag_value(argv: list[str], flag: str) -> str | None:
     """The value of `--flag VALUE` or `--flag=VALUE` in `argv`, read before the command line's
     parser: the base config (`--config`, `--preset`) and the processes to join (`--coordinator`,

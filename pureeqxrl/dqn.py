@@ -35,6 +35,7 @@ from pureeqxrl import parallel
 from pureeqxrl.config import ConfigChecks, TrainConfig
 from pureeqxrl.envs import Step, VecEnv, episode_stats, make_env
 from pureeqxrl.evaluate import training_evaluator
+from pureeqxrl.heads import epsilon_greedy, q_policy
 from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, train_from_steps
 from pureeqxrl.nets import MLP, Functional
 
@@ -239,15 +240,6 @@ def epsilon_at(config: DQNConfig, timesteps: Int[Array, ""]) -> Float[Array, ""]
     return config.epsilon_start + fraction * (config.epsilon_finish - config.epsilon_start)
 
 
-def epsilon_greedy(
-    key: PRNGKeyArray, q: Float[Array, "batch num_actions"], epsilon: Float[Array, ""]
-) -> Int[Array, " batch"]:
-    explore_key, action_key = jax.random.split(key)
-    greedy = q.argmax(axis=-1)
-    random = jax.random.randint(action_key, greedy.shape, 0, q.shape[-1])
-    return jnp.where(jax.random.uniform(explore_key, greedy.shape) < epsilon, random, greedy)
-
-
 def _crossed(timesteps: Int[Array, ""], step: int, interval: int) -> Bool[Array, ""]:
     """Whether the last `step` environment steps crossed a multiple of `interval`."""
     return timesteps // interval != (timesteps - step) // interval
@@ -431,10 +423,5 @@ def greedy_action(network: QNetwork, obs: Float[Array, "..."]) -> Int[Array, ""]
     return network(obs).argmax()
 
 
-def policy(
-    network: Functional, params: Any, env: VecEnv, obs_stats: None = None, greedy: bool = True
-) -> Callable[[PRNGKeyArray, Array], Array]:
-    """`act(key, obs_batch)` taking the argmax of Q, no exploration (what `pureeqxrl eval` runs)."""
-    if not greedy:
-        raise ValueError("DQN has no stochastic policy to sample from (its exploration is epsilon)")
-    return lambda key, obs: network.apply(params, obs).argmax(-1)
+# `policy(network, params, env, obs_stats, greedy)`: the argmax of Q, what `pureeqxrl eval` runs.
+policy = q_policy

@@ -13,7 +13,7 @@ per action dimension that starts at 0.
 
 import math
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import equinox as eqx
 import jax
@@ -191,3 +191,26 @@ def greedy_action(network: ActorCritic, obs: Float[Array, "..."]) -> Int[Array, 
     """Most likely action of a trained `ActorCritic` for one observation."""
     logits, _ = network(obs)
     return logits.argmax()
+
+
+# Q-VALUE HEADS (DQN, PQN): one value per discrete action
+
+
+def epsilon_greedy(
+    key: PRNGKeyArray, q: Float[Array, "batch num_actions"], epsilon: Float[Array, ""]
+) -> Int[Array, " batch"]:
+    """The argmax of `q` per row, or with probability `epsilon` a uniformly random action."""
+    explore_key, action_key = jax.random.split(key)
+    greedy = q.argmax(axis=-1)
+    random = jax.random.randint(action_key, greedy.shape, 0, q.shape[-1])
+    return jnp.where(jax.random.uniform(explore_key, greedy.shape) < epsilon, random, greedy)
+
+
+def q_policy(
+    network: Functional, params: Any, env: VecEnv, obs_stats: None = None, greedy: bool = True
+) -> Callable[[PRNGKeyArray, Array], Array]:
+    """`act(key, obs_batch)` taking the argmax of a Q-network's values, no exploration (what
+    `pureeqxrl eval` runs for DQN and PQN)."""
+    if not greedy:
+        raise ValueError("a Q-network has no stochastic policy to sample from (its exploration is epsilon)")
+    return lambda key, obs: network.apply(params, obs).argmax(-1)

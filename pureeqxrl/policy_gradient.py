@@ -19,7 +19,7 @@ import optax
 from distreqx.distributions import AbstractDistribution
 from jaxtyping import Array, Bool, Float, Int
 
-from pureeqxrl.config import ConfigChecks, TrainConfig
+from pureeqxrl.config import ConfigChecks, TrainConfig, check_rollout
 from pureeqxrl.envs import VecEnv, make_env
 from pureeqxrl.heads import entropy, log_prob
 from pureeqxrl.nets import ACTIVATIONS
@@ -86,17 +86,7 @@ class PPOConfig(TrainConfig):
         checks.require(
             self.objective in ("ppo", "dpo"), f"objective must be 'ppo' or 'dpo', got {self.objective!r}"
         )
-        if self.num_envs > 0 and self.num_steps > 0 and self.num_minibatches > 0:
-            checks.require(
-                self.steps_per_update % self.num_minibatches == 0,
-                f"num_minibatches ({self.num_minibatches}) does not divide num_envs * num_steps "
-                f"({self.num_envs} * {self.num_steps} = {self.steps_per_update})",
-            )
-            checks.require(
-                self.total_timesteps <= 0 or self.num_updates > 0,
-                f"total_timesteps ({self.total_timesteps}) is smaller than one rollout "
-                f"(num_envs * num_steps = {self.steps_per_update}): not one update",
-            )
+        check_rollout(checks, self)
 
 
 def make_environment(config: PPOConfig) -> VecEnv | Normalize:

@@ -5,7 +5,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pureeqxrl import dqn, heads, ppo, ppo_rnn
+from pureeqxrl import dqn, heads, ppo, ppo_rnn, pqn
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,15 @@ def _linen_ppo():
     return linen_network
 
 
+def _no_linen(name: str) -> Callable[[], Callable[[Any, Any], Any]]:
+    def refuse():
+        raise ValueError(
+            f"{name} has no Flax Linen version (the Linen twins are the control group of PureJaxRL's algorithms)"
+        )
+
+    return refuse
+
+
 def _linen_ppo_rnn():
     from pureeqxrl.linen.ppo_rnn import linen_recurrent_actor_critic
 
@@ -57,6 +66,16 @@ ALGORITHMS: dict[str, Algorithm] = {
         network_fn=dqn.equinox_q_function,
         linen_network_fn=_linen_dqn,
         policy=dqn.policy,
+        stochastic=False,
+    ),
+    # PQN: Q(lambda) over many environments, no replay buffer or target network (no Linen twin).
+    "pqn": Algorithm(
+        config_cls=pqn.PQNConfig,
+        make_train=pqn.make_train,
+        make_update_steps=pqn.make_update_steps,
+        network_fn=pqn.equinox_q_network,
+        linen_network_fn=_no_linen("pqn"),
+        policy=pqn.policy,
         stochastic=False,
     ),
     # Both PPO entries pick the actor-critic from the environment's action space; they differ in

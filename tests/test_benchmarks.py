@@ -115,3 +115,17 @@ def test_scaling_benchmark_measures_every_layout_of_four_devices(tmp_path):
     assert all(row["steps_per_second"] > 0 for row in results)
     assert [row["efficiency"] for row in results if row["devices"] == 1] == [1.0, 1.0]
     assert "A correctness run, not a scaling claim" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_throughput_benchmark_compares_algorithms(tmp_path, monkeypatch):
+    out = tmp_path / "throughput_test"
+    run_script(
+        monkeypatch, "throughput", "--algos", "pqn", "dqn", "--seeds", "1", "--updates", "2", "20",
+        "--repeats", "2", "--out", str(out),
+    )  # fmt: skip
+    results = json.loads(out.with_suffix(".json").read_text())["results"]
+    assert [(row["algo"], row["seeds"]) for row in results] == [("pqn", 1), ("dqn", 1)]
+    # A chunk of PQN is 2 updates of 32 x 64 steps; of DQN 20 updates of 10 environments' steps.
+    assert [row["env_steps"] for row in results] == [2 * 32 * 64, 20 * 10]
+    assert results[0]["ratio_to_first"] == 1.0 and all(len(row["seconds"]) == 2 for row in results)

@@ -1,0 +1,323 @@
+"""PQN (Gallici et al., 2024, "Simplifying Deep Temporal Difference Learning") in Equinox:
+purejaxql's `pqn_gymnax.py`, one `jax.jit` per training run.
+
+Q-learning without a replay buffer or a target network: many parallel environments collect a short
+rollout with epsilon-greedy actions, Q(lambda) returns are computed backwards over it, and a few
+epochs of minibatch regression onto them follow, as in PPO. LayerNorm in the Q-network keeps the
+bootstrapped targets stable without a target network.
+
+Read top to bottom: the config (purejaxql's CartPole defaults), the Q-network, the Q(lambda)
+returns, then `make_update_steps`, whose update collects `num_steps` steps in `num_envs`
+environments, computes the returns, and runs `update_epochs` epochs of `num_minibatches` gradient
+steps.
+
+Where this differs from purejaxql, on purpose: a *truncated* episode (time limit) is bootstrapped
+from `max Q(next_obs)` of the observation before the auto-reset; only a *terminated* one has value
+0 after its last step (purejaxql treats both as terminal and bootstraps the last step of the
+rollout from the next episode's first observation when an episode just ended).
+"""
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from pureeqxrl import parallel
+from pureeqxrl.config import ConfigChecks, TrainConfig, check_rollout
+from pureeqxrl.envs import VecEnv, episode_stats, make_env
+from pureeqxrl.evaluate import training_evaluator
+from pureeqxrl.heads import epsilon_greedy, q_policy
+from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, train_from_steps
+from pureeqxrl.nets import Dense, Functional, NetworkKey, ParamKeys
+
+__all__ = ["PQNConfig", "make_train", "make_update_steps", "policy", "q_lambda_returns"]
+
+
+@dataclass(frozen=True)
+class PQNConfig(TrainConfig):
+    """PQN hyperparameters; defaults are purejaxql's CartPole-v1 ones (`pqn_cartpole.yaml`)."""
+
+    total_timesteps: int = 500_000
+    num_envs: int = 32
+    num_steps: int = 64
+    """Steps per environment in one rollout; one update uses num_envs * num_steps transitions."""
+    epsilon_start: float = 1.0
+    epsilon_finish: float = 0.2
+    epsilon_anneal_fraction: float = 0.2
+    """Fraction of the updates over which epsilon goes linearly from start to finish."""
+    update_epochs: int = 4
+    num_minibatches: int = 16
+    """Minibatches per epoch; must divide num_envs * num_steps."""
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    layer_norm: bool = True
+    """LayerNorm after every hidden layer (PQN's stabiliser in place of a target network)."""
+    learning_rate: float = 1e-4
+    anneal_lr: bool = True
+    """Anneal the learning rate linearly to zero over the run's gradient steps."""
+    max_grad_norm: float = 10.0
+    reward_scale: float = 0.1
+    """Rewards are multiplied by this for learning (episode returns are reported unscaled)."""
+    q_lambda: float = 0.95
+    """Q(lambda)'s trace decay: 0 gives one-step targets, 1 Monte Carlo returns to the rollout's end."""
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.steps_per_update // self.num_minibatches
+
+    @property
+    def num_gradient_steps(self) -> int:
+        return self.num_updates * self.update_epochs * self.num_minibatches
+
+    def check(self, checks: ConfigChecks) -> None:
+        super().check(checks)
+        checks.positive("num_steps", "update_epochs", "num_minibatches", "max_grad_norm")
+        checks.non_negative("reward_scale")
+        checks.in_unit_interval("epsilon_start", "epsilon_finish", "epsilon_anneal_fraction", "q_lambda")
+        check_rollout(checks, self)
+
+
+# NETWORK
+
+
+class QNetwork(eqx.Module):
+    """MLP from a (flattened) observation to one Q-value per action: Dense, LayerNorm (if asked),
+    relu per hidden layer, then a Dense head; Flax's initialisation, as purejaxql's network."""
+
+    layers: tuple[Dense, ...]
+    norms: tuple[eqx.nn.LayerNorm, ...] | None
+
+    def __init__(self, obs_size: int, num_actions: int, hidden_sizes, layer_norm: bool, *, key: NetworkKey):
+        keys = ParamKeys.of(key)
+        sizes = [obs_size, *hidden_sizes, num_actions]
+        self.layers = tuple(
+            Dense(n_in, n_out, key=keys) for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True)
+        )
+        # Flax's LayerNorm: epsilon 1e-6, scale 1 and bias 0 to start with.
+        self.norms = tuple(eqx.nn.LayerNorm(size, eps=1e-6) for size in hidden_sizes) if layer_norm else None
+
+    def __call__(self, obs: Float[Array, "..."]) -> Float[Array, " num_actions"]:
+        x = obs.reshape(-1)
+        for i, layer in enumerate(self.layers[:-1]):
+            x = layer(x)
+            if self.norms is not None:
+                x = self.norms[i](x)
+            x = jax.nn.relu(x)
+        return self.layers[-1](x)
+
+
+def equinox_q_network(config: PQNConfig, env: VecEnv) -> Functional:
+    """The Equinox `QNetwork` as a `Functional` whose `apply` maps observations to Q-values."""
+    obs_size = int(np.prod(env.observation_shape))
+
+    def init(key: PRNGKeyArray) -> QNetwork:
+        return QNetwork(obs_size, env.num_actions, config.hidden_sizes, config.layer_norm, key=key)
+
+    return Functional(init=init, apply=lambda network, obs: jax.vmap(network)(obs))
+
+
+# Q(LAMBDA) RETURNS
+
+
+def q_lambda_returns(
+    reward: Float[Array, "num_steps num_envs"],
+    next_value: Float[Array, "num_steps num_envs"],
+    terminated: Bool[Array, "num_steps num_envs"],
+    done: Bool[Array, "num_steps num_envs"],
+    gamma: float,
+    q_lambda: float,
+) -> Float[Array, "num_steps num_envs"]:
+    """Peng's Q(lambda) returns of one rollout, computed backwards:
+
+        G_t = r_t + gamma * (1 - terminated_t) * ((1 - lambda_t) * next_value_t + lambda_t * G_{t+1})
+
+    where `next_value[t]` is `max_a Q(next_obs_t, a)` of the observation step `t` led to, before
+    any auto-reset, and `lambda_t` is `q_lambda` except 0 where the episode ended at `t` (the trace
+    does not run into the next episode: a truncated step bootstraps from its own next value) and
+    at the rollout's last step (nothing follows it)."""
+
+    def backwards(later_return, step):
+        reward, next_value, terminated, done = step
+        blended = jnp.where(done, next_value, (1.0 - q_lambda) * next_value + q_lambda * later_return)
+        value = reward + gamma * (1.0 - terminated.astype(reward.dtype)) * blended
+        return value, value
+
+    # Starting from the last next value makes the last step's blend that value itself.
+    _, returns = jax.lax.scan(backwards, next_value[-1], (reward, next_value, terminated, done), reverse=True)
+    return returns
+
+
+# TRAINING
+
+
+class PQNState(eqx.Module):
+    params: Any
+    opt_state: Any
+    env_state: Any
+    obs: Array
+    updates: Int[Array, ""]
+    key: PRNGKeyArray
+
+
+class Rollout(eqx.Module):
+    obs: Array
+    action: Int[Array, "num_steps num_envs"]
+    reward: Float[Array, "num_steps num_envs"]
+    """Scaled by `reward_scale`."""
+    terminated: Bool[Array, "num_steps num_envs"]
+    done: Bool[Array, "num_steps num_envs"]
+    next_obs: Array
+    """Observation each step led to, before any auto-reset."""
+
+
+class Batch(eqx.Module):
+    obs: Array
+    action: Int[Array, " batch"]
+    target: Float[Array, " batch"]
+
+
+def make_train(
+    config: PQNConfig,
+    network_fn: Callable[[PQNConfig, VecEnv], Functional] | None = None,
+    on_log: LogCallback | None = None,
+) -> Callable[[PRNGKeyArray], TrainResult]:
+    """Validate `config` and return `train(key) -> TrainResult`, pure and jittable.
+
+    `network_fn` builds the Q-network's `Functional` (default: the Equinox `QNetwork`); `on_log` is
+    called with each metrics row (see `pureeqxrl.loop.scan_logged`).
+    `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
+    """
+    steps = make_update_steps(config, network_fn)
+    return train_from_steps(steps, config.num_updates, config.log_interval, on_log, config.eval_every)
+
+
+def make_update_steps(
+    config: PQNConfig, network_fn: Callable[[PQNConfig, VecEnv], Functional] | None = None
+) -> UpdateSteps:
+    """Validate `config` and build the pieces of one update (`pureeqxrl.loop.UpdateSteps`):
+    `collect(state) -> (state, rollout, episodes)` steps every environment `num_steps` times with
+    epsilon-greedy actions; `learn(state, rollout) -> (state, loss, q_value)` computes the Q(lambda)
+    returns and runs `update_epochs` epochs of `num_minibatches` gradient steps."""
+    config.validate()
+    env = make_env(config.env, config.num_envs, config.max_episode_steps)
+    if not env.discrete:
+        raise ValueError(f"PQN needs discrete actions; {config.env} has continuous actions (a Box)")
+    network = (network_fn or equinox_q_network)(config, env)
+    learning_rate = config.learning_rate
+    if config.anneal_lr:
+        learning_rate = optax.linear_schedule(config.learning_rate, 0.0, config.num_gradient_steps)
+    optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.radam(learning_rate))
+    anneal_updates = max(config.epsilon_anneal_fraction * config.num_updates, 1.0)
+
+    def epsilon_at(updates: Int[Array, ""]) -> Float[Array, ""]:
+        fraction = jnp.minimum(updates / anneal_updates, 1.0)
+        return config.epsilon_start + fraction * (config.epsilon_finish - config.epsilon_start)
+
+    def env_step(state: PQNState, _) -> tuple[PQNState, tuple[Rollout, dict]]:
+        key, act_key, step_key = jax.random.split(state.key, 3)
+        q = network.apply(state.params, state.obs)
+        action = epsilon_greedy(act_key, q, epsilon_at(state.updates))
+        obs, env_state, step = env.step(step_key, state.env_state, action)
+        transition = Rollout(
+            obs=state.obs,
+            action=action,
+            reward=config.reward_scale * step.reward,
+            terminated=step.terminated,
+            done=step.done,
+            next_obs=step.next_obs,
+        )
+        state = dataclasses.replace(state, env_state=env_state, obs=obs, key=key)
+        return state, (transition, episode_stats(step))
+
+    def loss_fn(params, minibatch: Batch) -> tuple[Float[Array, ""], Float[Array, ""]]:
+        q = network.apply(params, minibatch.obs)
+        chosen = jnp.take_along_axis(q, minibatch.action[:, None], axis=-1)[:, 0]
+        return 0.5 * ((chosen - minibatch.target) ** 2).mean(), chosen.mean()
+
+    def gradient_step(params_and_opt, minibatch: Batch):
+        params, opt_state = params_and_opt
+        minibatch = parallel.split_batch(minibatch)  # data parallel: each device's share, gradients summed
+        (loss, q_value), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, minibatch)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), (loss, q_value)
+
+    def epoch(params_and_opt, key: PRNGKeyArray, batch: Batch):
+        order = jax.random.permutation(key, config.steps_per_update)
+        minibatches = jax.tree.map(
+            lambda x: x[order].reshape(config.num_minibatches, config.minibatch_size, *x.shape[1:]), batch
+        )
+        return jax.lax.scan(gradient_step, params_and_opt, minibatches)
+
+    def collect(state: PQNState) -> tuple[PQNState, Rollout, dict]:
+        state, (rollout, episodes) = jax.lax.scan(env_step, state, None, config.num_steps)
+        return state, rollout, episodes
+
+    def learn(state: PQNState, rollout: Rollout) -> tuple[PQNState, Array, Array]:
+        # Q(LAMBDA) RETURNS: max Q of every pre-reset next observation, with the acting params
+        flat = lambda x: x.reshape(config.steps_per_update, *x.shape[2:])  # noqa: E731
+        next_value = network.apply(state.params, flat(rollout.next_obs)).max(-1).reshape(rollout.reward.shape)
+        returns = q_lambda_returns(
+            rollout.reward, next_value, rollout.terminated, rollout.done, config.gamma, config.q_lambda
+        )
+
+        # UPDATE EPOCHS OF MINIBATCHES
+        batch = Batch(obs=flat(rollout.obs), action=flat(rollout.action), target=flat(returns))
+        key, epochs_key = jax.random.split(state.key)
+        (params, opt_state), (loss, q_value) = jax.lax.scan(
+            lambda params_and_opt, key: epoch(params_and_opt, key, batch),
+            (state.params, state.opt_state),
+            jax.random.split(epochs_key, config.update_epochs),
+        )
+        state = dataclasses.replace(state, params=params, opt_state=opt_state, key=key)
+        return state, loss, q_value
+
+    def update(state: PQNState) -> tuple[PQNState, dict]:
+        epsilon = epsilon_at(state.updates)
+        state, rollout, episodes = collect(state)  # COLLECT TRAJECTORIES
+        state, loss, q_value = learn(state, rollout)  # Q(LAMBDA) RETURNS AND UPDATE EPOCHS
+        state = dataclasses.replace(state, updates=state.updates + 1)
+        one = jnp.array(1.0)
+        stats = {
+            **jax.tree.map(jnp.sum, episodes),
+            "loss": (loss.mean(), one),
+            "q_value": (q_value.mean(), one),
+            "epsilon": (epsilon, one),
+        }
+        return state, stats
+
+    def init(key: PRNGKeyArray) -> PQNState:
+        env_key, init_key, loop_key = jax.random.split(key, 3)
+        obs, env_state = env.reset(env_key)
+        params = network.init(init_key)
+        return PQNState(
+            params=params,
+            opt_state=optimizer.init(params),
+            env_state=env_state,
+            obs=obs,
+            updates=jnp.array(0),
+            key=loop_key,
+        )
+
+    # EVALUATION: the greedy policy on fresh episodes (`config.eval_interval`)
+    evaluate = training_evaluator(config, network, policy, stochastic=False)
+    shared = lambda state: (state.updates,)  # noqa: E731
+    environments = lambda state: (state.env_state, state.obs)  # noqa: E731
+    return UpdateSteps(
+        network, init, collect, learn, update, evaluate, shared, environments, num_envs=config.num_envs
+    )
+
+
+# USING A TRAINED AGENT
+
+# `policy(network, params, env, obs_stats, greedy)`: the argmax of Q, what `pureeqxrl eval` runs.
+policy = q_policy
