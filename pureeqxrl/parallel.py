@@ -304,12 +304,12 @@ def hold_environments(state: Any, environments: Callable[[Any], Any] | None, num
     """One run's state with its environments (`environment_leaves`) held split over the `envs`
     devices of the mesh being traced under (the state itself outside one), so that each device
     keeps stepping its own environments from update to update. Other leaves are left to the
-    partitioner; the runs axis, under `vmap(..., spmd_axis_name=SEEDS)`, stays over `SEEDS`."""
+    partitioner (the runs themselves are split by `over_runs`)."""
     if _envs_devices() == 1 or environments is None:
         return state
-    chosen = {id(leaf) for leaf in environment_leaves(environments(state), num_envs)}
+    specs = run_specs(state, environments, num_envs)  # P(ENVS) for them; P(), left alone, for the rest
     return jax.tree.map(
-        lambda x: jax.lax.with_sharding_constraint(x, PartitionSpec(ENVS)) if id(x) in chosen else x, state
+        lambda x, spec: jax.lax.with_sharding_constraint(x, spec) if spec else x, state, specs
     )
 
 
