@@ -196,6 +196,37 @@ def check_rollout(checks: ConfigChecks, config: Any) -> None:
         )
 
 
+def check_replay(checks: ConfigChecks, config: Any) -> None:
+    """The rules of a config whose update steps `num_envs` environments once, stores the steps in a
+    replay buffer of `buffer_size` transitions and learns from batches of `batch_size` of them once
+    `learning_starts` environment steps have been taken (DQN, SAC)."""
+    checks.positive("buffer_size", "batch_size")
+    checks.non_negative("learning_starts")
+    checks.require(
+        config.batch_size <= config.buffer_size,
+        f"batch_size ({config.batch_size}) is larger than buffer_size ({config.buffer_size})",
+    )
+    checks.require(
+        config.num_envs <= config.buffer_size,
+        f"num_envs ({config.num_envs}) is larger than buffer_size ({config.buffer_size}): "
+        "one step would overwrite itself",
+    )
+    if config.num_envs <= 0:  # reported by the base checks; the ones below divide by it
+        return
+    if config.total_timesteps < config.num_envs:
+        checks.require(
+            False,
+            f"total_timesteps ({config.total_timesteps}) is smaller than num_envs ({config.num_envs}): "
+            "not one update",
+        )
+    else:
+        checks.require(
+            config.learning_starts < config.num_updates * config.num_envs,
+            f"learning_starts ({config.learning_starts}) leaves no step to learn in "
+            f"{config.num_updates * config.num_envs} environment steps",
+        )
+
+
 def flag_value(argv: list[str], flag: str) -> str | None:
     """The value of `--flag VALUE` or `--flag=VALUE` in `argv`, read before the command line's
     parser: the base config (`--config`, `--preset`) and the processes to join (`--coordinator`,

@@ -1,8 +1,9 @@
 """DQN (Mnih et al., 2015) in Equinox: PureJaxRL's `dqn.py`, one `jax.jit` per training run.
 
-Read top to bottom: the config (PureJaxRL's defaults), the Q-network, the replay buffer, the loss,
-then `make_train`, whose `train(key)` collects experience with epsilon-greedy actions, stores it,
-learns from uniform replay, and copies the online network into the target network.
+Read top to bottom: the config (PureJaxRL's defaults), the Q-network, the loss, then `make_train`,
+whose `train(key)` collects experience with epsilon-greedy actions, stores it in the replay buffer
+(`pureeqxrl.replay`, shared with SAC), learns from uniform replay, and copies the online network
+into the target network.
 
 Where this differs from PureJaxRL, on purpose:
 
@@ -32,12 +33,13 @@ import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from pureeqxrl import parallel
-from pureeqxrl.config import ConfigChecks, TrainConfig
+from pureeqxrl.config import ConfigChecks, TrainConfig, check_replay
 from pureeqxrl.envs import Step, VecEnv, episode_stats, make_env
 from pureeqxrl.evaluate import training_evaluator
 from pureeqxrl.heads import epsilon_greedy, q_policy
 from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, train_from_steps
 from pureeqxrl.nets import MLP, Functional
+from pureeqxrl.replay import ReplayBuffer, Transition
 
 
 @dataclass(frozen=True)
@@ -85,41 +87,13 @@ class DQNConfig(TrainConfig):
 
     def check(self, checks: ConfigChecks) -> None:
         super().check(checks)
-        checks.positive(
-            "buffer_size",
-            "batch_size",
-            "epsilon_anneal_time",
-            "training_interval",
-            "target_update_interval",
-        )
+        check_replay(checks, self)
+        checks.positive("epsilon_anneal_time", "training_interval", "target_update_interval")
         checks.in_unit_interval("epsilon_start", "epsilon_finish")
         checks.require(0 < self.tau <= 1, f"tau must be in (0, 1], got {self.tau}")
         checks.require(self.loss in ("mse", "huber"), f"loss must be 'mse' or 'huber', got {self.loss!r}")
         if self.max_grad_norm is not None:
             checks.positive("max_grad_norm")
-        checks.non_negative("learning_starts")
-        checks.require(
-            self.batch_size <= self.buffer_size,
-            f"batch_size ({self.batch_size}) is larger than buffer_size ({self.buffer_size})",
-        )
-        checks.require(
-            self.num_envs <= self.buffer_size,
-            f"num_envs ({self.num_envs}) is larger than buffer_size ({self.buffer_size}): "
-            "one step would overwrite itself",
-        )
-        if self.num_envs > 0:  # the checks below divide by it
-            if self.total_timesteps < self.num_envs:
-                checks.require(
-                    False,
-                    f"total_timesteps ({self.total_timesteps}) is smaller than "
-                    f"num_envs ({self.num_envs}): not one update",
-                )
-            else:
-                checks.require(
-                    self.learning_starts < self.num_updates * self.num_envs,
-                    f"learning_starts ({self.learning_starts}) leaves no step to learn in "
-                    f"{self.num_updates * self.num_envs} environment steps",
-                )
 
 
 # NETWORK
@@ -148,46 +122,6 @@ def equinox_q_function(config: DQNConfig, env: VecEnv) -> Functional:
         return QNetwork(obs_size, env.num_actions, config.hidden_sizes, key=key)
 
     return Functional(init=init, apply=lambda network, obs: jax.vmap(network)(obs))
-
-
-# REPLAY BUFFER
-
-
-class Transition(eqx.Module):
-    obs: Float[Array, "..."]
-    action: Int[Array, "*batch"]
-    reward: Float[Array, "*batch"]
-    next_obs: Float[Array, "..."]
-    """Observation the step led to, before any auto-reset."""
-    terminated: Bool[Array, "*batch"]
-    """True only for real terminal states; truncations stay False and are bootstrapped."""
-
-
-class ReplayBuffer(eqx.Module):
-    """Fixed-capacity circular buffer of transitions with uniform sampling."""
-
-    data: Transition
-    position: Int[Array, ""]
-    size: Int[Array, ""]
-
-    @staticmethod
-    def empty(example: Transition, capacity: int) -> "ReplayBuffer":
-        data = jax.tree.map(lambda x: jnp.zeros((capacity, *x.shape), x.dtype), example)
-        return ReplayBuffer(data=data, position=jnp.array(0), size=jnp.array(0))
-
-    def add(self, batch: Transition) -> "ReplayBuffer":
-        capacity, count = self.data.reward.shape[0], batch.reward.shape[0]
-        index = (self.position + jnp.arange(count)) % capacity
-        data = jax.tree.map(lambda stored, new: stored.at[index].set(new), self.data, batch)
-        return ReplayBuffer(
-            data=data,
-            position=(self.position + count) % capacity,
-            size=jnp.minimum(self.size + count, capacity),
-        )
-
-    def sample(self, key: PRNGKeyArray, batch_size: int) -> Transition:
-        index = jax.random.randint(key, (batch_size,), 0, self.size)
-        return jax.tree.map(lambda stored: stored[index], self.data)
 
 
 # LOSS
@@ -388,18 +322,11 @@ def make_update_steps(
         env_key, init_key, loop_key = jax.random.split(key, 3)
         obs, env_state = env.reset(env_key)
         params = network.init(init_key)
-        example = Transition(
-            obs=obs[0],
-            action=jnp.array(0, jnp.int32),
-            reward=jnp.array(0.0),
-            next_obs=obs[0],
-            terminated=jnp.array(False),
-        )
         return DQNState(
             params=params,
             target_params=params,
             opt_state=optimizer.init(params),
-            buffer=ReplayBuffer.empty(example, config.buffer_size),
+            buffer=ReplayBuffer.for_steps(obs, jnp.array(0, jnp.int32), config.buffer_size),
             env_state=env_state,
             obs=obs,
             timesteps=jnp.array(0),

@@ -1,4 +1,5 @@
-"""Policy heads: the actor-critics of the PPO family, chosen by the environment's action space.
+"""Policy heads: the actor-critics of the PPO family, chosen by the environment's action space;
+SAC's tanh-squashed Gaussian; the Q-value heads of DQN and PQN.
 
 A policy is a batch of distreqx distributions (a `Categorical` for discrete actions, a diagonal
 Gaussian for continuous ones), each describing one example and vmapped over the batch, so the
@@ -19,7 +20,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from distreqx.distributions import AbstractDistribution, Categorical, Independent, Normal
+from distreqx.bijectors import Block, Tanh
+from distreqx.distributions import AbstractDistribution, Categorical, Independent, Normal, Transformed
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from pureeqxrl.envs import VecEnv
@@ -58,6 +60,15 @@ def diagonal_gaussian(
 ) -> Independent:
     """A batch of diagonal Gaussians (one distreqx `Independent(Normal)` per example)."""
     return Independent(Normal(mean, jnp.broadcast_to(jnp.exp(log_std), mean.shape)))
+
+
+def tanh_gaussian(mean: Float[Array, " action_dim"], log_std: Float[Array, " action_dim"]) -> Transformed:
+    """A diagonal Gaussian squashed by tanh into [-1, 1] (SAC's policy, one example).
+
+    Its `sample_and_log_prob` applies the change-of-variables correction `- sum log(1 - tanh(u)^2)`
+    in distreqx's stable form; use it rather than `log_prob` of a sample, which would invert tanh
+    where a float32 sample has rounded to +-1."""
+    return Transformed(Independent(Normal(mean, jnp.exp(log_std))), Block(Tanh(), 1))
 
 
 # ACTOR-CRITICS

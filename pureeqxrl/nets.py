@@ -1,6 +1,6 @@
 """Network building blocks shared by every algorithm: activations, the hang-free orthogonal
-initializer, the parameter-key rule (`ParamKeys`), `Dense`, `MLP`, and `Functional` (a network as
-the training loops see it).
+initializer, the parameter-key rule (`ParamKeys`), `Dense`, `MLP`, `Conv` and `CNNTorso` (for grid
+observations), and `Functional` (a network as the training loops see it).
 
 Modules here hold arrays only (activations are static fields), so they cross `jax.jit`, sit in
 `lax.scan` carries and go through optax without `eqx.filter`-ing. Kernels are stored `(in, out)` and
@@ -190,3 +190,99 @@ class MLP(eqx.Module):
         for layer in self.layers[:-1]:
             x = self.activation(layer(x))
         return self.layers[-1](x)
+
+
+he_normal: Callable[[], Initializer] = jax.nn.initializers.he_normal
+
+
+class Conv(eqx.Module):
+    """2-D convolution of one `(height, width, channels)` example, stride 1, no padding ("VALID"):
+    Flax `Conv`'s kernel layout `(kh, kw, in, out)` and initialisation (lecun-normal kernel, zero
+    bias) unless told otherwise; the kernel draws its key before the bias, as `Dense`'s.
+
+    Not `eqx.nn.Conv2d`, which is channels-first and initialised differently: grid environments
+    (MinAtar, navix) hand out channels-last observations, and the references' CNNs are Flax's."""
+
+    bias: Float[Array, " out_channels"]
+    kernel: Float[Array, "kh kw in_channels out_channels"]
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        *,
+        key: NetworkKey,
+        kernel_init: Initializer | None = None,
+        bias_init: Initializer = zeros,
+    ):
+        keys = ParamKeys.of(key)
+        kernel_init = lecun_normal() if kernel_init is None else kernel_init
+        shape = (kernel_size, kernel_size, in_channels, out_channels)
+        self.kernel = kernel_init(keys(), shape, jnp.float32)
+        self.bias = bias_init(keys(), (out_channels,), jnp.float32)
+
+    def __call__(self, x: Float[Array, "height width in_channels"]) -> Float[Array, "h w out_channels"]:
+        y = jax.lax.conv_general_dilated(
+            x[None], self.kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return y[0] + self.bias
+
+
+class CNNTorso(eqx.Module):
+    """Grid observations to features: a `Conv` of `channels` 3x3 filters, then one hidden `Dense`
+    layer per `hidden_sizes` entry, each followed by a LayerNorm (if `layer_norm`; over the channels
+    at every pixel for the convolution) and a relu; He-normal kernels. With `channels=16`,
+    `hidden_sizes=(128,)` it is purejaxql's MinAtar CNN (`pqn_minatar.py`).
+
+    `input_scale` multiplies the observation first (purejaxql divides MinAtar's 0/1 grids by 255)."""
+
+    conv: Conv
+    dense: tuple[Dense, ...]
+    norms: tuple[eqx.nn.LayerNorm, ...] | None
+    input_scale: float = eqx.field(static=True)
+
+    def __init__(
+        self,
+        obs_shape: tuple[int, ...],
+        channels: int,
+        hidden_sizes: Sequence[int],
+        layer_norm: bool = True,
+        input_scale: float = 1.0,
+        *,
+        key: NetworkKey,
+    ):
+        if len(obs_shape) != 3:
+            raise ValueError(
+                f"a CNN torso needs (height, width, channels) observations, got shape {obs_shape}"
+            )
+        keys = ParamKeys.of(key)
+        height, width, in_channels = obs_shape
+        if min(height, width) < 3:
+            raise ValueError(f"a 3x3 convolution needs observations of at least 3x3 cells, got {obs_shape}")
+        self.conv = Conv(in_channels, channels, 3, key=keys, kernel_init=he_normal())
+        sizes = [(height - 2) * (width - 2) * channels, *hidden_sizes]
+        self.dense = tuple(
+            Dense(n_in, n_out, key=keys, kernel_init=he_normal())
+            for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True)
+        )
+        # Flax's LayerNorm: epsilon 1e-6, scale 1 and bias 0 to start with.
+        widths = [channels, *hidden_sizes]
+        self.norms = tuple(eqx.nn.LayerNorm(width, eps=1e-6) for width in widths) if layer_norm else None
+        self.input_scale = input_scale
+
+    @property
+    def out_features(self) -> int:
+        return self.dense[-1].kernel.shape[-1] if self.dense else self.conv.kernel.shape[-1]
+
+    def __call__(self, obs: Float[Array, "height width channels"]) -> Float[Array, " features"]:
+        x = self.conv(obs * self.input_scale)
+        if self.norms is not None:
+            x = jax.vmap(jax.vmap(self.norms[0]))(x)
+        x = jax.nn.relu(x).reshape(-1)
+        for i, layer in enumerate(self.dense):
+            x = layer(x)
+            if self.norms is not None:
+                x = self.norms[i + 1](x)
+            x = jax.nn.relu(x)
+        return x

@@ -63,6 +63,10 @@ class Normalize:
     observations: bool = True
     rewards: bool = False
     gamma: float = 0.99
+    statistics_only: bool = False
+    """Keep the observation statistics up to date but hand out the raw observations: an off-policy
+    learner (SAC) stores raw observations and normalises them with the current statistics when it
+    acts and when it samples them, so old transitions are not stuck with old statistics."""
 
     def __getattr__(self, name: str) -> Any:
         if name == "env":  # not set yet (copying, unpickling): no delegation loop
@@ -74,7 +78,8 @@ class Normalize:
         obs_stats = reward_stats = discounted = None
         if self.observations:
             obs_stats = RunningStats.empty(obs.shape[1:]).update(obs)
-            obs = obs_stats.normalize(obs)
+            if not self.statistics_only:
+                obs = obs_stats.normalize(obs)
         if self.rewards:
             reward_stats = RunningStats.empty(())
             discounted = jnp.zeros(self.env.num_envs)
@@ -90,8 +95,9 @@ class Normalize:
         obs_stats, reward_stats, discounted = state.obs_stats, state.reward_stats, state.discounted_return
         if self.observations:
             obs_stats = obs_stats.update(obs)
-            obs = obs_stats.normalize(obs)
-            step = eqx.tree_at(lambda s: s.next_obs, step, obs_stats.normalize(step.next_obs))
+            if not self.statistics_only:
+                obs = obs_stats.normalize(obs)
+                step = eqx.tree_at(lambda s: s.next_obs, step, obs_stats.normalize(step.next_obs))
         if self.rewards:
             # The discounted return restarts after an episode ends (the reference's bookkeeping).
             discounted = discounted * self.gamma * (1.0 - step.done.astype(jnp.float32)) + step.reward

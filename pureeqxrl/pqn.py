@@ -20,7 +20,7 @@ rollout from the next episode's first observation when an episode just ended).
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import equinox as eqx
 import jax
@@ -35,14 +35,15 @@ from pureeqxrl.envs import VecEnv, episode_stats, make_env
 from pureeqxrl.evaluate import training_evaluator
 from pureeqxrl.heads import epsilon_greedy, q_policy
 from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, train_from_steps
-from pureeqxrl.nets import Dense, Functional, NetworkKey, ParamKeys
+from pureeqxrl.nets import CNNTorso, Dense, Functional, NetworkKey, ParamKeys
 
 __all__ = ["PQNConfig", "make_train", "make_update_steps", "policy", "q_lambda_returns"]
 
 
 @dataclass(frozen=True)
 class PQNConfig(TrainConfig):
-    """PQN hyperparameters; defaults are purejaxql's CartPole-v1 ones (`pqn_cartpole.yaml`)."""
+    """PQN hyperparameters; defaults are purejaxql's CartPole-v1 ones (`pqn_cartpole.yaml`), and
+    `--preset minatar` gives its MinAtar ones (`pqn_minatar.yaml`, with its CNN)."""
 
     total_timesteps: int = 500_000
     num_envs: int = 32
@@ -66,6 +67,35 @@ class PQNConfig(TrainConfig):
     """Rewards are multiplied by this for learning (episode returns are reported unscaled)."""
     q_lambda: float = 0.95
     """Q(lambda)'s trace decay: 0 gives one-step targets, 1 Monte Carlo returns to the rollout's end."""
+    torso: Literal["mlp", "cnn"] = "mlp"
+    """The Q-network's body: "mlp" flattens the observation into `hidden_sizes`; "cnn" is
+    `pureeqxrl.nets.CNNTorso` for (height, width, channels) grids (MinAtar, navix): a 3x3
+    convolution of `conv_channels` filters, then `hidden_sizes`."""
+    conv_channels: int = 16
+    obs_scale: float = 1.0
+    """Observations are multiplied by this before the network (purejaxql's MinAtar CNN divides its
+    0/1 grids by 255, and its LayerNorms undo the scale)."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "minatar": {
+            "env": "Breakout-MinAtar",
+            "total_timesteps": 10_000_000,
+            "num_envs": 128,
+            "num_steps": 32,
+            "epsilon_finish": 0.05,
+            "epsilon_anneal_fraction": 0.1,
+            "update_epochs": 2,
+            "num_minibatches": 32,
+            "learning_rate": 5e-4,
+            "reward_scale": 1.0,
+            "q_lambda": 0.65,
+            "torso": "cnn",
+            "hidden_sizes": (128,),
+            "obs_scale": 1 / 255,
+            "log_interval": 50,
+        }
+    }
+    """Named settings (`pureeqxrl train pqn --preset minatar --env Asterix-MinAtar`)."""
 
     @property
     def steps_per_update(self) -> int:
@@ -81,7 +111,8 @@ class PQNConfig(TrainConfig):
 
     def check(self, checks: ConfigChecks) -> None:
         super().check(checks)
-        checks.positive("num_steps", "update_epochs", "num_minibatches", "max_grad_norm")
+        checks.positive("num_steps", "update_epochs", "num_minibatches", "max_grad_norm", "conv_channels")
+        checks.require(self.torso in ("mlp", "cnn"), f"torso must be 'mlp' or 'cnn', got {self.torso!r}")
         checks.non_negative("reward_scale")
         checks.in_unit_interval("epsilon_start", "epsilon_finish", "epsilon_anneal_fraction", "q_lambda")
         check_rollout(checks, self)
@@ -96,9 +127,20 @@ class QNetwork(eqx.Module):
 
     layers: tuple[Dense, ...]
     norms: tuple[eqx.nn.LayerNorm, ...] | None
+    scale: float = eqx.field(static=True)
 
-    def __init__(self, obs_size: int, num_actions: int, hidden_sizes, layer_norm: bool, *, key: NetworkKey):
+    def __init__(
+        self,
+        obs_size: int,
+        num_actions: int,
+        hidden_sizes,
+        layer_norm: bool,
+        *,
+        key: NetworkKey,
+        scale: float = 1.0,
+    ):
         keys = ParamKeys.of(key)
+        self.scale = scale
         sizes = [obs_size, *hidden_sizes, num_actions]
         self.layers = tuple(
             Dense(n_in, n_out, key=keys) for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True)
@@ -107,7 +149,7 @@ class QNetwork(eqx.Module):
         self.norms = tuple(eqx.nn.LayerNorm(size, eps=1e-6) for size in hidden_sizes) if layer_norm else None
 
     def __call__(self, obs: Float[Array, "..."]) -> Float[Array, " num_actions"]:
-        x = obs.reshape(-1)
+        x = obs.reshape(-1) * self.scale
         for i, layer in enumerate(self.layers[:-1]):
             x = layer(x)
             if self.norms is not None:
@@ -116,12 +158,39 @@ class QNetwork(eqx.Module):
         return self.layers[-1](x)
 
 
+class CNNQNetwork(eqx.Module):
+    """A `CNNTorso` then a Dense head to one Q-value per action (purejaxql's MinAtar network)."""
+
+    torso: CNNTorso
+    head: Dense
+
+    def __init__(self, obs_shape, num_actions: int, config: PQNConfig, *, key: NetworkKey):
+        keys = ParamKeys.of(key)
+        self.torso = CNNTorso(
+            obs_shape,
+            config.conv_channels,
+            config.hidden_sizes,
+            config.layer_norm,
+            config.obs_scale,
+            key=keys,
+        )
+        self.head = Dense(self.torso.out_features, num_actions, key=keys)
+
+    def __call__(self, obs: Float[Array, "height width channels"]) -> Float[Array, " num_actions"]:
+        return self.head(self.torso(obs))
+
+
 def equinox_q_network(config: PQNConfig, env: VecEnv) -> Functional:
-    """The Equinox `QNetwork` as a `Functional` whose `apply` maps observations to Q-values."""
+    """The Equinox Q-network of `config.torso` (`QNetwork` or `CNNQNetwork`) as a `Functional`
+    whose `apply` maps observations to Q-values."""
     obs_size = int(np.prod(env.observation_shape))
 
-    def init(key: PRNGKeyArray) -> QNetwork:
-        return QNetwork(obs_size, env.num_actions, config.hidden_sizes, config.layer_norm, key=key)
+    def init(key: PRNGKeyArray) -> QNetwork | CNNQNetwork:
+        if config.torso == "cnn":
+            return CNNQNetwork(env.observation_shape, env.num_actions, config, key=key)
+        return QNetwork(
+            obs_size, env.num_actions, config.hidden_sizes, config.layer_norm, key=key, scale=config.obs_scale
+        )
 
     return Functional(init=init, apply=lambda network, obs: jax.vmap(network)(obs))
 
@@ -212,6 +281,11 @@ def make_update_steps(
     env = make_env(config.env, config.num_envs, config.max_episode_steps)
     if not env.discrete:
         raise ValueError(f"PQN needs discrete actions; {config.env} has continuous actions (a Box)")
+    if config.torso == "cnn" and len(env.observation_shape) != 3:
+        raise ValueError(
+            f"torso 'cnn' needs (height, width, channels) observations; {config.env}'s have shape "
+            f"{env.observation_shape} (use torso 'mlp')"
+        )
     network = (network_fn or equinox_q_network)(config, env)
     learning_rate = config.learning_rate
     if config.anneal_lr:

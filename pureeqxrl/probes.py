@@ -10,6 +10,7 @@ An algorithm that cannot learn these has a bug, and each probe isolates one part
 | `ActionReward-probe` | 2 | Q(obs, a) = 1 if a matches the sign of obs else 0 | acting on the learnt values |
 | `TimeLimit-probe` | 1 | Q = 1 / (1 - gamma) | bootstrapping through truncations |
 | `ContinuousAction-probe` | Box [-1, 1] | mean action obs / 2; V = -E[(a - obs / 2)^2] | Gaussian policies |
+| `ContinuousTimeLimit-probe` | Box [-1, 1] | Q = 1 / (1 - gamma) | truncations, continuous actions |
 
 `TimeLimit-probe` never terminates; it is truncated after `max_steps_in_episode` steps (default 1).
 An algorithm that treats truncation as termination learns Q = 1 there instead of 1 / (1 - gamma).
@@ -118,11 +119,19 @@ class TimeLimit(_Probe):
         return state.obs, jnp.array(1.0), jnp.array(False)
 
 
-class ContinuousAction(_Probe):
-    """One step, observation +-1, one action in [-1, 1]; reward -(action - obs / 2)^2."""
+class _ContinuousActions:
+    """One action in [-1, 1] (a Box) instead of a Discrete space."""
 
     def action_space(self, params=None) -> spaces.Box:
         return spaces.Box(-1.0, 1.0, (1,), jnp.float32)
+
+
+class ContinuousTimeLimit(_ContinuousActions, TimeLimit):
+    """`TimeLimit-probe` with one continuous action, which changes nothing."""
+
+
+class ContinuousAction(_ContinuousActions, _Probe):
+    """One step, observation +-1, one action in [-1, 1]; reward -(action - obs / 2)^2."""
 
     def first_obs(self, key):
         return _random_sign(key)
@@ -138,4 +147,5 @@ PROBES: dict[str, type[_Probe]] = {
     "ActionReward-probe": ActionReward,
     "TimeLimit-probe": TimeLimit,
     "ContinuousAction-probe": ContinuousAction,
+    "ContinuousTimeLimit-probe": ContinuousTimeLimit,
 }

@@ -5,7 +5,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pureeqxrl import dqn, heads, ppo, ppo_rnn, pqn
+from pureeqxrl import dqn, heads, ppo, ppo_rnn, pqn, sac
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,15 @@ ALGORITHMS: dict[str, Algorithm] = {
         linen_network_fn=_no_linen("pqn"),
         policy=pqn.policy,
         stochastic=False,
+    ),
+    # SAC: continuous actions, twin critics, learned temperature (no Linen twin).
+    "sac": Algorithm(
+        config_cls=sac.SACConfig,
+        make_train=sac.make_train,
+        make_update_steps=sac.make_update_steps,
+        network_fn=sac.equinox_agent,
+        linen_network_fn=_no_linen("sac"),
+        policy=sac.policy,
     ),
     # Both PPO entries pick the actor-critic from the environment's action space; they differ in
     # their config's defaults (PureJaxRL's discrete CartPole vs continuous-control settings).

@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "pureeqxrl"
-ALGORITHMS = {"pureeqxrl.dqn", "pureeqxrl.pqn", "pureeqxrl.ppo", "pureeqxrl.ppo_rnn"}
+ALGORITHMS = {"pureeqxrl.dqn", "pureeqxrl.pqn", "pureeqxrl.ppo", "pureeqxrl.ppo_rnn", "pureeqxrl.sac"}
 
 
 def _module_name(path: Path) -> str:

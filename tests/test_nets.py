@@ -2,11 +2,13 @@ import subprocess
 import sys
 import textwrap
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pureeqxrl import nets
 from pureeqxrl.nets import MLP, Dense, ParamKeys, orthogonal
 
 pytestmark = pytest.mark.usefixtures("strict_promotion")
@@ -103,3 +105,67 @@ def test_vmapped_orthogonal_training_does_not_hang():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     assert "finished (8,)" in done.stdout
+
+
+# CONVOLUTIONS: grid observations (MinAtar, navix)
+
+
+def test_conv_is_flax_conv_with_the_same_numbers(key):
+    linen = pytest.importorskip("flax.linen")
+    conv = nets.Conv(4, 16, 3, key=key)
+    x = jax.random.normal(jax.random.key(1), (10, 10, 4))
+    theirs = linen.Conv(16, (3, 3), padding="VALID").apply(
+        {"params": {"kernel": conv.kernel, "bias": conv.bias}}, x[None]
+    )[0]
+    np.testing.assert_allclose(conv(x), theirs, rtol=1e-5, atol=1e-5)
+    assert conv(x).shape == (8, 8, 16)
+    # One output cell by hand: the 3x3 window at (2, 5) against every filter.
+    by_hand = jnp.einsum("hwc,hwco->o", x[2:5, 5:8], conv.kernel) + conv.bias
+    np.testing.assert_allclose(conv(x)[2, 5], by_hand, rtol=1e-5, atol=1e-5)
+
+
+def test_cnn_torso_is_purejaxqls_minatar_cnn(key):
+    """Same parameters in a Flax version of purejaxql's MinAtar CNN (conv 16 3x3 VALID, LayerNorm,
+    relu, Dense 128, LayerNorm, relu; inputs / 255): the same features."""
+    linen = pytest.importorskip("flax.linen")
+
+    class TheirCNN(linen.Module):
+        @linen.compact
+        def __call__(self, x):
+            x = linen.relu(linen.LayerNorm()(linen.Conv(16, (3, 3), padding="VALID")(x / 255.0)))
+            x = x.reshape((x.shape[0], -1))
+            return linen.relu(linen.LayerNorm()(linen.Dense(128)(x)))
+
+    torso = nets.CNNTorso((10, 10, 4), 16, (128,), layer_norm=True, input_scale=1 / 255, key=key)
+    conv, dense = torso.conv, torso.dense[0]
+    # Non-trivial LayerNorm parameters, so that their order and shapes matter.
+    scales = [
+        1.0 + jax.random.normal(jax.random.key(i), norm.weight.shape) for i, norm in enumerate(torso.norms)
+    ]
+    torso = eqx.tree_at(lambda t: [norm.weight for norm in t.norms], torso, scales)
+    variables = {
+        "params": {
+            "Conv_0": {"kernel": conv.kernel, "bias": conv.bias},
+            "LayerNorm_0": {"scale": torso.norms[0].weight, "bias": torso.norms[0].bias},
+            "Dense_0": {"kernel": dense.kernel, "bias": dense.bias},
+            "LayerNorm_1": {"scale": torso.norms[1].weight, "bias": torso.norms[1].bias},
+        }
+    }
+    grids = jax.random.bernoulli(jax.random.key(3), 0.3, (5, 10, 10, 4)).astype(jnp.float32)
+    np.testing.assert_allclose(
+        jax.vmap(torso)(grids), TheirCNN().apply(variables, grids), rtol=1e-4, atol=1e-5
+    )
+    ours = sum(leaf.size for leaf in jax.tree.leaves(torso))
+    theirs = sum(leaf.size for leaf in jax.tree.leaves(jax.eval_shape(TheirCNN().init, key, grids)))
+    assert ours == theirs == 3 * 3 * 4 * 16 + 16 + 2 * 16 + 8 * 8 * 16 * 128 + 128 + 2 * 128
+
+
+def test_cnn_torso_draws_he_normal_kernels_and_refuses_flat_observations(key):
+    torso = nets.CNNTorso((10, 10, 4), 16, (128,), key=key)
+    # He-normal: standard deviation sqrt(2 / fan_in) (fan_in 36 for the convolution, 1024 for Dense)
+    np.testing.assert_allclose(torso.conv.kernel.std(), np.sqrt(2 / 36), rtol=0.1)
+    np.testing.assert_allclose(torso.dense[0].kernel.std(), np.sqrt(2 / 1024), rtol=0.05)
+    with pytest.raises(
+        ValueError, match="needs \\(height, width, channels\\) observations, got shape \\(4,\\)"
+    ):
+        nets.CNNTorso((4,), 16, (128,), key=key)

@@ -140,3 +140,39 @@ def test_train_and_eval_through_the_command_line(tmp_path, capsys):
     assert cli.main(["eval", str(run_dir), "--episodes", "2"]) == 0
     assert cli.main(["eval", str(run_dir), "--sample"]) == 2
     assert "pqn has no stochastic policy" in capsys.readouterr().out
+
+
+# THE CNN TORSO (MinAtar, navix grids)
+
+
+def test_minatar_preset_is_purejaxqls_pqn_minatar(tmp_path, capsys):
+    preset = pqn.PQNConfig(**pqn.PQNConfig.PRESETS["minatar"])
+    assert (preset.num_envs, preset.num_steps, preset.num_minibatches, preset.update_epochs) == (
+        128,
+        32,
+        32,
+        2,
+    )
+    assert (preset.learning_rate, preset.q_lambda, preset.epsilon_finish, preset.total_timesteps) == (
+        5e-4,
+        0.65,
+        0.05,
+        10_000_000,
+    )
+    network = pqn.equinox_q_network(preset, pqn.make_env(preset.env, 1)).init(jax.random.key(0))
+    assert isinstance(network, pqn.CNNQNetwork)
+    assert network(jnp.zeros((10, 10, 4))).shape == (3,)  # Breakout-MinAtar: 10x10x4 grid, 3 actions
+    # The command line takes the preset, and its fields can still be overridden.
+    run_dir = tmp_path / "minatar"
+    small = "--total-timesteps 2048 --num-envs 8 --num-steps 16 --num-minibatches 4 --log-interval 4".split()
+    assert cli.main(["train", "pqn", "--preset", "minatar", *small, "--run-dir", str(run_dir)]) == 0
+    capsys.readouterr()
+    agent = runs.load_agent(run_dir)
+    assert isinstance(agent, pqn.CNNQNetwork) and agent.torso.conv.kernel.shape == (3, 3, 4, 16)
+
+
+def test_cnn_torso_on_flat_observations_is_refused_before_compiling(no_compile):
+    with pytest.raises(ValueError, match="torso 'cnn' needs \\(height, width, channels\\) observations"):
+        pqn.make_train(dataclasses.replace(PROBE, env="CartPole-v1", torso="cnn"))
+    with pytest.raises(ValueError, match="torso must be 'mlp' or 'cnn', got 'resnet'"):
+        pqn.make_train(dataclasses.replace(PROBE, torso="resnet"))

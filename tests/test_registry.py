@@ -47,5 +47,5 @@ def test_both_ppo_entries_run_the_one_ppo():
 
 
 def test_unknown_algorithm_names_the_known_ones():
-    with pytest.raises(ValueError, match="unknown algorithm 'sarsa': one of dqn, pqn, ppo"):
+    with pytest.raises(ValueError, match="unknown algorithm 'sarsa': one of dqn, pqn, sac, ppo"):
         registry.get("sarsa")

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pureeqxrl import dqn, ppo, ppo_rnn, runs
+from pureeqxrl import dqn, ppo, ppo_rnn, runs, sac
 from pureeqxrl.loop import (
     UpdateSteps,
     chunk_lengths,
@@ -43,8 +43,18 @@ TINY = {
         hidden_sizes=(16,),
         log_interval=4,
     ),
+    "sac": sac.SACConfig(
+        total_timesteps=1_200,
+        num_envs=4,
+        buffer_size=1_000,
+        batch_size=32,
+        learning_starts=400,
+        hidden_sizes=(16,),
+        normalize_obs=True,
+        log_interval=25,
+    ),
 }
-MODULES = {"dqn": dqn, "ppo": ppo, "ppo_continuous": ppo, "ppo_rnn": ppo_rnn}
+MODULES = {"dqn": dqn, "ppo": ppo, "ppo_continuous": ppo, "ppo_rnn": ppo_rnn, "sac": sac}
 HEADER = {"algorithm": "test", "config": {}, "num_seeds": 0, "seed": 0, "linen": False}
 
 
@@ -91,7 +101,7 @@ def test_chunk_lengths():
 
 
 @pytest.mark.parametrize("num_seeds", [1, pytest.param(3, marks=pytest.mark.slow)])
-@pytest.mark.parametrize("algo", ["dqn", "ppo", "ppo_continuous", "ppo_rnn"])
+@pytest.mark.parametrize("algo", ["dqn", "ppo", "ppo_continuous", "ppo_rnn", "sac"])
 def test_interrupted_and_resumed_run_is_bit_identical_to_the_uninterrupted_one(algo, num_seeds, tmp_path):
     config = TINY[algo]
     steps = MODULES[algo].make_update_steps(config)
