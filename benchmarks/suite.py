@@ -1,7 +1,10 @@
 """Every Equinox-vs-Linen benchmark with the settings of the README's tables, then the chart.
 
 Runs, one after another (never two JAX jobs at once: they would share the cores), for each algorithm
-`per_op.py` and `end_to_end.py` (1 and 8 vmapped seeds), then `dispatch.py` and `chart.py`. Results
+`per_op.py` and `end_to_end.py` (1 and 8 vmapped seeds), then `dispatch.py` and `chart.py`, then
+the training throughput (env steps/s) of the algorithms without a Linen twin beside those with one
+(`throughput.py`: PQN and DQN on CartPole and on Breakout-MinAtar, PQN's CNN and MLP there, SAC
+and continuous PPO on Pendulum). Results
 go to `benchmarks/results/*_<backend>.{md,json}` and `ratios_<backend>.png`, where `<backend>` is
 `jax.default_backend()` (`cpu`, `gpu`).
 
@@ -21,6 +24,18 @@ HERE = Path(__file__).parent
 # End-to-end budgets: PureJaxRL's defaults where a run takes seconds on a CPU, shorter for the
 # slower ones (continuous PPO: a quarter of its 1M steps; recurrent PPO: 32,768 steps).
 TOTAL_TIMESTEPS = {"dqn": 500_000, "ppo": 500_000, "ppo_continuous": 262_144, "ppo_rnn": 32_768}
+# Throughput tables: (name, environment, `throughput.py --algos` entries, updates per chunk or None
+# for about 1e5 env steps per seed). SAC takes one env step per update: 2,000 updates per chunk.
+THROUGHPUT = [
+    ("pqn_dqn", "CartPole-v1", ["pqn", "dqn"], None),
+    (
+        "minatar",
+        "Breakout-MinAtar",
+        ["pqn@minatar", "pqn@minatar,torso=mlp,hidden_sizes=256x256", "dqn"],
+        None,
+    ),
+    ("sac", "Pendulum-v1", ["sac", "ppo_continuous"], [2_000, 24]),
+]
 # Per-operation iterations per timing: more for the cheap operations.
 INNER = {"dqn": 1000, "ppo": 20, "ppo_continuous": 20, "ppo_rnn": 10}
 
@@ -33,6 +48,7 @@ def main() -> None:
     parser.add_argument("--skip-per-op", action="store_true")
     parser.add_argument("--skip-end-to-end", action="store_true")
     parser.add_argument("--skip-dispatch", action="store_true")
+    parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument(
         "--results", type=Path, default=Path("benchmarks/results"), help="relative to the repository root"
     )
@@ -80,6 +96,23 @@ def main() -> None:
             ["dispatch.py", "--rounds", "7", "--repeats", "9", "--out", str(out / f"dispatch_{suffix}")]
         )
     commands.append(["chart.py", "--results", str(out), "--suffix", suffix])
+    if not args.skip_throughput:
+        for name, env, algos, updates in THROUGHPUT:
+            command = [
+                "throughput.py",
+                "--algos",
+                *algos,
+                "--env",
+                env,
+                "--seeds",
+                "1",
+                "8",
+                "--repeats",
+                "3",
+            ]
+            if updates:
+                command += ["--updates", *map(str, updates)]
+            commands.append([*command, "--out", str(out / f"throughput_{name}_{suffix}")])
 
     for command in commands:
         start = time.perf_counter()

@@ -3,6 +3,10 @@ training (its reference settings, learning included), same machine, interleaved.
 
     python benchmarks/throughput.py --algos pqn dqn --env CartPole-v1 --seeds 1 8 \
         --out benchmarks/results/throughput_pqn_dqn_cpu
+    python benchmarks/throughput.py --algos pqn@minatar pqn@minatar,torso=mlp dqn --env Breakout-MinAtar
+
+An entry of `--algos` is `ALGO[@PRESET][,FIELD=VALUE...]`: the algorithm's defaults, or one of its
+presets (`pureeqxrl train ALGO --preset PRESET`), with fields changed (`hidden_sizes=128x128`).
 
 Each algorithm's chunk program (`--updates` updates, what `pureeqxrl train` runs between
 checkpoints) is compiled first and run once to warm up; then the algorithms take turns,
@@ -12,21 +16,45 @@ with min-max, and each algorithm's speed relative to the first one.
 
 import argparse
 import dataclasses
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
 
 from pureeqxrl import registry
+from pureeqxrl.config import typed_values
 from pureeqxrl.loop import make_chunk_runner
 
 from bench_io import machine, machine_line, write_results
 
 
-def prepare(algo: str, env: str, seeds: int, updates: int) -> dict:
+def variant_config(spec: str) -> tuple[registry.Algorithm, Any]:
+    """The algorithm and config of an `--algos` entry `ALGO[@PRESET][,FIELD=VALUE...]`."""
+    name, *changes = spec.split(",")
+    algo, _, preset = name.partition("@")
     algorithm = registry.get(algo)
-    config = dataclasses.replace(algorithm.config_cls(), env=env, eval_interval=0)
+    values = dict(getattr(algorithm.config_cls, "PRESETS", {})[preset]) if preset else {}
+    for change in changes:
+        field, _, value = change.partition("=")
+        values[field] = (
+            [json.loads(v) for v in value.split("x")] if field == "hidden_sizes" else _parsed(value)
+        )
+    return algorithm, algorithm.config_cls(**typed_values(algorithm.config_cls, values))
+
+
+def _parsed(value: str) -> Any:
+    try:
+        return json.loads(value)  # numbers and booleans
+    except json.JSONDecodeError:
+        return value  # a word: torso=mlp
+
+
+def prepare(spec: str, env: str, seeds: int, updates: int) -> dict:
+    algorithm, config = variant_config(spec)
+    config = dataclasses.replace(config, env=env, eval_interval=0)
     # DQN's first updates only collect (learning_starts): time a stretch where it learns.
     if hasattr(config, "learning_starts"):
         config = dataclasses.replace(config, learning_starts=0)
@@ -40,7 +68,7 @@ def prepare(algo: str, env: str, seeds: int, updates: int) -> dict:
     state, rows = runner.run(state, updates, 0)
     jax.block_until_ready(rows)
     return {
-        "algo": algo,
+        "algo": spec,
         "seeds": seeds,
         "updates": updates,
         "runner": runner,
@@ -53,7 +81,7 @@ def prepare(algo: str, env: str, seeds: int, updates: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--algos", nargs="+", default=["pqn", "dqn"], choices=sorted(registry.ALGORITHMS))
+    parser.add_argument("--algos", nargs="+", default=["pqn", "dqn"], help="ALGO[@PRESET][,FIELD=VALUE...]")
     parser.add_argument("--env", default="CartPole-v1")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8])
     parser.add_argument(
@@ -64,7 +92,7 @@ def main() -> None:
     args = parser.parse_args()
     # One chunk of roughly 1e5 env steps per seed, whatever an update's size.
     updates = args.updates or [
-        max(1, 100_000 // registry.get(a).config_cls().steps_per_update) for a in args.algos
+        max(1, 100_000 // variant_config(spec)[1].steps_per_update) for spec in args.algos
     ]
     runs = [
         prepare(algo, args.env, seeds, n)
@@ -88,7 +116,8 @@ def main() -> None:
         "",
         f"`{command}`",
         "",
-        f"{machine_line(info)} Each algorithm's own settings (`pureeqxrl train ALGO` defaults), learning "
+        f"{machine_line(info)} Each algorithm's own settings (`pureeqxrl train ALGO` defaults, or the preset "
+        "named after `@`, with the fields changed after commas), learning "
         f"included; median of {args.repeats} interleaved chunks (min-max), compile excluded.",
         "",
         "| algorithm | seeds | env steps per chunk | env steps/s, median (min-max) | vs "

@@ -3,6 +3,7 @@ truncated, auto-reset, `info["final_observation"]`), so `pureeqxrl.envs.make_env
 gymnax environment. Both libraries are optional extras, imported only when one of their ids is used.
 """
 
+import dataclasses
 from typing import Any
 
 import equinox as eqx
@@ -20,11 +21,24 @@ class NavixEnvironment(environment.Environment):
     to `info["final_observation"]`. Termination and truncation come from navix's step type. The
     state is navix's `Timestep`; observations stay navix's (e.g. the symbolic `(H, W, 3)` grid) and
     are cast to float32 by `VecEnv`.
+
+    The transition without navix's lazy reset is its public `step` on an environment made with
+    `disable_autoreset=True` (navix 4.0; `make_navix` asks for it wherever the release has the
+    field); releases without it (0.7.4, the last for Python 3.11) only have it as the private
+    `_step`. `tests/test_adapters.py` checks, on whichever release is installed, that the transition
+    used here never resets and that the one navix's `step` would use does.
     """
 
     def __init__(self, navix_env: Any):
         super().__init__()
         self.navix_env = navix_env
+
+    @property
+    def transition(self) -> Any:
+        """navix's step without its lazy reset: `(timestep, action) -> timestep`."""
+        if getattr(self.navix_env, "disable_autoreset", False):
+            return self.navix_env.step
+        return self.navix_env._step
 
     @property
     def default_params(self) -> environment.EnvParams:
@@ -42,12 +56,22 @@ class NavixEnvironment(environment.Environment):
         return timestep.observation, timestep
 
     def step_env(self, key, timestep, action, params):
-        # `_step` is navix's step without its lazy reset; gymnax's `step` resets right after it.
-        timestep = self.navix_env._step(timestep, action).replace(info={})
+        # gymnax's `step` resets right after this transition when the episode ended.
+        timestep = self.transition(timestep, action).replace(info={})
         return timestep.observation, timestep, timestep.reward, timestep.is_termination(), {}
 
     def is_truncated(self, timestep, params):
         return timestep.is_truncation()
+
+
+def make_navix(name: str, max_steps: int | None = None) -> NavixEnvironment:
+    """The navix environment `name` (a `Navix-...` id), with its lazy auto-reset switched off where
+    the installed navix can (`NavixEnvironment`), and `max_steps` as its time limit if given."""
+    module = navix()
+    kwargs: dict[str, Any] = {} if max_steps is None else {"max_steps": max_steps}
+    if "disable_autoreset" in {field.name for field in dataclasses.fields(module.Environment)}:
+        kwargs["disable_autoreset"] = True
+    return NavixEnvironment(module.make(name, **kwargs))
 
 
 class BraxState(eqx.Module):

@@ -171,8 +171,7 @@ def make_env(name: str, num_envs: int, max_episode_steps: int | None = None) -> 
     if max_episode_steps is not None and max_episode_steps < 1:
         raise ValueError(f"max_episode_steps must be positive, got {max_episode_steps}")
     if name.startswith("Navix-") and name in adapters.navix().registry():
-        limit = {} if max_episode_steps is None else {"max_steps": max_episode_steps}
-        env = adapters.NavixEnvironment(adapters.navix().make(name, **limit))
+        env = adapters.make_navix(name, max_episode_steps)
         return VecEnv(env=env, params=env.default_params, num_envs=num_envs, name=name)
     if name.startswith(adapters.BRAX_PREFIX) and name in adapters.brax_names():
         brax_env = adapters.brax_envs().get_environment(

@@ -241,6 +241,8 @@ class CNNTorso(eqx.Module):
     dense: tuple[Dense, ...]
     norms: tuple[eqx.nn.LayerNorm, ...] | None
     input_scale: float = eqx.field(static=True)
+    conv_size: int = eqx.field(static=True)
+    """Features of the flattened convolution's output."""
 
     def __init__(
         self,
@@ -261,7 +263,8 @@ class CNNTorso(eqx.Module):
         if min(height, width) < 3:
             raise ValueError(f"a 3x3 convolution needs observations of at least 3x3 cells, got {obs_shape}")
         self.conv = Conv(in_channels, channels, 3, key=keys, kernel_init=he_normal())
-        sizes = [(height - 2) * (width - 2) * channels, *hidden_sizes]
+        self.conv_size = (height - 2) * (width - 2) * channels
+        sizes = [self.conv_size, *hidden_sizes]
         self.dense = tuple(
             Dense(n_in, n_out, key=keys, kernel_init=he_normal())
             for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True)
@@ -273,7 +276,8 @@ class CNNTorso(eqx.Module):
 
     @property
     def out_features(self) -> int:
-        return self.dense[-1].kernel.shape[-1] if self.dense else self.conv.kernel.shape[-1]
+        """Width of the features: the last hidden layer's, or the flattened convolution's."""
+        return self.dense[-1].kernel.shape[-1] if self.dense else self.conv_size
 
     def __call__(self, obs: Float[Array, "height width channels"]) -> Float[Array, " features"]:
         x = self.conv(obs * self.input_scale)

@@ -427,8 +427,9 @@ def policy(
     def act(key: PRNGKeyArray, obs: Array) -> Array:
         if obs_stats is not None:
             obs = obs_stats.normalize(obs)
-        mean, _ = network.apply(params, obs)
-        sampled, _ = sample_actions(params.actor, obs, key)
+        mean, log_std = network.apply(params, obs)
+        keys = jax.random.split(key, obs.shape[0])
+        sampled = jax.vmap(lambda m, s, k: tanh_gaussian(m, s).sample(k))(mean, log_std, keys)
         return to_bounds(jnp.where(greedy, jnp.tanh(mean), sampled), low, high)
 
     return act

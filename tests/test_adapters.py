@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pureeqxrl import ppo
+from pureeqxrl import adapters, ppo
 from pureeqxrl.envs import make_env
 
 # NAVIX
@@ -36,6 +36,26 @@ def test_navix_resets_at_once_and_keeps_the_final_observation(key):
     done = terminated | truncated
     assert not np.allclose(np.asarray(obs_after)[done], np.asarray(steps.next_obs)[done])
     np.testing.assert_array_equal(np.asarray(obs_after)[~done], np.asarray(steps.next_obs)[~done])
+
+
+def test_navix_transition_used_never_resets_and_navixs_own_step_resets_lazily(key):
+    """What the adapter relies on, on whichever navix is installed: its transition (navix's `step`
+    with `disable_autoreset`, or `_step` on releases without it) applies the action even after the
+    episode ended, and navix's default `step` instead resets one call late (the lazy reset the
+    adapter replaces with gymnax's immediate one)."""
+    navix = pytest.importorskip("navix", reason="needs the navix extra")
+    env = adapters.make_navix("Navix-Empty-5x5-v0", max_steps=3)
+    timestep = env.navix_env.reset(key)
+    for t in range(1, 5):  # the 3-step limit ends the episode at t = 3; the transition goes on
+        timestep = env.transition(timestep, jnp.asarray(2))  # 2: forward
+        assert int(timestep.t) == t
+        assert bool(timestep.is_truncation()) == (t >= 3) and not bool(timestep.is_termination())
+    lazy = navix.make("Navix-Empty-5x5-v0", max_steps=3)
+    timestep = lazy.reset(key)
+    for _ in range(3):
+        timestep = lazy.step(timestep, jnp.asarray(2))
+    assert bool(timestep.is_truncation())
+    assert int(lazy.step(timestep, jnp.asarray(2)).t) == 0  # the action-less reset step
 
 
 def test_navix_names_are_known_and_suggested():

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from pureeqxrl import registry
 from pureeqxrl.dqn import DQNConfig
+from pureeqxrl.sac import SACConfig
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
@@ -129,3 +131,31 @@ def test_throughput_benchmark_compares_algorithms(tmp_path, monkeypatch):
     # A chunk of PQN is 2 updates of 32 x 64 steps; of DQN 20 updates of 10 environments' steps.
     assert [row["env_steps"] for row in results] == [2 * 32 * 64, 20 * 10]
     assert results[0]["ratio_to_first"] == 1.0 and all(len(row["seconds"]) == 2 for row in results)
+
+
+def test_throughput_variants_are_presets_with_changed_fields(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # bench_io
+    throughput = load("throughput")
+    algorithm, config = throughput.variant_config("pqn@minatar,torso=mlp,hidden_sizes=256x256,num_envs=64")
+    assert algorithm is registry.get("pqn")
+    assert (config.env, config.q_lambda, config.num_steps) == ("Breakout-MinAtar", 0.65, 32)  # the preset
+    assert (config.torso, config.hidden_sizes, config.num_envs) == ("mlp", (256, 256), 64)  # the changes
+    _, config = throughput.variant_config("sac,learn_alpha=false,tau=0.01")
+    assert config == SACConfig(learn_alpha=False, tau=0.01)
+    with pytest.raises(ValueError, match="num_envs must be int, got 'many'"):
+        throughput.variant_config("dqn,num_envs=many")
+
+
+@pytest.mark.slow
+def test_versions_benchmark_times_a_commit_against_this_tree(tmp_path, monkeypatch):
+    out = tmp_path / "versions_test"
+    run_script(
+        monkeypatch, "versions", "--baseline", "HEAD", "--algos", "ppo", "--seeds", "1", "2",
+        "--repeats", "2", "--total-timesteps", "2048", "--out", str(out),
+    )  # fmt: skip
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [(row["algo"], row["num_seeds"]) for row in data["rows"]] == [("ppo", 1), ("ppo", 2)]
+    assert all(len(samples) == 2 for samples in data["samples"].values())  # both versions, each repeat
+    last = data["rows"][-1]
+    assert last["old_returns"]["runs"] == last["new_returns"]["runs"] == 4  # 2 seeds x 2 repeats
+    assert "intervals overlap" in out.with_suffix(".md").read_text()

@@ -113,6 +113,7 @@ def test_vmapped_orthogonal_training_does_not_hang():
 def test_conv_is_flax_conv_with_the_same_numbers(key):
     linen = pytest.importorskip("flax.linen")
     conv = nets.Conv(4, 16, 3, key=key)
+    conv = eqx.tree_at(lambda c: c.bias, conv, jax.random.normal(jax.random.key(2), (16,)))  # not zeros
     x = jax.random.normal(jax.random.key(1), (10, 10, 4))
     theirs = linen.Conv(16, (3, 3), padding="VALID").apply(
         {"params": {"kernel": conv.kernel, "bias": conv.bias}}, x[None]
@@ -137,12 +138,11 @@ def test_cnn_torso_is_purejaxqls_minatar_cnn(key):
             return linen.relu(linen.LayerNorm()(linen.Dense(128)(x)))
 
     torso = nets.CNNTorso((10, 10, 4), 16, (128,), layer_norm=True, input_scale=1 / 255, key=key)
+    # Non-zero biases and LayerNorm parameters, so that every one of them must be where Flax has it.
+    leaves = lambda t: [t.conv.bias, t.dense[0].bias, *[p for n in t.norms for p in (n.weight, n.bias)]]  # noqa: E731
+    noise = [0.5 * jax.random.normal(jax.random.key(i), x.shape) for i, x in enumerate(leaves(torso))]
+    torso = eqx.tree_at(leaves, torso, [x + n for x, n in zip(leaves(torso), noise, strict=True)])
     conv, dense = torso.conv, torso.dense[0]
-    # Non-trivial LayerNorm parameters, so that their order and shapes matter.
-    scales = [
-        1.0 + jax.random.normal(jax.random.key(i), norm.weight.shape) for i, norm in enumerate(torso.norms)
-    ]
-    torso = eqx.tree_at(lambda t: [norm.weight for norm in t.norms], torso, scales)
     variables = {
         "params": {
             "Conv_0": {"kernel": conv.kernel, "bias": conv.bias},
@@ -158,6 +158,11 @@ def test_cnn_torso_is_purejaxqls_minatar_cnn(key):
     ours = sum(leaf.size for leaf in jax.tree.leaves(torso))
     theirs = sum(leaf.size for leaf in jax.tree.leaves(jax.eval_shape(TheirCNN().init, key, grids)))
     assert ours == theirs == 3 * 3 * 4 * 16 + 16 + 2 * 16 + 8 * 8 * 16 * 128 + 128 + 2 * 128
+
+
+def test_cnn_torso_without_hidden_layers_hands_out_the_flattened_convolution(key):
+    torso = nets.CNNTorso((10, 10, 4), 8, (), key=key)
+    assert torso.out_features == 8 * 8 * 8 == torso(jnp.ones((10, 10, 4))).shape[0]
 
 
 def test_cnn_torso_draws_he_normal_kernels_and_refuses_flat_observations(key):

@@ -159,6 +159,20 @@ def test_minatar_preset_is_purejaxqls_pqn_minatar(tmp_path, capsys):
         0.05,
         10_000_000,
     )
+    # The rest of purejaxql's pqn_minatar.yaml, and its network's input scaling and width.
+    assert (preset.epsilon_start, preset.epsilon_anneal_fraction, preset.gamma, preset.max_grad_norm) == (
+        1.0,
+        0.1,
+        0.99,
+        10.0,
+    )
+    assert preset.anneal_lr and preset.layer_norm and preset.reward_scale == 1.0
+    assert (preset.torso, preset.conv_channels, preset.hidden_sizes, preset.obs_scale) == (
+        "cnn",
+        16,
+        (128,),
+        1 / 255,
+    )
     network = pqn.equinox_q_network(preset, pqn.make_env(preset.env, 1)).init(jax.random.key(0))
     assert isinstance(network, pqn.CNNQNetwork)
     assert network(jnp.zeros((10, 10, 4))).shape == (3,)  # Breakout-MinAtar: 10x10x4 grid, 3 actions
@@ -176,3 +190,13 @@ def test_cnn_torso_on_flat_observations_is_refused_before_compiling(no_compile):
         pqn.make_train(dataclasses.replace(PROBE, env="CartPole-v1", torso="cnn"))
     with pytest.raises(ValueError, match="torso must be 'mlp' or 'cnn', got 'resnet'"):
         pqn.make_train(dataclasses.replace(PROBE, torso="resnet"))
+
+
+def test_cnn_torso_takes_navix_grids(key):
+    pytest.importorskip("navix", reason="needs the navix extra")
+    config = dataclasses.replace(PROBE, env="Navix-Empty-5x5-v0", torso="cnn", hidden_sizes=(32,))
+    env = pqn.make_env(config.env, 2)
+    network = pqn.equinox_q_network(config, env).init(key)
+    obs, _ = env.reset(key)  # navix's symbolic 5x5x3 grids
+    assert jax.vmap(network)(obs).shape == (2, env.num_actions)
+    assert network.torso.dense[0].kernel.shape == (3 * 3 * 16, 32)

@@ -7,6 +7,7 @@ import pytest
 
 from pureeqxrl import cli, registry, runs, sac
 from pureeqxrl.heads import tanh_gaussian
+from pureeqxrl.normalize import RunningStats
 from pureeqxrl.replay import Transition
 
 PROBE = sac.SACConfig(
@@ -65,6 +66,29 @@ def test_soft_td_target_by_hand_bootstraps_truncations_not_terminations(key):
     expected_loss = 0.5 * ((q - expected_target[:, None]) ** 2).mean(axis=0).sum()
     np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
     np.testing.assert_allclose(q_mean, q.mean(), rtol=1e-6)
+
+
+def test_squashed_actions_map_onto_the_environments_bounds():
+    low, high = jnp.array([-2.0, 0.0]), jnp.array([3.0, 1.0])
+    actions = jnp.array([[-1.0, -1.0], [0.0, 0.5], [1.0, 1.0]])
+    np.testing.assert_allclose(sac.to_bounds(actions, low, high), [[-2.0, 0.0], [0.5, 0.75], [3.0, 1.0]])
+
+
+def test_the_policy_acts_on_normalised_observations_within_the_bounds(key):
+    config = dataclasses.replace(PROBE, env="Pendulum-v1", hidden_sizes=(8,), normalize_obs=True)
+    steps = sac.make_update_steps(config)
+    agent = steps.init(key).params
+    env = sac.make_env("Pendulum-v1", 5)
+    obs, _ = env.reset(key)
+    stats = RunningStats(
+        mean=jnp.array([0.5, -0.5, 2.0]), var=jnp.array([4.0, 0.25, 9.0]), count=jnp.array(10.0)
+    )
+    greedy = sac.policy(steps.network, agent, env, stats, greedy=True)(key, obs)
+    mean, _ = jax.vmap(agent.actor)(stats.normalize(obs))
+    np.testing.assert_allclose(greedy, 2.0 * jnp.tanh(mean), rtol=1e-5, atol=1e-6)  # Pendulum: [-2, 2]
+    assert not np.allclose(greedy, sac.policy(steps.network, agent, env, None, greedy=True)(key, obs))
+    sampled = sac.policy(steps.network, agent, env, stats, greedy=False)(key, obs)
+    assert sampled.shape == (5, 1) and np.all(np.abs(sampled) <= 2.0) and not np.allclose(sampled, greedy)
 
 
 def test_the_two_critics_start_different_and_the_targets_equal_them(key):

@@ -1,0 +1,184 @@
+"""This version against an older commit, end to end: each algorithm's whole training run (compile
+time and train time, 1 and 8 vmapped seeds) and the final returns of its 8-seed runs.
+
+The older commit is checked out in a git worktree; every measurement runs in a fresh process with
+one of the two trees first on its path, so neither version's imports, caches or thread pools touch
+the other's. Runs are interleaved: each repeat measures both versions, and which goes first
+alternates. A row reports medians over the repeats, and the min-max of the per-repeat new/old time
+ratios (below 1.00: the new version is faster). The returns of every 8-seed run (a different key
+per repeat) are pooled per version into an interquartile mean with a 95% stratified-bootstrap
+interval (`pureeqxrl.stats`), so a change of learning shows as intervals that do not overlap.
+
+    python benchmarks/versions.py --baseline 32c0e66 --repeats 5 --out benchmarks/results/versions_cpu
+    python benchmarks/versions.py --baseline 32c0e66 --algos dqn --seeds 1 --repeats 3 --out /tmp/versions
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pureeqxrl import stats
+
+import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
+
+ROOT = Path(__file__).resolve().parent.parent
+# Each algorithm's benchmark run: its default config (the reference's settings) with these fields.
+# Continuous PPO keeps its 64 envs x 64 steps over a quarter of its 1e6 steps, recurrent PPO and SAC
+# get shorter budgets so that a repeat stays within a minute on 2 CPU cores.
+SETTINGS: dict[str, dict] = {
+    "dqn": {"total_timesteps": 500_000},
+    "ppo": {"total_timesteps": 500_000},
+    "ppo_continuous": {"total_timesteps": 262_144},
+    "ppo_rnn": {"total_timesteps": 32_768},
+    "pqn": {"total_timesteps": 500_000},
+    "sac": {"total_timesteps": 10_000, "learning_starts": 1_000},
+}
+
+# What one measurement runs, in a fresh process, with the code of the tree on its path.
+MEASURE = """
+import json, sys, time
+import jax, numpy as np
+from pureeqxrl import registry
+from pureeqxrl.loop import final_return
+
+algo, num_seeds, seed, fields = json.loads(sys.argv[1])
+algorithm = registry.get(algo)
+config = algorithm.config_cls(**fields, eval_interval=0)
+keys = jax.random.split(jax.random.key(seed), num_seeds)
+start = time.perf_counter()
+compiled = jax.jit(jax.vmap(algorithm.make_train(config))).lower(keys).compile()
+compile_s = time.perf_counter() - start
+start = time.perf_counter()
+result = jax.block_until_ready(compiled(keys))
+train_s = time.perf_counter() - start
+returns = final_return(np.asarray(result.metrics["episode_return"]))
+steps = config.num_updates * config.steps_per_update * num_seeds
+print(json.dumps({"compile_s": compile_s, "train_s": train_s, "steps_per_s": steps / train_s,
+                  "returns": [float(r) for r in np.atleast_1d(returns)]}))
+"""
+
+
+def measure(tree: Path, algo: str, num_seeds: int, seed: int, fields: dict) -> dict:
+    """One compile and one training run of `algo` with the code of `tree`, in a fresh process."""
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # every compile is timed whole
+    argument = json.dumps([algo, num_seeds, seed, fields])
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, argument], env=env, cwd=tree, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{algo} on {tree} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def worktree(commit: str) -> Path:
+    """A detached git worktree of `commit` (made once, reused by later runs)."""
+    path = Path(tempfile.gettempdir()) / f"pureeqxrl-{commit}"
+    if not (path / "pureeqxrl").exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(path), commit], cwd=ROOT, check=True)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", required=True, help="the older commit (a git revision)")
+    parser.add_argument("--algos", nargs="+", choices=sorted(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--total-timesteps", type=int, default=None, help="every algorithm's budget (a quick check)"
+    )
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    budget = {} if args.total_timesteps is None else {"total_timesteps": args.total_timesteps}
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", args.baseline], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    trees = {"new": ROOT, "old": worktree(commit)}
+    samples: dict[str, list[dict]] = {}
+    for repeat in range(args.repeats):
+        for algo in args.algos:
+            for num_seeds in args.seeds:
+                for version in ("new", "old") if repeat % 2 == 0 else ("old", "new"):
+                    sample = measure(trees[version], algo, num_seeds, repeat, SETTINGS[algo] | budget)
+                    samples.setdefault(f"{algo}/{num_seeds}/{version}", []).append(sample)
+                    shown = {k: round(v, 2) for k, v in sample.items() if k != "returns"}
+                    print(repeat, algo, num_seeds, version, shown, flush=True)
+
+    rows = []
+    for algo in args.algos:
+        for num_seeds in args.seeds:
+            new, old = samples[f"{algo}/{num_seeds}/new"], samples[f"{algo}/{num_seeds}/old"]
+            row = {"algo": algo, "num_seeds": num_seeds}
+            for quantity in ("compile_s", "train_s", "steps_per_s"):
+                row[f"new_{quantity}"] = statistics.median(s[quantity] for s in new)
+                row[f"old_{quantity}"] = statistics.median(s[quantity] for s in old)
+            for quantity in ("compile_s", "train_s"):
+                ratios = [n[quantity] / o[quantity] for n, o in zip(new, old, strict=True)]
+                row[f"{quantity}_ratio"] = statistics.median(ratios)
+                row[f"{quantity}_ratio_min_max"] = [min(ratios), max(ratios)]
+            row["speedup"] = 1 / row["train_s_ratio"]
+            if num_seeds == max(args.seeds):
+                for version, runs in (("new", new), ("old", old)):
+                    pooled = np.array([r for run in runs for r in run["returns"]])
+                    row[f"{version}_returns"] = stats.summary(pooled)
+            rows.append(row)
+
+    machine = bench_io.machine()
+    command = (
+        f"python benchmarks/versions.py --baseline {args.baseline} --algos {' '.join(args.algos)} --seeds "
+        f"{' '.join(map(str, args.seeds))} --repeats {args.repeats} --out {args.out}"
+        + (f" --total-timesteps {args.total_timesteps}" if args.total_timesteps else "")
+    )
+    lines = [
+        f"# This version against {commit}: whole training runs, medians of {args.repeats} interleaved repeats",
+        "",
+        f"`{command}`",
+        "",
+        f"{bench_io.machine_line(machine)} Settings per algorithm: `SETTINGS` in `benchmarks/versions.py`; "
+        "evaluation off. Ratios are new/old (below 1.00: faster), min-max over the repeats.",
+        "",
+        "| algorithm | seeds | train s old | train s new | speed-up | train new/old (min-max) "
+        "| compile s old | compile s new | compile new/old (min-max) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        train_low, train_high = row["train_s_ratio_min_max"]
+        compile_low, compile_high = row["compile_s_ratio_min_max"]
+        lines.append(
+            f"| {row['algo']} | {row['num_seeds']} | {row['old_train_s']:.2f} | {row['new_train_s']:.2f} | "
+            f"**{row['speedup']:.2f}x** | {row['train_s_ratio']:.3f} ({train_low:.3f}-{train_high:.3f}) | "
+            f"{row['old_compile_s']:.2f} | {row['new_compile_s']:.2f} | "
+            f"{row['compile_s_ratio']:.3f} ({compile_low:.3f}-{compile_high:.3f}) |"
+        )
+    lines += [
+        "",
+        f"Final training returns of the {max(args.seeds)}-seed runs, pooled over the repeats "
+        "(IQM [95% stratified-bootstrap interval]):",
+        "",
+        "| algorithm | runs | old | new | intervals overlap |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if "new_returns" not in row:
+            continue
+        old, new = row["old_returns"], row["new_returns"]
+        overlap = old["iqm_ci"][0] <= new["iqm_ci"][1] and new["iqm_ci"][0] <= old["iqm_ci"][1]
+        lines.append(
+            f"| {row['algo']} | {row['num_seeds'] * args.repeats} | {stats.estimate_text(old)} | "
+            f"{stats.estimate_text(new)} | {'yes' if overlap else '**no**'} |"
+        )
+    data = {"command": command, "baseline": commit, "machine": machine, "rows": rows, "samples": samples}
+    bench_io.write_results(args.out, data, lines)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
