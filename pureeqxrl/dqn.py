@@ -39,7 +39,7 @@ from pureeqxrl.evaluate import training_evaluator
 from pureeqxrl.heads import epsilon_greedy, q_policy
 from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, train_from_steps
 from pureeqxrl.nets import MLP, Functional
-from pureeqxrl.replay import ReplayBuffer, Transition
+from pureeqxrl.replay import ReplayBuffer, Transition, ready_to_learn, stored_after
 
 
 @dataclass(frozen=True)
@@ -183,10 +183,8 @@ def num_gradient_steps(config: DQNConfig) -> int:
     """How many gradient steps a run takes: the updates at which `make_update_steps`'s `update`
     learns (enough transitions stored, past `learning_starts`, a `training_interval` crossed)."""
     timesteps = np.arange(1, config.num_updates + 1) * config.num_envs  # after each update
-    learns = (
-        (np.minimum(timesteps, config.buffer_size) >= config.batch_size)
-        & (timesteps > config.learning_starts)
-        & _crossed(timesteps, config.num_envs, config.training_interval)
+    learns = ready_to_learn(stored_after(timesteps, config), timesteps, config) & _crossed(
+        timesteps, config.num_envs, config.training_interval
     )
     return int(learns.sum())
 
@@ -288,10 +286,8 @@ def make_update_steps(
         buffer, timesteps = state.buffer, state.timesteps
 
         # LEARN
-        is_learn_time = (
-            (buffer.size >= config.batch_size)
-            & (timesteps > config.learning_starts)
-            & _crossed(timesteps, config.num_envs, config.training_interval)
+        is_learn_time = ready_to_learn(buffer.size, timesteps, config) & _crossed(
+            timesteps, config.num_envs, config.training_interval
         )
         state, loss, q_value = jax.lax.cond(
             is_learn_time,

@@ -7,9 +7,12 @@ stopped, a terminated one is not. Actions are stored as the algorithm hands them
 integers, SAC's squashed vectors in [-1, 1]).
 """
 
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 
@@ -62,3 +65,16 @@ class ReplayBuffer(eqx.Module):
     def sample(self, key: PRNGKeyArray, batch_size: int) -> Transition:
         index = jax.random.randint(key, (batch_size,), 0, self.size)
         return jax.tree.map(lambda stored: stored[index], self.data)
+
+
+def ready_to_learn(stored: Any, timesteps: Any, config: Any) -> Any:
+    """Whether an off-policy learner may take gradient steps after `timesteps` environment steps
+    with `stored` transitions in its buffer: a batch's worth stored (`config.batch_size`) and
+    `config.learning_starts` passed. Works on numpy arrays (counting a run's gradient steps ahead)
+    and on traced ones (inside the update)."""
+    return (stored >= config.batch_size) & (timesteps > config.learning_starts)
+
+
+def stored_after(timesteps: np.ndarray, config: Any) -> np.ndarray:
+    """Transitions in a buffer of `config.buffer_size` after `timesteps` environment steps."""
+    return np.minimum(timesteps, config.buffer_size)

@@ -46,7 +46,7 @@ from pureeqxrl.heads import tanh_gaussian
 from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, train_from_steps
 from pureeqxrl.nets import MLP, Functional, NetworkKey, ParamKeys
 from pureeqxrl.normalize import Normalize, RunningStats
-from pureeqxrl.replay import ReplayBuffer, Transition
+from pureeqxrl.replay import ReplayBuffer, Transition, ready_to_learn, stored_after
 
 __all__ = ["SACConfig", "make_train", "make_update_steps", "policy"]
 
@@ -90,9 +90,7 @@ class SACConfig(TrainConfig):
         """Gradient steps of the whole run (`make_update_steps`'s `update` learns once enough
         transitions are stored and `learning_starts` is past)."""
         timesteps = np.arange(1, self.num_updates + 1) * self.num_envs  # after each update
-        learns = (np.minimum(timesteps, self.buffer_size) >= self.batch_size) & (
-            timesteps > self.learning_starts
-        )
+        learns = ready_to_learn(stored_after(timesteps, self), timesteps, self)
         return int(learns.sum()) * self.gradient_steps
 
     def check(self, checks: ConfigChecks) -> None:
@@ -168,8 +166,14 @@ def sample_actions(
     actor: Actor, obs: Float[Array, "batch ..."], key: PRNGKeyArray
 ) -> tuple[Float[Array, "batch a"], Float[Array, " batch"]]:
     """Squashed actions in [-1, 1] sampled for a batch of observations, and their log-probabilities."""
-    mean, log_std = jax.vmap(actor)(obs)
-    keys = jax.random.split(key, obs.shape[0])
+    return squashed_samples(*jax.vmap(actor)(obs), key)
+
+
+def squashed_samples(
+    mean: Float[Array, "batch a"], log_std: Float[Array, "batch a"], key: PRNGKeyArray
+) -> tuple[Float[Array, "batch a"], Float[Array, " batch"]]:
+    """A sample of each example's tanh-squashed Gaussian (`heads.tanh_gaussian`), and its log-prob."""
+    keys = jax.random.split(key, mean.shape[0])
     return jax.vmap(lambda m, s, k: tanh_gaussian(m, s).sample_and_log_prob(k))(mean, log_std, keys)
 
 
@@ -369,7 +373,7 @@ def make_update_steps(
 
     def update(state: SACState) -> tuple[SACState, dict]:
         state, step = collect(state)  # ONE STEP PER ENVIRONMENT, STORED
-        is_learn_time = (state.buffer.size >= config.batch_size) & (state.timesteps > config.learning_starts)
+        is_learn_time = ready_to_learn(state.buffer.size, state.timesteps, config)
         no_info = {
             name: jnp.array(0.0) for name in ("critic_loss", "actor_loss", "q_value", "entropy", "alpha")
         }
@@ -428,8 +432,7 @@ def policy(
         if obs_stats is not None:
             obs = obs_stats.normalize(obs)
         mean, log_std = network.apply(params, obs)
-        keys = jax.random.split(key, obs.shape[0])
-        sampled = jax.vmap(lambda m, s, k: tanh_gaussian(m, s).sample(k))(mean, log_std, keys)
+        sampled, _ = squashed_samples(mean, log_std, key)
         return to_bounds(jnp.where(greedy, jnp.tanh(mean), sampled), low, high)
 
     return act
