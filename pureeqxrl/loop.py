@@ -267,6 +267,37 @@ def estimate_bytes(steps: UpdateSteps, num_seeds: int) -> dict[str, int]:
     return estimate
 
 
+# EPOCHS OF MINIBATCHES, for the algorithms that learn from one update's rollout (PPO, PQN)
+
+
+def epoch_orders(key: PRNGKeyArray, num_epochs: int, size: int) -> Array:
+    """A random order of `size` examples for each of `num_epochs` epochs, `(num_epochs, size)`:
+    epoch `i`'s is `jax.random.permutation(jax.random.split(key, num_epochs)[i], size)`, all drawn in
+    one batched shuffle rather than one per epoch inside the loop of epochs."""
+    return jax.vmap(lambda key: jax.random.permutation(key, size))(jax.random.split(key, num_epochs))
+
+
+def shuffled_epochs(
+    gradient_step: Callable[[Carry, Any], tuple[Carry, Any]],
+    carry: Carry,
+    batch: Any,
+    key: PRNGKeyArray,
+    num_epochs: int,
+    num_minibatches: int,
+) -> tuple[Carry, Any]:
+    """`num_epochs` passes over `batch` (leaves with a leading axis of examples), each in a new
+    random order (`epoch_orders`) cut into `num_minibatches` equal minibatches, with
+    `gradient_step(carry, minibatch) -> (carry, out)` on each in turn. Returns the final carry and
+    the outputs stacked `(num_epochs, num_minibatches, ...)`."""
+    size = jax.tree.leaves(batch)[0].shape[0]
+
+    def epoch(carry: Carry, order: Array) -> tuple[Carry, Any]:
+        minibatches = jax.tree.map(lambda x: x[order].reshape(num_minibatches, -1, *x.shape[1:]), batch)
+        return jax.lax.scan(gradient_step, carry, minibatches)
+
+    return jax.lax.scan(epoch, carry, epoch_orders(key, num_epochs, size))
+
+
 def chunk_lengths(num_updates: int, log_interval: int, chunk_rows: int, start: int = 0) -> list[int]:
     """Updates in each chunk of a run, from update `start` (a chunk boundary) to `num_updates`:
     `chunk_rows` whole rows each, and whatever is left in the last."""

@@ -42,7 +42,7 @@ from pureeqxrl import parallel
 from pureeqxrl.envs import VecEnv, episode_stats
 from pureeqxrl.evaluate import training_evaluator
 from pureeqxrl.heads import actor_critic, mode, sample
-from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, train_from_steps
+from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, shuffled_epochs, train_from_steps
 from pureeqxrl.nets import Functional
 from pureeqxrl.normalize import Normalize, RunningStats
 from pureeqxrl.policy_gradient import (
@@ -144,14 +144,6 @@ def make_update_steps(
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), (loss, info)
 
-    def epoch(params_and_opt, key: PRNGKeyArray, batch: Batch):
-        order = jax.random.permutation(key, config.steps_per_update)
-        minibatches = jax.tree.map(
-            lambda x: x[order].reshape(config.num_minibatches, config.minibatch_size, *x.shape[1:]),
-            batch,
-        )
-        return jax.lax.scan(gradient_step, params_and_opt, minibatches)
-
     def collect(state: PPOState) -> tuple[PPOState, Transition, dict]:
         state, (rollout, episodes) = jax.lax.scan(env_step, state, None, config.num_steps)
         return state, rollout, episodes
@@ -173,10 +165,13 @@ def make_update_steps(
             target=flat(targets),
         )
         key, epochs_key = jax.random.split(state.key)
-        (params, opt_state), (loss, info) = jax.lax.scan(
-            lambda params_and_opt, key: epoch(params_and_opt, key, batch),
+        (params, opt_state), (loss, info) = shuffled_epochs(
+            gradient_step,
             (state.params, state.opt_state),
-            jax.random.split(epochs_key, config.update_epochs),
+            batch,
+            epochs_key,
+            config.update_epochs,
+            config.num_minibatches,
         )
         state = dataclasses.replace(state, params=params, opt_state=opt_state, key=key)
         return state, loss, info

@@ -41,7 +41,7 @@ from pureeqxrl.config import ConfigChecks
 from pureeqxrl.envs import VecEnv, episode_stats
 from pureeqxrl.evaluate import RecurrentPolicy, training_evaluator
 from pureeqxrl.heads import mode, sample
-from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, train_from_steps
+from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, epoch_orders, train_from_steps
 from pureeqxrl.nets import ACTIVATIONS, MLP, NetworkKey, ParamKeys, orthogonal
 from pureeqxrl.normalize import Normalize, RunningStats
 from pureeqxrl.policy_gradient import (
@@ -334,8 +334,7 @@ def make_update_steps(
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), (total, info)
 
-    def epoch(params_and_opt, key: PRNGKeyArray, batch: SequenceBatch):
-        order = jax.random.permutation(key, num_envs)
+    def epoch(params_and_opt, order: Array, batch: SequenceBatch):
 
         def by_environment(x: Array, axis: int) -> Array:
             # (..., envs, ...) -> (minibatches, ..., envs per minibatch, ...)
@@ -383,9 +382,9 @@ def make_update_steps(
         )
         key, epochs_key = jax.random.split(state.key)
         (params, opt_state), (total, info) = jax.lax.scan(
-            lambda params_and_opt, key: epoch(params_and_opt, key, batch),
+            lambda params_and_opt, order: epoch(params_and_opt, order, batch),
             (state.params, state.opt_state),
-            jax.random.split(epochs_key, config.update_epochs),
+            epoch_orders(epochs_key, config.update_epochs, num_envs),  # whole environments' sequences
         )
         state = dataclasses.replace(state, params=params, opt_state=opt_state, key=key)
         return state, total, info

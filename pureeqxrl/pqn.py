@@ -34,7 +34,7 @@ from pureeqxrl.config import ConfigChecks, TrainConfig, check_rollout
 from pureeqxrl.envs import VecEnv, episode_stats, make_env
 from pureeqxrl.evaluate import training_evaluator
 from pureeqxrl.heads import epsilon_greedy, q_policy
-from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, train_from_steps
+from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, shuffled_epochs, train_from_steps
 from pureeqxrl.nets import CNNTorso, Dense, Functional, NetworkKey, ParamKeys
 
 __all__ = ["PQNConfig", "make_train", "make_update_steps", "policy", "q_lambda_returns"]
@@ -325,13 +325,6 @@ def make_update_steps(
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), (loss, q_value)
 
-    def epoch(params_and_opt, key: PRNGKeyArray, batch: Batch):
-        order = jax.random.permutation(key, config.steps_per_update)
-        minibatches = jax.tree.map(
-            lambda x: x[order].reshape(config.num_minibatches, config.minibatch_size, *x.shape[1:]), batch
-        )
-        return jax.lax.scan(gradient_step, params_and_opt, minibatches)
-
     def collect(state: PQNState) -> tuple[PQNState, Rollout, dict]:
         state, (rollout, episodes) = jax.lax.scan(env_step, state, None, config.num_steps)
         return state, rollout, episodes
@@ -347,10 +340,13 @@ def make_update_steps(
         # UPDATE EPOCHS OF MINIBATCHES
         batch = Batch(obs=flat(rollout.obs), action=flat(rollout.action), target=flat(returns))
         key, epochs_key = jax.random.split(state.key)
-        (params, opt_state), (loss, q_value) = jax.lax.scan(
-            lambda params_and_opt, key: epoch(params_and_opt, key, batch),
+        (params, opt_state), (loss, q_value) = shuffled_epochs(
+            gradient_step,
             (state.params, state.opt_state),
-            jax.random.split(epochs_key, config.update_epochs),
+            batch,
+            epochs_key,
+            config.update_epochs,
+            config.num_minibatches,
         )
         state = dataclasses.replace(state, params=params, opt_state=opt_state, key=key)
         return state, loss, q_value

@@ -159,3 +159,73 @@ def test_versions_benchmark_times_a_commit_against_this_tree(tmp_path, monkeypat
     last = data["rows"][-1]
     assert last["old_returns"]["runs"] == last["new_returns"]["runs"] == 4  # 2 seeds x 2 repeats
     assert "intervals overlap" in out.with_suffix(".md").read_text()
+
+
+def test_ablation_switches_turn_off_what_they_name(monkeypatch):
+    """Each switch of `benchmarks/ablation.py` (patched through `monkeypatch`, so nothing leaks)."""
+    import gymnax
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from distreqx.distributions import Categorical
+
+    from pureeqxrl import dqn, policy_gradient, ppo, replay
+    from pureeqxrl.envs import Step
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # bench_io
+    ablation = load("ablation")
+    switch = lambda name, algo="ppo": ablation.switch_off(name, algo, monkeypatch.setattr)  # noqa: E731
+
+    done = jnp.array([True, False])
+    step = Step(jnp.ones(2), done, jnp.zeros(2, bool), jnp.zeros((2, 4)), jnp.full(2, 7.0), jnp.full(2, 3.0))
+    assert ppo.episode_stats(step)["episode_return"][0] == 7.0
+    switch("no_episode_stats")
+    assert ppo.episode_stats(step)["episode_return"] == (0.0, 0.0)
+
+    switch("no_diagnostics")
+    batch = policy_gradient.Batch(
+        obs=jnp.zeros((4, 1)), action=jnp.zeros(4, jnp.int32), log_prob=jnp.full(4, -2.0),
+        value=jnp.zeros(4), advantage=jnp.arange(4.0), target=jnp.ones(4),
+    )  # fmt: skip
+    _, info = policy_gradient.loss_terms(
+        Categorical(logits=jnp.zeros((4, 2))), jnp.zeros(4), batch, ppo.PPOConfig()
+    )
+    assert info.approx_kl == 0.0 and info.clip_fraction == 0.0 and info.value_loss > 0.0
+
+    switch("no_bootstrap_value")
+    rollout = policy_gradient.Transition(
+        obs=None, action=None, log_prob=None, value=jnp.array([[1.0], [2.0], [3.0]]), reward=jnp.zeros((3, 1)),
+        terminated=jnp.zeros((3, 1), bool), done=jnp.zeros((3, 1), bool), next_obs=None,
+    )  # fmt: skip
+    config = ppo.PPOConfig(gamma=0.5, gae_lambda=0.0)
+    advantages, _ = ppo.rollout_advantages(rollout, jnp.full((3, 1), 100.0), config)
+    # V(obs[t + 1]) instead of the given next values (the last step reuses its own value)
+    np.testing.assert_allclose(advantages[:, 0], [0.5 * 2 - 1, 0.5 * 3 - 2, 0.5 * 3 - 3])
+
+    switch("no_reset_every_step")
+    env, params = gymnax.make("CartPole-v1")
+    obs, state = env.reset(jax.random.key(0), params)
+    for _ in range(40):  # pushing one way tips the pole over well within 40 steps
+        obs, state, _, terminated, _, info = env.step(jax.random.key(1), state, 1, params)
+    assert terminated and state.time == 40  # no reset happened: the episode's clock ran on
+
+    assert switch("no_normalization", "ppo_continuous") == {"normalize_obs": False, "normalize_reward": False}
+    assert switch("one_log_row", "dqn") == {"log_interval": 1_000_000_000}
+    scan = jax.lax.scan
+    switch("rollout_unroll_4")
+    assert jax.lax.scan is not scan
+    with pytest.raises(ValueError, match="unknown switch"):
+        switch("no_such_switch")
+
+    switch("next_obs_from_next_slot", "dqn")
+    num_envs = dqn.DQNConfig().num_envs
+    buffer = replay.ReplayBuffer.for_steps(jnp.zeros((num_envs, 1)), jnp.array(0), 4 * num_envs)
+    for t in range(4):
+        obs = jnp.full((num_envs, 1), float(t))
+        zeros = jnp.zeros(num_envs)
+        buffer = buffer.add(
+            replay.Transition(obs, zeros.astype(jnp.int32), zeros, obs + 100.0, zeros.astype(bool))
+        )
+    assert not buffer.data.next_obs.any()  # never written
+    sample = buffer.sample(jax.random.key(0), 64)
+    np.testing.assert_array_equal(sample.next_obs, (sample.obs + 1.0) % 4)  # the slot num_envs later

@@ -1,4 +1,5 @@
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -221,3 +222,21 @@ def test_cartpole_reaches_475_on_every_seed_with_default_config():
     returns = jax.jit(jax.vmap(greedy))(result.params, jax.random.split(jax.random.key(1), 2))
     per_seed = np.asarray(returns).mean(axis=1)
     assert (per_seed >= 475).all(), per_seed
+
+
+def test_the_compiled_run_never_copies_the_replay_buffer_inside_its_loop():
+    """The buffer is most of DQN's state: its writes must update it in place, and the branch that
+    learns only read it. XLA may copy it once on entry (the run's input is not donated), never per
+    update. A capacity no other array has makes its copies easy to find in the compiled program."""
+    config = dqn.DQNConfig(total_timesteps=2_000, buffer_size=1_237, learning_starts=200, log_interval=5)
+    keys = jax.random.split(jax.random.key(0), 2)
+    program = jax.jit(jax.vmap(dqn.make_train(config))).lower(keys).compile().as_text()
+    computation, copies = None, []
+    for line in program.splitlines():
+        if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+            computation = "ENTRY" if line.startswith("ENTRY") else line.split()[0]
+        copy = re.match(r"\s*(ROOT )?%\S+ = (\S+) copy\(", line)
+        if copy and ",1237" in copy.group(2):
+            copies.append(computation)
+    assert ",1237," in program  # the buffer is in the program, with that capacity
+    assert all(computation == "ENTRY" for computation in copies), copies

@@ -9,10 +9,12 @@ import pytest
 from pureeqxrl.loop import (
     Evaluation,
     UpdateSteps,
+    epoch_orders,
     eval_rows,
     final_return,
     rows_update_counts,
     scan_logged,
+    shuffled_epochs,
     train_from_steps,
 )
 from pureeqxrl.normalize import NormalizedState, RunningStats
@@ -114,3 +116,23 @@ def test_evaluations_run_at_their_rows_with_the_carry_of_the_row_end_in_chunks_t
         counter, rows_of_chunk = chunk(counter, jnp.int32(first))
         chunks.append(rows_of_chunk["eval_counter"])
     np.testing.assert_array_equal(np.concatenate(chunks), [np.nan, 4, np.nan, 8])
+
+
+def test_shuffled_epochs_visit_every_example_once_per_epoch_in_each_epochs_own_order():
+    key = jax.random.key(3)
+    batch = {"x": jnp.arange(12.0), "y": 10.0 * jnp.arange(12.0)[:, None]}
+
+    def gradient_step(count, minibatch):
+        return count + 1, minibatch
+
+    count, seen = shuffled_epochs(gradient_step, 0, batch, key, num_epochs=3, num_minibatches=4)
+    assert count == 12  # 3 epochs x 4 minibatches, in order
+    assert seen["x"].shape == (3, 4, 3) and seen["y"].shape == (3, 4, 3, 1)
+    orders = epoch_orders(key, 3, 12)
+    for epoch in range(3):
+        # epoch i's order is the permutation of the i-th split key, as a per-epoch draw would give
+        expected = jax.random.permutation(jax.random.split(key, 3)[epoch], 12)
+        np.testing.assert_array_equal(orders[epoch], expected)
+        np.testing.assert_array_equal(seen["x"][epoch].ravel(), expected)
+        np.testing.assert_array_equal(seen["y"][epoch].ravel(), 10.0 * np.asarray(expected))  # fields stay paired
+    assert len({tuple(np.asarray(order)) for order in orders}) == 3  # a new order every epoch
