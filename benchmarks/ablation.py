@@ -121,18 +121,13 @@ def switch_off(name: str, algo: str, patch=setattr) -> dict:
     elif name == "next_obs_from_next_slot":
         num_envs = registry_config(algo).num_envs
 
-        def add(self, batch):
-            capacity, count = self.data.reward.shape[0], batch.reward.shape[0]
-            index = (self.position + jnp.arange(count)) % capacity
-            kept = ("obs", "action", "reward", "terminated")
-            data = dataclasses.replace(
-                self.data, **{f: getattr(self.data, f).at[index].set(getattr(batch, f)) for f in kept}
-            )
-            return replay.ReplayBuffer(
-                data=data,
-                position=(self.position + count) % capacity,
-                size=jnp.minimum(self.size + count, capacity),
-            )
+        add_all = replay.ReplayBuffer.add
+
+        def add(self, batch):  # the buffer's own add, with no next observation to write
+            without = lambda x: dataclasses.replace(x, next_obs=None)  # noqa: E731
+            added = add_all(dataclasses.replace(self, data=without(self.data)), without(batch))
+            next_obs = self.data.next_obs  # never written
+            return dataclasses.replace(added, data=dataclasses.replace(added.data, next_obs=next_obs))
 
         def sample(self, key, batch_size):
             index = jax.random.randint(key, (batch_size,), 0, self.size)
@@ -164,7 +159,7 @@ def switch_off(name: str, algo: str, patch=setattr) -> dict:
     elif name == "no_normalization":
         return {"normalize_obs": False, "normalize_reward": False}
     elif name == "one_log_row":
-        return {"log_interval": 1_000_000_000}  # more updates than any run here: one row
+        return {"log_interval": registry_config(algo).num_updates}
     elif name != "all_on":
         raise ValueError(f"unknown switch {name!r}")
     return {}
@@ -179,34 +174,21 @@ def registry_config(algo: str):
 
 def child(algo: str, variant: str, num_seeds: int) -> None:
     """One measurement, in this (fresh) process: print compile and train seconds as JSON."""
-    import time
-    import warnings
-
-    import jax
-    import numpy as np
+    from end_to_end import measure as measure_training  # benchmarks/end_to_end.py
 
     from pureeqxrl import registry
-    from pureeqxrl.loop import final_return
 
     fields, switches = SETTINGS[algo]
     fields = dict(fields, eval_interval=0)
     for name in switches if variant == "bare" else (variant,):
         fields |= switch_off(name, algo)
     algorithm = registry.get(algo)
-    config = algorithm.config_cls(**fields)
-    if config.log_interval > config.num_updates:
-        config = algorithm.config_cls(**(fields | {"log_interval": config.num_updates}))
-    keys = jax.random.split(jax.random.key(0), num_seeds)
-    start = time.perf_counter()
-    compiled = jax.jit(jax.vmap(algorithm.make_train(config))).lower(keys).compile()
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    result = jax.block_until_ready(compiled(keys))
-    train_s = time.perf_counter() - start
-    returns = final_return(np.asarray(result.metrics["episode_return"]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # no episode statistics: NaN
-        print(json.dumps({"compile_s": compile_s, "train_s": train_s, "return": float(np.nanmean(returns))}))
+    result = measure_training(algorithm, "equinox", num_seeds, algorithm.config_cls(**fields), seed=0)
+    print(
+        json.dumps(
+            {key: result[key] for key in ("compile_s", "train_s")} | {"return": result["final_return"]}
+        )
+    )
 
 
 def measure(algo: str, variant: str, num_seeds: int) -> dict:

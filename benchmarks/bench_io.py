@@ -4,7 +4,11 @@ results as JSON and as a markdown table, each file written whole or not at all."
 import json
 import os
 import platform
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import equinox
 import flax
@@ -35,6 +39,18 @@ def machine_line(info: dict) -> str:
         else (f"{info['cpu_count']} CPU cores")
     )
     return f"{device}, {info['backend']}, jax {info['jax']}, equinox {info['equinox']}, flax {info['flax']}."
+
+
+def median_seconds(call: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of `repeats` runs of `call()` (its results waited for), after one untimed
+    run that pays for compiling and warming up."""
+    jax.block_until_ready(call())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(call())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def write_results(out: Path, data: dict, table_lines: list[str]) -> None:

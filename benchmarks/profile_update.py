@@ -19,8 +19,6 @@ bound by the matrix products of the reference's network sizes, which no loop eng
 
 import argparse
 import math
-import statistics
-import time
 from pathlib import Path
 
 import jax
@@ -40,13 +38,7 @@ UPDATES = {"dqn": 2_000, "ppo": 50, "ppo_continuous": 2}
 def timed(fn, *args, repeats: int) -> float:
     """Median seconds of `repeats` calls of the compiled `fn(*args)` (after one untimed call)."""
     compiled = jax.jit(fn).lower(*args).compile()
-    jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return bench_io.median_seconds(lambda: compiled(*args), repeats)
 
 
 def scanned(fn, length: int):
@@ -113,13 +105,7 @@ def profile(algo: str, num_seeds: int, num_updates: int, repeats: int) -> dict:
     if algo == "dqn":  # past learning_starts, so that every update learns
         warmup = -(-config.learning_starts // config.num_envs) + 1
         state, _ = runner.run(state, warmup, 0)
-    runner.compile(state, num_updates)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(runner.run(state, num_updates, 0))
-        times.append(time.perf_counter() - start)
-    update_s = statistics.median(times) / num_updates
+    update_s = bench_io.median_seconds(lambda: runner.run(state, num_updates, 0), repeats) / num_updates
 
     # the whole of what collect hands out is kept (a barrier), so none of it is compiled away
     collect = jax.vmap(lambda s: jax.lax.optimization_barrier(steps.collect(s))[0])

@@ -18,7 +18,6 @@ iteration (`jax.lax.scan(unroll=K)`).
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import equinox as eqx
@@ -74,15 +73,13 @@ def with_core(network: ppo_rnn.RecurrentFunctional, core_cls, **fields) -> ppo_r
 
 def timed(fn, *args, repeats: int, inner: int) -> float:
     """Median over `repeats` of the mean microseconds per call over `inner` calls."""
-    jax.block_until_ready(fn(*args))
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+    def calls():
         for _ in range(inner):
             out = fn(*args)
-        jax.block_until_ready(out)
-        samples.append((time.perf_counter() - start) / inner * 1e6)
-    return statistics.median(samples)
+        return out
+
+    return bench_io.median_seconds(calls, repeats) / inner * 1e6
 
 
 def phases(network: ppo_rnn.RecurrentFunctional, config, env, repeats: int) -> dict:

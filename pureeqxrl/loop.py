@@ -267,7 +267,7 @@ def estimate_bytes(steps: UpdateSteps, num_seeds: int) -> dict[str, int]:
     return estimate
 
 
-# EPOCHS OF MINIBATCHES, for the algorithms that learn from one update's rollout (PPO, PQN)
+# EPOCHS OF MINIBATCHES, for the algorithms that learn from one update's rollout (PPO, PQN, PPO-RNN)
 
 
 def epoch_orders(key: PRNGKeyArray, num_epochs: int, size: int) -> Array:

@@ -335,7 +335,6 @@ def make_update_steps(
         return (optax.apply_updates(params, updates), opt_state), (total, info)
 
     def epoch(params_and_opt, order: Array, batch: SequenceBatch):
-
         def by_environment(x: Array, axis: int) -> Array:
             # (..., envs, ...) -> (minibatches, ..., envs per minibatch, ...)
             x = jnp.take(x, order, axis=axis)
