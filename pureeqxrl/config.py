@@ -179,21 +179,43 @@ def _typed(name: str, value: Any, hint: Any) -> Any:
     raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
-def check_rollout(checks: ConfigChecks, config: Any) -> None:
-    """The rules of a config whose update is a rollout of `num_steps` steps in each of `num_envs`
-    environments, learned from in `num_minibatches` minibatches (PPO, PQN); the sizes must have
-    been checked positive before."""
-    if config.num_envs > 0 and config.num_steps > 0 and config.num_minibatches > 0:
-        checks.require(
-            config.steps_per_update % config.num_minibatches == 0,
-            f"num_minibatches ({config.num_minibatches}) does not divide num_envs * num_steps "
-            f"({config.num_envs} * {config.num_steps} = {config.steps_per_update})",
-        )
-        checks.require(
-            config.total_timesteps <= 0 or config.num_updates > 0,
-            f"total_timesteps ({config.total_timesteps}) is smaller than one rollout "
-            f"(num_envs * num_steps = {config.steps_per_update}): not one update",
-        )
+@dataclass(frozen=True)
+class RolloutConfig(TrainConfig):
+    """A config whose update is a rollout of `num_steps` steps in each of `num_envs` environments,
+    learnt from in `update_epochs` epochs of `num_minibatches` minibatches (PPO, PQN)."""
+
+    num_steps: int = 128
+    """Steps per environment in one rollout; one update uses num_envs * num_steps transitions."""
+    update_epochs: int = 4
+    num_minibatches: int = 4
+    """Minibatches per epoch; must divide num_envs * num_steps."""
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.steps_per_update // self.num_minibatches
+
+    @property
+    def num_gradient_steps(self) -> int:
+        return self.num_updates * self.update_epochs * self.num_minibatches
+
+    def check(self, checks: ConfigChecks) -> None:
+        super().check(checks)
+        checks.positive("num_steps", "update_epochs", "num_minibatches")
+        if self.num_envs > 0 and self.num_steps > 0 and self.num_minibatches > 0:
+            checks.require(
+                self.steps_per_update % self.num_minibatches == 0,
+                f"num_minibatches ({self.num_minibatches}) does not divide num_envs * num_steps "
+                f"({self.num_envs} * {self.num_steps} = {self.steps_per_update})",
+            )
+            checks.require(
+                self.total_timesteps <= 0 or self.num_updates > 0,
+                f"total_timesteps ({self.total_timesteps}) is smaller than one rollout "
+                f"(num_envs * num_steps = {self.steps_per_update}): not one update",
+            )
 
 
 def check_replay(checks: ConfigChecks, config: Any) -> None:

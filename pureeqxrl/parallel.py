@@ -135,9 +135,15 @@ def is_main_process() -> bool:
 def any_process(flag: bool) -> bool:
     """Whether `flag` is set in any process: a collective, so every process must call it, and all
     get the same answer (a stop signal or a due checkpoint then stops or saves all of them)."""
+    return any_process_each(flag)[0]
+
+
+def any_process_each(*flags: bool) -> tuple[bool, ...]:
+    """`any_process` of several flags in one collective (one round trip between the processes)."""
     if jax.process_count() == 1:
-        return flag
-    return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+        return tuple(bool(flag) for flag in flags)
+    gathered = multihost_utils.process_allgather(np.array(flags, dtype=bool)).reshape(-1, len(flags))
+    return tuple(bool(column) for column in gathered.any(axis=0))
 
 
 # LAYOUT: how a run's runs and environments lie on the devices
@@ -330,7 +336,9 @@ def split_batch(tree: Any, axis: int = 0) -> Any:
 # MOVING WHOLE STATES BETWEEN THE HOST AND THE DEVICES
 
 
-def _is_key(leaf: Any) -> bool:
+def is_key(leaf: Any) -> bool:
+    """Whether `leaf` is an array of typed random keys, which cross devices, processes and files as
+    their raw data (`jax.random.key_data`) and are wrapped back with their implementation."""
     return hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
 
@@ -340,7 +348,7 @@ def put(tree: Any, shardings: Any) -> Any:
     keys of their implementation."""
 
     def place(leaf, sharding):
-        if _is_key(leaf):
+        if is_key(leaf):
             data = put(np.asarray(jax.random.key_data(leaf)), sharding)
             return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
         value = np.asarray(leaf)
@@ -355,7 +363,7 @@ def gather(tree: Any) -> Any:
     if jax.process_count() == 1:
         return jax.device_get(tree)
     leaves, treedef = jax.tree.flatten(tree)
-    keys = [jax.random.key_impl(leaf) if _is_key(leaf) else None for leaf in leaves]
+    keys = [jax.random.key_impl(leaf) if is_key(leaf) else None for leaf in leaves]
     data = [jax.random.key_data(leaf) if impl else leaf for leaf, impl in zip(leaves, keys, strict=True)]
     host = multihost_utils.process_allgather(data, tiled=True)
     restored = [

@@ -19,7 +19,7 @@ import optax
 from distreqx.distributions import AbstractDistribution
 from jaxtyping import Array, Bool, Float, Int
 
-from pureeqxrl.config import ConfigChecks, TrainConfig, check_rollout
+from pureeqxrl.config import ConfigChecks, RolloutConfig
 from pureeqxrl.envs import VecEnv, make_env
 from pureeqxrl.heads import entropy, log_prob
 from pureeqxrl.nets import ACTIVATIONS
@@ -27,17 +27,12 @@ from pureeqxrl.normalize import Normalize
 
 
 @dataclass(frozen=True)
-class PPOConfig(TrainConfig):
-    """PPO hyperparameters; defaults are PureJaxRL's CartPole-v1 settings (`ppo.py`)."""
+class PPOConfig(RolloutConfig):
+    """PPO hyperparameters; defaults are PureJaxRL's CartPole-v1 settings (`ppo.py`): 4
+    environments, 128-step rollouts, 4 epochs of 4 minibatches (`RolloutConfig`'s defaults)."""
 
-    num_envs: int = 4
-    num_steps: int = 128
-    """Steps per environment in one rollout; one update uses num_envs * num_steps transitions."""
     anneal_lr: bool = True
     """Anneal the learning rate linearly to zero, one decrement per update (as the reference)."""
-    update_epochs: int = 4
-    num_minibatches: int = 4
-    """Minibatches per epoch; must divide num_envs * num_steps."""
     gae_lambda: float = 0.95
     clip_eps: float = 0.2
     """Clip range of the probability ratio and of the value change."""
@@ -58,20 +53,9 @@ class PPOConfig(TrainConfig):
     dpo_beta: float = 0.6
     """DPO drift scale where the advantage is negative."""
 
-    @property
-    def steps_per_update(self) -> int:
-        return self.num_envs * self.num_steps
-
-    @property
-    def minibatch_size(self) -> int:
-        return self.steps_per_update // self.num_minibatches
-
     def check(self, checks: ConfigChecks) -> None:
         super().check(checks)
         checks.positive(
-            "num_steps",
-            "update_epochs",
-            "num_minibatches",
             "clip_eps",
             "max_grad_norm",
             "dpo_alpha",
@@ -86,7 +70,6 @@ class PPOConfig(TrainConfig):
         checks.require(
             self.objective in ("ppo", "dpo"), f"objective must be 'ppo' or 'dpo', got {self.objective!r}"
         )
-        check_rollout(checks, self)
 
 
 def make_environment(config: PPOConfig) -> VecEnv | Normalize:

@@ -30,7 +30,7 @@ import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from pureeqxrl import parallel
-from pureeqxrl.config import ConfigChecks, TrainConfig, check_rollout
+from pureeqxrl.config import ConfigChecks, RolloutConfig
 from pureeqxrl.envs import VecEnv, episode_stats, make_env
 from pureeqxrl.evaluate import training_evaluator
 from pureeqxrl.heads import epsilon_greedy, q_policy
@@ -41,21 +41,19 @@ __all__ = ["PQNConfig", "make_train", "make_update_steps", "policy", "q_lambda_r
 
 
 @dataclass(frozen=True)
-class PQNConfig(TrainConfig):
+class PQNConfig(RolloutConfig):
     """PQN hyperparameters; defaults are purejaxql's CartPole-v1 ones (`pqn_cartpole.yaml`), and
     `--preset minatar` gives its MinAtar ones (`pqn_minatar.yaml`, with its CNN)."""
 
     total_timesteps: int = 500_000
     num_envs: int = 32
     num_steps: int = 64
-    """Steps per environment in one rollout; one update uses num_envs * num_steps transitions."""
     epsilon_start: float = 1.0
     epsilon_finish: float = 0.2
     epsilon_anneal_fraction: float = 0.2
     """Fraction of the updates over which epsilon goes linearly from start to finish."""
     update_epochs: int = 4
     num_minibatches: int = 16
-    """Minibatches per epoch; must divide num_envs * num_steps."""
     hidden_sizes: tuple[int, ...] = (256, 256)
     layer_norm: bool = True
     """LayerNorm after every hidden layer (PQN's stabiliser in place of a target network)."""
@@ -97,25 +95,12 @@ class PQNConfig(TrainConfig):
     }
     """Named settings (`pureeqxrl train pqn --preset minatar --env Asterix-MinAtar`)."""
 
-    @property
-    def steps_per_update(self) -> int:
-        return self.num_envs * self.num_steps
-
-    @property
-    def minibatch_size(self) -> int:
-        return self.steps_per_update // self.num_minibatches
-
-    @property
-    def num_gradient_steps(self) -> int:
-        return self.num_updates * self.update_epochs * self.num_minibatches
-
     def check(self, checks: ConfigChecks) -> None:
         super().check(checks)
-        checks.positive("num_steps", "update_epochs", "num_minibatches", "max_grad_norm", "conv_channels")
+        checks.positive("max_grad_norm", "conv_channels")
         checks.require(self.torso in ("mlp", "cnn"), f"torso must be 'mlp' or 'cnn', got {self.torso!r}")
         checks.non_negative("reward_scale")
         checks.in_unit_interval("epsilon_start", "epsilon_finish", "epsilon_anneal_fraction", "q_lambda")
-        check_rollout(checks, self)
 
 
 # NETWORK

@@ -248,9 +248,13 @@ def run_chunks(
         due = (
             schedule.checkpoint_updates and updates_done - last_saved_updates >= schedule.checkpoint_updates
         ) or (time.monotonic() - last_saved_time >= 60 * schedule.checkpoint_minutes)
-        if parallel.any_process(stop.received is not None):  # all processes stop after the same chunk
+        # both flags in one collective: all processes stop, and save, after the same chunk
+        stopped, save_due = parallel.any_process_each(
+            stop.received is not None, bool(updates_done == num_updates or due)
+        )
+        if stopped:
             stop.received = stop.received or signal.SIGTERM
-        if parallel.any_process(bool(stop.received or updates_done == num_updates or due)):
+        if stopped or save_due:
             checkpoint = save()
         if stop.received and updates_done < num_updates:
             return outcome(

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import pureeqxrl
-from pureeqxrl import registry, stats
+from pureeqxrl import parallel, registry, stats
 from pureeqxrl.config import typed_values
 from pureeqxrl.envs import make_env
 from pureeqxrl.evaluate import evaluate
@@ -373,12 +373,8 @@ def save_curves_figure(fig, ax, path: Path, title: str, ylabel: str, best_last: 
 CHECKPOINT_FORMAT = "pureeqxrl-checkpoint-1"
 
 
-def _is_key(leaf: Any) -> bool:
-    return hasattr(leaf, "dtype") and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
-
-
 def keys_as_data(tree: Any) -> Any:
-    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+    return jax.tree.map(lambda x: jax.random.key_data(x) if parallel.is_key(x) else x, tree)
 
 
 def save_checkpoint(run_dir: Path, header: dict[str, Any], state: Any, metrics: dict, keep: int) -> Path:
@@ -436,7 +432,9 @@ def load_checkpoint(path: Path, like_state: Any) -> tuple[dict[str, Any], Any, d
         except (RuntimeError, ValueError, EOFError, OSError, pickle.UnpicklingError) as error:
             raise ValueError(f"{path} is damaged or belongs to another run ({error})") from error
     state = jax.tree.map(
-        lambda x, like: jax.random.wrap_key_data(x, impl=jax.random.key_impl(like)) if _is_key(like) else x,
+        lambda x, like: (
+            jax.random.wrap_key_data(x, impl=jax.random.key_impl(like)) if parallel.is_key(like) else x
+        ),
         data,
         like_state,
     )

@@ -86,6 +86,7 @@ def test_brax_keeps_truncation_and_trains_a_few_updates(key):
         num_minibatches=4,
         hidden_sizes=(32, 32),
         log_interval=1,
+        eval_interval=0,  # an evaluation would compile a second Brax step
     )
     result = jax.jit(ppo.make_train(config))(key)
     assert np.isfinite(np.asarray(result.metrics["loss"])).all()

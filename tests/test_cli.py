@@ -474,12 +474,12 @@ def test_kill_9_loses_only_the_updates_since_the_last_checkpoint(tmp_path, capsy
 @pytest.mark.slow
 def test_ctrl_c_while_compiling_exits_cleanly(tmp_path):
     run_dir = tmp_path / "early"
-    process = _start(tmp_path, "train", "ppo_s5", "--run-dir", str(run_dir))
+    process = _start(tmp_path, "train", "ppo", "--run-dir", str(run_dir))
     line = ""
     while "seed(s)" not in line:
         line = process.stdout.readline()
         assert line, process.stderr.read()
-    process.send_signal(signal.SIGINT)  # while it traces and compiles the S5 network's program
+    process.send_signal(signal.SIGINT)  # while it traces and compiles (seconds, in a cold cache)
     out, err = process.communicate(timeout=300)
     assert process.returncode == 130, (out, err)
     assert "Traceback" not in err and "Segmentation" not in err

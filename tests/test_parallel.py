@@ -100,6 +100,12 @@ def test_split_batch_and_hold_do_nothing_outside_a_mesh():
     assert parallel.hold_environments(batch, lambda state: state, 8) is batch
 
 
+def test_one_process_answers_its_own_flags_one_by_one():
+    # Across processes each flag is OR-ed separately (the signal test below stops both processes).
+    assert parallel.any_process_each(True, False, 0, np.bool_(True)) == (True, False, False, True)
+    assert parallel.any_process(False) is False and parallel.any_process(True) is True
+
+
 def test_the_command_joins_no_processes_unless_asked():
     assert entry.join_processes(["train", "ppo", "--num-seeds", "2"]) is None
     assert entry.join_processes(["train", "ppo", "--coordinator", "h:1", "--num-processes", "two"]) is None
@@ -213,7 +219,7 @@ def test_two_processes_train_one_agent_together_as_one_process_of_four_devices(t
         "--num-envs",
         "8",
         "--total-timesteps",
-        "40960",
+        "20480",
         "--env-devices",
         "4",
         "--no-compile-cache",
