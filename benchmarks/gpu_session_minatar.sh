@@ -2,11 +2,14 @@
 # One short GPU session for PQN on MinAtar (issue 17) and the update profile (issue 18), in order
 # of importance, each step under a time limit that the session's budget caps, so that a slow step
 # costs only the steps after it. Results and run folders go to RESULTS; with $OUT set (the device
-# tool), everything but the agents is packed into $OUT/session.tar.gz after every step.
+# tool), everything but the agents and checkpoints is packed into $OUT/session.tar.gz after every
+# step (RESULTS must not lie under $OUT).
 #
 #     bash benchmarks/gpu_session_minatar.sh [RESULTS] [BUDGET_SECONDS]
 #
-# PQN_STEPS (default 1e7, purejaxql's MinAtar budget) shortens the runs for a dry run on a CPU.
+# PQN_STEPS (digits; default 10000000, purejaxql's MinAtar budget) shortens the runs for a dry run
+# on a CPU. A step stopped by its limit gets SIGTERM (a training run then saves a checkpoint, and
+# `pureeqxrl train --resume` continues it) and is killed 20 s later.
 set -u
 RESULTS=${1:-/tmp/gpu_minatar}
 BUDGET=${2:-540}
@@ -30,7 +33,7 @@ step() { # step SECONDS command...
   fi
   ((limit > left)) && limit=$left
   echo "== $(date +%T) limit ${limit}s: $*" | tee -a "$LOG"
-  timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
+  timeout -k 20 "$limit" "$@" 2>&1 | tee -a "$LOG"
   local code=${PIPESTATUS[0]}
   echo "== $(date +%T) exit $code" | tee -a "$LOG"
   pack

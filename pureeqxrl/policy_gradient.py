@@ -29,7 +29,8 @@ from pureeqxrl.normalize import Normalize
 @dataclass(frozen=True)
 class PPOConfig(RolloutConfig):
     """PPO hyperparameters; defaults are PureJaxRL's CartPole-v1 settings (`ppo.py`): 4
-    environments, 128-step rollouts, 4 epochs of 4 minibatches (`RolloutConfig`'s defaults)."""
+    environments (`TrainConfig`'s default), 128-step rollouts and 4 epochs of 4 minibatches
+    (`RolloutConfig`'s)."""
 
     anneal_lr: bool = True
     """Anneal the learning rate linearly to zero, one decrement per update (as the reference)."""

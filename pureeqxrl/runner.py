@@ -256,7 +256,7 @@ def run_chunks(
             stop.received = stop.received or signal.SIGTERM
         if stopped or save_due:
             checkpoint = save()
-        if stop.received and updates_done < num_updates:
+        if stopped and updates_done < num_updates:  # a later signal stops all after the next chunk
             return outcome(
                 "interrupted", f"{stop.name} after update {updates_done} of {num_updates}", train_start
             )
