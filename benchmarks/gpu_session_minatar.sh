@@ -18,27 +18,7 @@ START=$(date +%s)
 mkdir -p "$RESULTS/runs"
 export PYTHONUNBUFFERED=1
 LOG="$RESULTS/session.log"
-pack() {
-  if [ -n "${OUT:-}" ]; then
-    tar -czf "$OUT/session.tar.gz" --exclude='*.eqx' --exclude='checkpoints' -C "$RESULTS" .
-  fi
-}
-step() { # step SECONDS command...
-  local limit=$1 left
-  shift
-  left=$((BUDGET - ($(date +%s) - START)))
-  if ((left < 30)); then
-    echo "== skipped, ${left}s left: $*" | tee -a "$LOG"
-    return 1
-  fi
-  ((limit > left)) && limit=$left
-  echo "== $(date +%T) limit ${limit}s: $*" | tee -a "$LOG"
-  timeout -k 20 "$limit" "$@" 2>&1 | tee -a "$LOG"
-  local code=${PIPESTATUS[0]}
-  echo "== $(date +%T) exit $code" | tee -a "$LOG"
-  pack
-  return "$code"
-}
+source "$(dirname "$0")/gpu_steps.sh"
 pqn() { # pqn LIMIT NAME FLAGS...: 8 seeds of purejaxql's MinAtar settings
   local limit=$1 name=$2
   shift 2

@@ -11,6 +11,10 @@ interval (`pureeqxrl.stats`), so a change of learning shows as intervals that do
 
     python benchmarks/versions.py --baseline 32c0e66 --repeats 5 --out benchmarks/results/versions_cpu
     python benchmarks/versions.py --baseline 32c0e66 --algos dqn --seeds 1 --repeats 3 --out /tmp/versions
+
+On a machine without the repository's history (the device tool's GPU machines), make the worktree
+where git is, carry it, and name it: `git worktree add --detach .baseline-717c28d 717c28d` here,
+then `--baseline 717c28d --baseline-tree .baseline-717c28d` there.
 """
 
 import argparse
@@ -67,7 +71,11 @@ print(json.dumps({"compile_s": compile_s, "train_s": train_s, "steps_per_s": ste
 
 def measure(tree: Path, algo: str, num_seeds: int, seed: int, fields: dict) -> dict:
     """One compile and one training run of `algo` with the code of `tree`, in a fresh process."""
-    env = dict(os.environ, PYTHONPATH=str(tree))
+    # the tree first, so `pureeqxrl` is its own; the rest of the path (packages installed with
+    # `pip --target`, as on the device tool's machines) stays behind it
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
+    )
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # every compile is timed whole
     argument = json.dumps([algo, num_seeds, seed, fields])
     done = subprocess.run(
@@ -76,6 +84,19 @@ def measure(tree: Path, algo: str, num_seeds: int, seed: int, fields: dict) -> d
     if done.returncode != 0:
         raise RuntimeError(f"{algo} on {tree} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def baseline(revision: str, tree: Path | None) -> tuple[str, Path]:
+    """The older version's label and tree: `tree` as given (a checkout of `revision` made
+    elsewhere, labelled `revision`), or a git worktree of `revision` labelled by its short hash."""
+    if tree is not None:
+        if not (tree / "pureeqxrl" / "__init__.py").is_file():
+            raise SystemExit(f"--baseline-tree {tree} holds no pureeqxrl package")
+        return revision, tree.resolve()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", revision], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return commit, worktree(commit)
 
 
 def worktree(commit: str) -> Path:
@@ -89,6 +110,9 @@ def worktree(commit: str) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", required=True, help="the older commit (a git revision)")
+    parser.add_argument(
+        "--baseline-tree", type=Path, default=None, help="a checkout of --baseline (no git needed)"
+    )
     parser.add_argument("--algos", nargs="+", choices=sorted(SETTINGS), default=list(SETTINGS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=5)
@@ -98,10 +122,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     budget = {} if args.total_timesteps is None else {"total_timesteps": args.total_timesteps}
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", args.baseline], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout.strip()
-    trees = {"new": ROOT, "old": worktree(commit)}
+    commit, old_tree = baseline(args.baseline, args.baseline_tree)
+    trees = {"new": ROOT, "old": old_tree}
     samples: dict[str, list[dict]] = {}
     for repeat in range(args.repeats):
         for algo in args.algos:
@@ -136,6 +158,7 @@ def main() -> None:
         f"python benchmarks/versions.py --baseline {args.baseline} --algos {' '.join(args.algos)} --seeds "
         f"{' '.join(map(str, args.seeds))} --repeats {args.repeats} --out {args.out}"
         + (f" --total-timesteps {args.total_timesteps}" if args.total_timesteps else "")
+        + (f" --baseline-tree {args.baseline_tree}" if args.baseline_tree else "")
     )
     lines = [
         f"# This version against {commit}: whole training runs, medians of {args.repeats} interleaved repeats",

@@ -161,6 +161,17 @@ def test_versions_benchmark_times_a_commit_against_this_tree(tmp_path, monkeypat
     assert "intervals overlap" in out.with_suffix(".md").read_text()
 
 
+def test_versions_takes_a_baseline_checkout_made_elsewhere(tmp_path, monkeypatch):
+    """`--baseline-tree` (for a machine without the history) is used as given, with its label, and
+    a folder without the package is refused in one line."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # bench_io
+    versions = load("versions")
+    root = BENCHMARKS.parent
+    assert versions.baseline("717c28d", root) == ("717c28d", root.resolve())
+    with pytest.raises(SystemExit, match="holds no pureeqxrl package"):
+        versions.baseline("717c28d", tmp_path)
+
+
 def test_ablation_switches_turn_off_what_they_name(monkeypatch):
     """Each switch of `benchmarks/ablation.py` (patched through `monkeypatch`, so nothing leaks)."""
     import gymnax
