@@ -134,7 +134,6 @@ def test_shuffled_epochs_visit_every_example_once_per_epoch_in_each_epochs_own_o
         expected = jax.random.permutation(jax.random.split(key, 3)[epoch], 12)
         np.testing.assert_array_equal(orders[epoch], expected)
         np.testing.assert_array_equal(seen["x"][epoch].ravel(), expected)
-        np.testing.assert_array_equal(
-            seen["y"][epoch].ravel(), 10.0 * np.asarray(expected)
-        )  # fields stay paired
+        # the fields stay paired
+        np.testing.assert_array_equal(seen["y"][epoch].ravel(), 10.0 * np.asarray(expected))
     assert len({tuple(np.asarray(order)) for order in orders}) == 3  # a new order every epoch
