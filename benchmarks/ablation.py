@@ -26,6 +26,10 @@ and candidates switched *on* (`--variants ...`; none is part of the library):
 - `rbg_prng`, `unsafe_rbg_prng`: `jax_default_prng_impl` set to XLA's RNG-bit-generator keys
   (other random streams, same distributions);
 - `rollout_unroll_4`: PPO's rollout `lax.scan` unrolled 4 steps per loop iteration;
+- `fused_actor_critic`: PPO's separate actor and critic MLPs computed as one: the first layers'
+  kernels side by side, the later ones as block-diagonal matrices, so each layer is one matrix
+  product of the actor's and critic's widths together (the same function; the hidden layers do
+  twice the arithmetic, as zeros);
 - `xla:FLAG=VALUE`: the measurement's process runs with `XLA_FLAGS=--FLAG=VALUE`
   (e.g. `xla:xla_cpu_use_onednn=true`, `xla:xla_cpu_use_xnnpack=true`).
 
@@ -154,6 +158,38 @@ def switch_off(name: str, algo: str, patch=setattr) -> dict:
             return scan(f, init, xs, length, **kwargs)
 
         patch(jax.lax, "scan", unrolled)
+    elif name == "fused_actor_critic":
+        from distreqx.distributions import Categorical
+
+        from pureeqxrl import heads
+
+        def fused_forward(actor, critic, obs):
+            x = obs.reshape(obs.shape[0], -1)
+            last = len(actor.layers) - 1
+            for i, (a, c) in enumerate(zip(actor.layers, critic.layers, strict=True)):
+                kernel = (
+                    jnp.concatenate([a.kernel, c.kernel], axis=1)
+                    if i == 0
+                    else jax.scipy.linalg.block_diag(a.kernel, c.kernel)
+                )
+                x = x @ kernel + jnp.concatenate([a.bias, c.bias])
+                x = actor.activation(x) if i < last else x
+            outputs = actor.layers[-1].kernel.shape[1]
+            return x[:, :outputs], x[:, outputs]
+
+        def fused_network(config, env):
+            network = heads.actor_critic(config, env)
+
+            def apply(params, obs):
+                if env.discrete:
+                    logits, value = fused_forward(params.actor, params.critic, obs)
+                    return Categorical(logits=logits), value
+                mean, value = fused_forward(params.actor_mean, params.critic, obs)
+                return heads.diagonal_gaussian(mean, params.log_std), value
+
+            return network._replace(apply=apply)
+
+        patch(ppo, "actor_critic", fused_network)
     elif name.startswith("xla:"):
         pass  # set by `measure` in the process's environment
     elif name == "no_normalization":
@@ -229,6 +265,8 @@ def main() -> None:
             variants = ["all_on", *(args.variants or [*SETTINGS[algo][1], "bare"])]
             if algo not in ROLLOUTS:  # an algorithm without a rollout has nothing to unroll
                 variants = [v for v in variants if v != "rollout_unroll_4"]
+            if algo not in ("ppo", "ppo_continuous"):  # only these have the two MLPs
+                variants = [v for v in variants if v != "fused_actor_critic"]
             for variant in variants if repeat % 2 == 0 else variants[::-1]:
                 result = measure(algo, variant, args.seeds)
                 runs.setdefault(algo, {}).setdefault(variant, []).append(result)

@@ -9,7 +9,9 @@ runs it, its experience collection and its learning timed alone, and the learnin
 - matmul floor: the same gradient steps (layer sizes, batch, forward and backward passes) written as
   plain `jax.numpy` MLPs with nothing else (no distributions, losses, optimizer or sampling; PPO's
   critic pass over the rollout's next observations left out too): the time this machine's XLA
-  needs for the gradient steps' matrix products and activations alone.
+  needs for the gradient steps' matrix products and activations alone. For recurrent PPO it is the
+  encoder, a plain GRU scanned over the minibatch's sequences (inputs projected before the loop,
+  as `pureeqxrl.recurrent.GRU` does; no resets) and the two heads.
 
 A floor close to the learning's time, and a learning close to the update's, mean the update is
 bound by the matrix products of the reference's network sizes, which no loop engineering removes.
@@ -32,7 +34,7 @@ from pureeqxrl.nets import ACTIVATIONS
 import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 
 # Updates per timed run: about a second of 8-seed training each.
-UPDATES = {"dqn": 2_000, "ppo": 50, "ppo_continuous": 2}
+UPDATES = {"dqn": 2_000, "ppo": 50, "ppo_continuous": 2, "ppo_rnn": 8}
 
 
 def timed(fn, *args, repeats: int) -> float:
@@ -81,6 +83,50 @@ def plain_mlps(sizes_list, activation, batch: int, num_seeds: int, double_dqn: b
     return step, params
 
 
+def plain_gru(config, obs_size: int, num_actions: int, num_seeds: int):
+    """`(step, params)`: recurrent PPO's gradient step as plain `jax.numpy`: the dense encoder, a
+    GRU (Flax `GRUCell`'s equations) scanned over `num_steps` steps of the minibatch's sequences,
+    and the actor and critic heads, vmapped over `num_seeds`."""
+    activation = ACTIVATIONS[config.activation]
+    width, sequences = config.encoder_sizes[-1], config.num_envs // config.num_minibatches
+    keys = iter(jax.random.split(jax.random.key(0), 64))
+    normal = lambda *shape: jax.random.normal(next(keys), (num_seeds, *shape)) * 0.1  # noqa: E731
+    layers = lambda sizes: [(normal(a, b), normal(b)) for a, b in zip(sizes[:-1], sizes[1:], strict=True)]  # noqa: E731
+    params = (
+        layers([obs_size, *config.encoder_sizes]),
+        (normal(width, 3 * width), normal(3 * width), normal(width, 3 * width), normal(width)),
+        layers([width, *config.hidden_sizes, num_actions]),
+        layers([width, *config.hidden_sizes, 1]),
+    )
+    inputs = jax.random.normal(next(keys), (num_seeds, config.num_steps, sequences, obs_size))
+
+    def mlp(layers, x, last=False):
+        for w, b in layers[:-1]:
+            x = activation(x @ w + b)
+        w, b = layers[-1]
+        return activation(x @ w + b) if last else x @ w + b
+
+    def loss(params, x):
+        encoder, (input_kernel, input_bias, hidden_kernel, hidden_bias), actor, critic = params
+        projected = mlp(encoder, x, last=True) @ input_kernel + input_bias
+
+        def cell(h, p):
+            x_r, x_z, x_n = jnp.split(p, 3, axis=-1)
+            h_r, h_z, h_n = jnp.split(h @ hidden_kernel, 3, axis=-1)
+            r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
+            h = (1.0 - z) * jnp.tanh(x_n + r * (h_n + hidden_bias)) + z * h
+            return h, h
+
+        _, hs = jax.lax.scan(cell, jnp.zeros((sequences, width)), projected)
+        return (mlp(actor, hs) ** 2).mean() + (mlp(critic, hs) ** 2).mean()
+
+    def step(params):
+        grads = jax.vmap(jax.grad(loss))(params, inputs)
+        return jax.tree.map(lambda p, g: p - 1e-4 * g, params, grads)
+
+    return step, params
+
+
 def floor_step(algo: str, config, env_shapes, num_seeds: int):
     """The plain-MLP twin of `algo`'s gradient step and how many of them one update takes."""
     obs_size, num_outputs = env_shapes
@@ -89,6 +135,9 @@ def floor_step(algo: str, config, env_shapes, num_seeds: int):
         q_network = [obs_size, *hidden, num_outputs]
         step, params = plain_mlps([q_network, q_network], jax.nn.relu, config.batch_size, num_seeds, True)
         return step, params, 1
+    if algo == "ppo_rnn":
+        step, params = plain_gru(config, obs_size, num_outputs, num_seeds)
+        return step, params, config.update_epochs * config.num_minibatches
     actor, critic = [obs_size, *hidden, num_outputs], [obs_size, *hidden, 1]
     activation = ACTIVATIONS[config.activation]
     step, params = plain_mlps([actor, critic], activation, config.minibatch_size, num_seeds)

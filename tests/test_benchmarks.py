@@ -180,7 +180,7 @@ def test_ablation_switches_turn_off_what_they_name(monkeypatch):
     import numpy as np
     from distreqx.distributions import Categorical
 
-    from pureeqxrl import dqn, policy_gradient, ppo, replay
+    from pureeqxrl import dqn, heads, policy_gradient, ppo, registry, replay
     from pureeqxrl.envs import Step
 
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # bench_io
@@ -228,6 +228,25 @@ def test_ablation_switches_turn_off_what_they_name(monkeypatch):
     with pytest.raises(ValueError, match="unknown switch"):
         switch("no_such_switch")
 
+    for algo in ("ppo", "ppo_continuous"):  # one matrix product per layer, the same function
+        config = registry.get(algo).config_cls()
+        env = ppo.make_environment(config)
+        separate = ppo.actor_critic(config, env)
+        params = separate.init(jax.random.key(0))
+        obs = jax.random.normal(jax.random.key(1), (16, *env.observation_shape))
+        switch("fused_actor_critic", algo)
+        fused = ppo.actor_critic(config, env)
+        dots = lambda apply: str(jax.make_jaxpr(apply)(params, obs)).count("dot_general")  # noqa: E731
+        assert (dots(separate.apply), dots(fused.apply)) == (6, 3)
+        (policy, value), (fused_policy, fused_value) = separate.apply(params, obs), fused.apply(params, obs)
+        np.testing.assert_allclose(fused_value, value, rtol=1e-5, atol=1e-6)
+        action = heads.sample(policy, jax.random.key(2))
+        np.testing.assert_allclose(
+            heads.log_prob(fused_policy, action), heads.log_prob(policy, action), rtol=1e-5
+        )
+        monkeypatch.undo()
+        monkeypatch.syspath_prepend(str(BENCHMARKS))
+
     switch("next_obs_from_next_slot", "dqn")
     num_envs = dqn.DQNConfig().num_envs
     buffer = replay.ReplayBuffer.for_steps(jnp.zeros((num_envs, 1)), jnp.array(0), 4 * num_envs)
@@ -240,3 +259,65 @@ def test_ablation_switches_turn_off_what_they_name(monkeypatch):
     assert not buffer.data.next_obs.any()  # never written
     sample = buffer.sample(jax.random.key(0), 64)
     np.testing.assert_array_equal(sample.next_obs, (sample.obs + 1.0) % 4)  # the slot num_envs later
+
+
+def _event(pid, tid, name, ts, dur):
+    return {"ph": "X", "pid": pid, "tid": tid, "name": name, "ts": ts, "dur": dur}
+
+
+def _names(kind, pid, tid, name):
+    return {"ph": "M", "name": f"{kind}_name", "pid": pid, "tid": tid, "args": {"name": name}}
+
+
+def test_trace_summary_counts_each_operations_own_time_once(monkeypatch):
+    """`benchmarks/trace_update.py` on made-up traces with known answers: on a GPU, the streams'
+    kernels and copies only (not the host, nor the summary line that spans them); on a CPU, XLA's
+    threads, with a loop's own time less its body's."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # bench_io
+    trace_update = load("trace_update")
+    gpu = {
+        "traceEvents": [
+            _names("process", 1, 0, "/host:CPU"),
+            _names("thread", 1, 5, "python"),
+            _names("process", 2, 0, "/device:GPU:0"),
+            _names("thread", 2, 7, "Stream #13(Compute)"),
+            _names("thread", 2, 8, "Stream #14(MemcpyD2H)"),
+            _names("thread", 2, 9, "XLA Ops"),
+            _event(1, 5, "block_until_ready", 0, 100),  # the host: not an operation
+            _event(2, 9, "fusion.1", 10, 50),  # the summary line over the kernels: counted once
+            _event(2, 7, "loop_fusion", 10, 20),
+            _event(2, 7, "loop_fusion", 40, 20),
+            _event(2, 8, "MemcpyD2H", 55, 10),  # overlaps the second kernel by 5 us
+        ]
+    }
+    summary = trace_update.summarize(gpu, num_updates=2, wall_s=200e-6, top=10)
+    assert summary["threads"] == ["/device:GPU:0 Stream #13(Compute)", "/device:GPU:0 Stream #14(MemcpyD2H)"]
+    assert summary["wall_ms_per_update"] == pytest.approx(0.1)
+    assert summary["busy_ms_per_update"] == pytest.approx(0.045 / 2)  # 10-30 and 40-65 us
+    assert summary["operations_per_update"] == 1.5
+    assert [
+        (row["name"], row["calls_per_update"], row["us_per_update"]) for row in summary["operations"]
+    ] == [
+        ("loop_fusion", 1.0, 20.0),
+        ("MemcpyD2H", 0.5, 5.0),
+    ]
+    cpu = {
+        "traceEvents": [
+            _names("process", 1, 0, "/host:CPU"),
+            _names("thread", 1, 3, "tf_XLAEigen/123"),
+            _names("thread", 1, 4, "python"),
+            _event(1, 3, "while.7", 0, 100),  # a loop holding two iterations of its body
+            _event(1, 3, "dot.1", 10, 30),
+            _event(1, 3, "dot.1", 50, 30),
+            _event(1, 3, "sort.2", 120, 10),
+            _event(1, 4, "ThunkExecutor::Execute", 0, 200),
+        ]
+    }
+    summary = trace_update.summarize(cpu, num_updates=1, wall_s=200e-6, top=2)
+    assert summary["threads"] == ["/host:CPU tf_XLAEigen/123"]
+    assert summary["busy_ms_per_update"] == pytest.approx(0.110)
+    assert summary["distinct_operations"] == 3 and len(summary["operations"]) == 2  # the top 2
+    assert [(row["name"], row["us_per_update"]) for row in summary["operations"]] == [
+        ("dot.1", 60.0),
+        ("while.7", 40.0),
+    ]
