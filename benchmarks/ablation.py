@@ -30,6 +30,9 @@ and candidates switched *on* (`--variants ...`; none is part of the library):
   kernels side by side, the later ones as block-diagonal matrices, so each layer is one matrix
   product of the actor's and critic's widths together (the same function; the hidden layers do
   twice the arithmetic, as zeros);
+- `flat_optimizer`: the optimizer (gradient clipping and Adam) wrapped in `optax.flatten`, which
+  runs it on one vector of all the parameters instead of leaf by leaf (the same numbers up to the
+  global norm's order of summation; the optimizer's state has another layout);
 - `xla:FLAG=VALUE`: the measurement's process runs with `XLA_FLAGS=--FLAG=VALUE`
   (e.g. `xla:xla_cpu_use_onednn=true`, `xla:xla_cpu_use_xnnpack=true`).
 
@@ -190,6 +193,15 @@ def switch_off(name: str, algo: str, patch=setattr) -> dict:
             return network._replace(apply=apply)
 
         patch(ppo, "actor_critic", fused_network)
+    elif name == "flat_optimizer":
+        import optax
+
+        if algo == "dqn":  # DQN builds its optimizer in place, from `optax.adam`
+            adam = optax.adam
+            patch(optax, "adam", lambda *args, **kwargs: optax.flatten(adam(*args, **kwargs)))
+        else:
+            make_optimizer = module.make_optimizer
+            patch(module, "make_optimizer", lambda config: optax.flatten(make_optimizer(config)))
     elif name.startswith("xla:"):
         pass  # set by `measure` in the process's environment
     elif name == "no_normalization":

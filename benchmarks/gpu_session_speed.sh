@@ -23,10 +23,11 @@ source "$(dirname "$0")/gpu_steps.sh"
 step 30 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 step 60 python3 -c "import jax, equinox, pureeqxrl; print(jax.__version__, equinox.__version__, jax.devices())" || exit 1
 step 120 python3 benchmarks/trace_update.py --algo ppo --seeds 8 --updates 50 --out "$RESULTS/trace_ppo_gpu"
-# PPO's switches, and its actor and critic fused into one product per layer (fewer kernels, which a
-# GPU bound by kernel launches may reward where the CPU did not)
-step 330 python3 benchmarks/ablation.py --algos ppo --seeds 8 --repeats 2 --out "$RESULTS/ablation_ppo_gpu" \
-  --variants no_episode_stats no_diagnostics no_bootstrap_value no_reset_every_step one_log_row bare fused_actor_critic
+# PPO's switches, and two candidates that make fewer kernels, which a GPU bound by kernel launches
+# may reward where the CPU did not: actor and critic fused, and the optimizer on one flat vector
+step 360 python3 benchmarks/ablation.py --algos ppo --seeds 8 --repeats 2 --out "$RESULTS/ablation_ppo_gpu" \
+  --variants no_episode_stats no_diagnostics no_bootstrap_value no_reset_every_step one_log_row bare fused_actor_critic \
+  flat_optimizer
 step 400 python3 benchmarks/versions.py --baseline 717c28d --baseline-tree .baseline-717c28d \
   --algos dqn ppo ppo_continuous --seeds 1 8 --repeats 2 --out "$RESULTS/versions_gpu"
 echo "== done in $(($(date +%s) - START))s" | tee -a "$LOG"

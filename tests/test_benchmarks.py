@@ -247,6 +247,16 @@ def test_ablation_switches_turn_off_what_they_name(monkeypatch):
         monkeypatch.undo()
         monkeypatch.syspath_prepend(str(BENCHMARKS))
 
+    leafwise = ppo.make_optimizer(ppo.PPOConfig())
+    switch("flat_optimizer")  # one vector for all the parameters, the same update
+    params = {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}
+    grads = {"kernel": jnp.arange(6.0).reshape(3, 2), "bias": jnp.array([1.0, -2.0])}
+    flat = ppo.make_optimizer(ppo.PPOConfig())
+    assert [x.shape for x in jax.tree.leaves(flat.init(params)) if x.ndim] == [(8,), (8,)]  # Adam's moments
+    expected, _ = leafwise.update(grads, leafwise.init(params), params)
+    updates, _ = flat.update(grads, flat.init(params), params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), updates, expected)
+
     switch("next_obs_from_next_slot", "dqn")
     num_envs = dqn.DQNConfig().num_envs
     buffer = replay.ReplayBuffer.for_steps(jnp.zeros((num_envs, 1)), jnp.array(0), 4 * num_envs)
