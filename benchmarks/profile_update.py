@@ -5,7 +5,11 @@ runs it, its experience collection and its learning timed alone, and the learnin
   the step counters shared by the seeds, so DQN's "learn now?" stays a branch); DQN is measured
   once its learning has started;
 - collect / learn: `UpdateSteps.collect` and `UpdateSteps.learn` (PPO: advantages and every epoch;
-  DQN: one sampled gradient step), vmapped over the seeds, `UPDATES[algo]` times in one `lax.scan`;
+  DQN: one sampled gradient step), vmapped over the seeds, `UPDATES[algo]` times in one `lax.scan`.
+  The collection keeps only the state it hands on, and XLA drops the rest despite the barrier: in
+  PPO's compiled program its step stacks no outputs and runs no critic, so this column understates
+  the collection (PPO on an H100: 2.3 ms alone, 6.1 ms of the training program's kernels;
+  docs/speed.md);
 - matmul floor: the same gradient steps (layer sizes, batch, forward and backward passes) written as
   plain `jax.numpy` MLPs with nothing else (no distributions, losses, optimizer or sampling; PPO's
   critic pass over the rollout's next observations left out too): the time this machine's XLA

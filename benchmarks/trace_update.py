@@ -10,11 +10,16 @@ the trace's events back and writes, per update:
   device was busy (the union of its operations' intervals): a device that is idle most of the
   time is waiting for launches, host copies or the host;
 - the operations (kernels on a GPU, XLA's thunks on a CPU), grouped by name: calls and time per
-  update, the largest first; copies between host and device count as operations too.
+  update, the largest first; copies between host and device count as operations too;
+- the same operations grouped by how often each runs per update, which tells the loops apart: in
+  PPO, an operation of the rollout's step runs `num_steps` (128) times per update, one of a
+  gradient step `update_epochs * num_minibatches` (16) times.
 
     python benchmarks/trace_update.py --algo ppo --seeds 8 --updates 50 --out benchmarks/results/trace_ppo_gpu
 
-The raw trace (`perfetto_trace.json.gz`, for https://ui.perfetto.dev) is kept next to the tables.
+The raw trace (`perfetto_trace.json.gz`, for https://ui.perfetto.dev) is kept next to the tables;
+`--trace RAW` summarizes a kept one again (its wall times read from the JSON beside it) instead of
+taking a new one.
 """
 
 import argparse
@@ -100,11 +105,15 @@ def busy_seconds(intervals: list[tuple[float, float]]) -> float:
 
 def summarize(trace: dict, num_updates: int, wall_s: float, top: int) -> dict:
     """Per update: the wall time, the time some operation was running, and the operations by
-    their own time (less the operations they hold), the largest first."""
+    their own time (on a CPU less the operations they hold), the largest first."""
     events, places = operation_events(trace)
     own_us: dict[str, float] = defaultdict(float)
     calls: dict[str, int] = defaultdict(int)
-    for event, own in zip(events, self_times(events), strict=True):
+    # A device's kernels hold no others (those of a CUDA graph can overlap, on the same stream),
+    # where a CPU loop's event holds its body's.
+    on_device = all(place.startswith("/device:") for place in places)
+    durations = [float(e.get("dur", 0.0)) for e in events] if on_device else self_times(events)
+    for event, own in zip(events, durations, strict=True):
         own_us[event["name"]] += own
         calls[event["name"]] += 1
     operations = sorted(
@@ -118,6 +127,14 @@ def summarize(trace: dict, num_updates: int, wall_s: float, top: int) -> dict:
         ),
         key=lambda row: -row["us_per_update"],
     )
+    by_calls: dict[float, dict] = {}
+    for row in operations:  # operations run the same number of times per update: one loop's
+        group = by_calls.setdefault(
+            round(row["calls_per_update"], 1), {"operations": 0, "calls": 0.0, "us": 0.0}
+        )
+        group["operations"] += 1
+        group["calls"] += row["calls_per_update"]
+        group["us"] += row["us_per_update"]
     intervals = [(float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0.0))) for e in events]
     return {
         "threads": places,
@@ -127,6 +144,10 @@ def summarize(trace: dict, num_updates: int, wall_s: float, top: int) -> dict:
         "operations_per_update": len(events) / num_updates,
         "distinct_operations": len(operations),
         "operations": operations[:top],
+        "by_calls_per_update": [
+            {"calls_per_update": calls, **group}
+            for calls, group in sorted(by_calls.items(), key=lambda kv: -kv[1]["us"])
+        ],
     }
 
 
@@ -161,21 +182,45 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=50)
     parser.add_argument("--top", type=int, default=25, help="operations listed, the largest first")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/trace_ppo"))
+    parser.add_argument(
+        "--trace", type=Path, help="a kept RAW.perfetto_trace.json.gz to summarize again, beside its RAW.json"
+    )
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as folder:
-        trace, wall_s, untraced_s = trace_updates(args.algo, args.seeds, args.updates, Path(folder))
-        summary = summarize(trace, args.updates, wall_s, args.top)
-        summary["untraced_ms_per_update"] = 1e3 * untraced_s / args.updates
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        (raw,) = Path(folder).rglob("perfetto_trace.json.gz")
-        shutil.copyfile(raw, args.out.with_suffix(".perfetto_trace.json.gz"))
-
-    info = bench_io.machine()
-    command = (
-        f"python benchmarks/trace_update.py --algo {args.algo} --seeds {args.seeds} --updates {args.updates} "
-        f"--top {args.top} --out {args.out}"
-    )
+    if args.trace is not None:  # the machine, the settings and the wall times of the run that took it
+        taken = json.loads(
+            args.trace.with_name(args.trace.name.replace(".perfetto_trace.json.gz", ".json")).read_text()
+        )
+        with gzip.open(args.trace, "rt") as file:
+            summary = summarize(
+                json.load(file),
+                taken["updates"],
+                taken["wall_ms_per_update"] * taken["updates"] / 1e3,
+                args.top,
+            )
+        summary["untraced_ms_per_update"] = taken["untraced_ms_per_update"]
+        info, command, args.seeds, args.updates = (
+            taken["machine"],
+            taken["command"],
+            taken["seeds"],
+            taken["updates"],
+        )
+        args.algo = command.split("--algo ")[1].split()[0]
+        again = f"python benchmarks/trace_update.py --trace {args.trace} --out {args.out}"
+        command += f"`, summarized again here by `{again}"
+    else:
+        with tempfile.TemporaryDirectory() as folder:
+            trace, wall_s, untraced_s = trace_updates(args.algo, args.seeds, args.updates, Path(folder))
+            summary = summarize(trace, args.updates, wall_s, args.top)
+            summary["untraced_ms_per_update"] = 1e3 * untraced_s / args.updates
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            (raw,) = Path(folder).rglob("perfetto_trace.json.gz")
+            shutil.copyfile(raw, args.out.with_suffix(".perfetto_trace.json.gz"))
+        info = bench_io.machine()
+        command = (
+            f"python benchmarks/trace_update.py --algo {args.algo} --seeds {args.seeds} --updates {args.updates} "
+            f"--top {args.top} --out {args.out}"
+        )
     lines = [
         f"# A profiler trace of {args.algo}'s updates, per operation",
         "",
@@ -187,7 +232,8 @@ def main() -> None:
         f"- wall time per update: {summary['wall_ms_per_update']:.3f} ms traced, "
         f"{summary['untraced_ms_per_update']:.3f} ms untraced (median of 3 runs)",
         f"- device busy per update: {summary['busy_ms_per_update']:.3f} ms "
-        f"({summary['busy_ms_per_update'] / summary['wall_ms_per_update']:.0%} of the wall time), on "
+        f"({summary['busy_ms_per_update'] / summary['wall_ms_per_update']:.0%} of the traced wall time, "
+        f"{summary['busy_ms_per_update'] / summary['untraced_ms_per_update']:.0%} of the untraced), on "
         f"{len(summary['threads'])} threads of operations ({'; '.join(summary['threads']) or 'none found'})",
         f"- operations per update: {summary['operations_per_update']:.1f} "
         f"({summary['distinct_operations']} distinct)",
@@ -201,6 +247,24 @@ def main() -> None:
             f"| `{row['name'][:80]}` | {row['calls_per_update']:.1f} | {row['us_per_update']:.1f} "
             f"| {row['us_per_update'] / busy_us if busy_us else float('nan'):.1%} |"
         )
+    lines += [
+        "",
+        "By how often an operation runs per update (the loops: in PPO, 128 calls are the rollout's steps, "
+        "16 its gradient steps):",
+        "",
+        "| calls per update | operations | calls | own us per update | share of busy time |",
+        "|---|---|---|---|---|",
+    ]
+    for group in summary["by_calls_per_update"]:
+        if group["us"] >= 0.005 * busy_us:
+            lines.append(
+                f"| {group['calls_per_update']:g} | {group['operations']} | {group['calls']:.0f} | {group['us']:.1f} "
+                f"| {group['us'] / busy_us if busy_us else float('nan'):.1%} |"
+            )
+    lines.append(
+        "\nGroups under 0.5% of the busy time left out (all in the JSON). Shares can add up to more than "
+        "100%: the kernels of a CUDA graph can overlap."
+    )
     data = {"machine": info, "command": command, "seeds": args.seeds, "updates": args.updates, **summary}
     bench_io.write_results(args.out, data, lines)
     print("\n".join(lines))

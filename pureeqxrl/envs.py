@@ -151,6 +151,29 @@ def episode_stats(step: Step) -> dict[str, tuple[Array, Array]]:
     }
 
 
+# A rollout of many steps carries the sums of its finished episodes per environment, as one array
+# (return, length and count stacked), and sums over the environments once, at its end: on a GPU,
+# where each small operation of a step is a kernel launch, this costs one fused kernel per step
+# instead of the sums over the environments and a stacked output per statistic (docs/speed.md).
+
+
+def no_finished_episodes(num_envs: int) -> Float[Array, "3 num_envs"]:
+    """The sums of finished episodes' returns and lengths, and their count, per environment: zero."""
+    return jnp.zeros((3, num_envs), jnp.float32)
+
+
+def add_finished_episodes(totals: Float[Array, "3 num_envs"], step: Step) -> Float[Array, "3 num_envs"]:
+    """`totals` plus the episodes that *finished* in `step`."""
+    done = step.done.astype(jnp.float32)
+    return totals + jnp.stack([step.episode_return * done, step.episode_length * done, done])
+
+
+def finished_episode_stats(totals: Float[Array, "3 num_envs"]) -> dict[str, tuple[Array, Array]]:
+    """`totals` as `episode_stats` reports them: sums and counts over all the environments."""
+    returns, lengths, count = totals.sum(-1)
+    return {"episode_return": (returns, count), "episode_length": (lengths, count)}
+
+
 def env_names() -> list[str]:
     return sorted([*gymnax.registered_envs, *probes.PROBES, *adapters.navix_names(), *adapters.brax_names()])
 

@@ -189,9 +189,13 @@ def test_ablation_switches_turn_off_what_they_name(monkeypatch):
 
     done = jnp.array([True, False])
     step = Step(jnp.ones(2), done, jnp.zeros(2, bool), jnp.zeros((2, 4)), jnp.full(2, 7.0), jnp.full(2, 3.0))
-    assert ppo.episode_stats(step)["episode_return"][0] == 7.0
+    totals = ppo.no_finished_episodes(2)
+    assert ppo.add_finished_episodes(totals, step).tolist() == [[7.0, 0.0], [3.0, 0.0], [1.0, 0.0]]
+    assert dqn.episode_stats(step)["episode_return"][0] == 7.0
     switch("no_episode_stats")
-    assert ppo.episode_stats(step)["episode_return"] == (0.0, 0.0)
+    assert not ppo.add_finished_episodes(totals, step).any()
+    switch("no_episode_stats", "dqn")
+    assert dqn.episode_stats(step)["episode_return"] == (0.0, 0.0)
 
     switch("no_diagnostics")
     batch = policy_gradient.Batch(
@@ -297,6 +301,7 @@ def test_trace_summary_counts_each_operations_own_time_once(monkeypatch):
             _event(2, 9, "fusion.1", 10, 50),  # the summary line over the kernels: counted once
             _event(2, 7, "loop_fusion", 10, 20),
             _event(2, 7, "loop_fusion", 40, 20),
+            _event(2, 7, "gemm", 12, 6),  # a CUDA graph's kernels overlap: neither holds the other
             _event(2, 8, "MemcpyD2H", 55, 10),  # overlaps the second kernel by 5 us
         ]
     }
@@ -304,12 +309,17 @@ def test_trace_summary_counts_each_operations_own_time_once(monkeypatch):
     assert summary["threads"] == ["/device:GPU:0 Stream #13(Compute)", "/device:GPU:0 Stream #14(MemcpyD2H)"]
     assert summary["wall_ms_per_update"] == pytest.approx(0.1)
     assert summary["busy_ms_per_update"] == pytest.approx(0.045 / 2)  # 10-30 and 40-65 us
-    assert summary["operations_per_update"] == 1.5
+    assert summary["operations_per_update"] == 2.0
     assert [
         (row["name"], row["calls_per_update"], row["us_per_update"]) for row in summary["operations"]
     ] == [
         ("loop_fusion", 1.0, 20.0),
         ("MemcpyD2H", 0.5, 5.0),
+        ("gemm", 0.5, 3.0),
+    ]
+    assert summary["by_calls_per_update"] == [  # by how often they run, the most time first
+        {"calls_per_update": 1.0, "operations": 1, "calls": 1.0, "us": 20.0},
+        {"calls_per_update": 0.5, "operations": 2, "calls": 1.0, "us": 8.0},
     ]
     cpu = {
         "traceEvents": [
@@ -331,3 +341,38 @@ def test_trace_summary_counts_each_operations_own_time_once(monkeypatch):
         ("dot.1", 60.0),
         ("while.7", 40.0),
     ]
+
+
+def test_rollout_ops_counts_the_rollout_steps_operations(tmp_path, monkeypatch):
+    """`benchmarks/rollout_ops.py`: on made-up HLO, the loop of the asked length and its operations
+    by kind; on PPO's real training program, the rollout's step stores each of its outputs (no
+    per-step episode statistics among them: the rollout carries those)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # bench_io
+    rollout_ops = load("rollout_ops")
+    trips = 'backend_config={"known_trip_count":{"n":"%d"}}'
+    hlo = "\n".join(
+        [
+            "%body.1 (p: (s32[], f32[4])) -> (s32[], f32[4]) {",
+            "  %a = f32[4]{0} get-tuple-element(%p), index=1",
+            "  %f = f32[4]{0} fusion(%a), kind=kLoop, calls=%fused_computation",
+            '  %s = f32[9,4]{1,0} fusion(%f), kind=kLoop, metadata={op_name="x/dynamic_update_slice"}',
+            "  %c = f32[4]{0} copy(%f)",
+            "}",
+            "%other (p: (s32[], f32[4])) -> (s32[], f32[4]) {",
+            "  %d = f32[4]{0} copy(%p)",
+            "}",
+            "ENTRY %main (x: f32[4]) -> f32[4] {",
+            "  %w = (s32[], f32[4]) while(%t), condition=%cond, body=%body.1, " + trips % 9,
+            "  %v = (s32[], f32[4]) while(%t), condition=%cond, body=%other, " + trips % 3,
+            "}",
+        ]
+    )
+    (body,) = rollout_ops.loop_bodies(hlo, 9)
+    assert rollout_ops.count_operations(body) == {"fusion": 2, "stacked outputs": 1, "copy": 1}
+    assert rollout_ops.loop_bodies(hlo, 5) == []
+
+    counts = rollout_ops.rollout_operations("ppo", num_seeds=1)
+    # obs, next obs, action, value, log-prob, reward, terminated, truncated: 8 stacked outputs
+    assert counts["stacked outputs"] == 8, counts
+    run_script(monkeypatch, "rollout_ops", "--algos", "ppo", "--seeds", "1", "--out", str(tmp_path / "ops"))
+    assert "| ppo | " in (tmp_path / "ops.md").read_text()

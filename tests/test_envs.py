@@ -3,7 +3,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pureeqxrl.envs import episode_stats, make_env
+from pureeqxrl.envs import (
+    add_finished_episodes,
+    episode_stats,
+    finished_episode_stats,
+    make_env,
+    no_finished_episodes,
+)
 
 
 def test_unknown_env_names_close_matches():
@@ -39,6 +45,25 @@ def test_unfinished_episodes_are_never_reported(key):
     np.testing.assert_array_equal(returns[counts > 0], [15.0, 15.0])
     assert not steps.terminated.any()
     np.testing.assert_array_equal(steps.truncated[:, 0], counts > 0)
+
+
+def test_a_rollouts_carried_sums_count_what_the_steps_count(key):
+    """What a rollout carries per environment (`add_finished_episodes`), summed over the
+    environments at its end, is what the steps' own `episode_stats` sum to over the steps."""
+    env = make_env("CartPole-v1", 5)
+    _, _, steps = _rollout(env, key, 150)
+    totals = no_finished_episodes(5)
+    for t in range(150):
+        totals = add_finished_episodes(totals, jax.tree.map(lambda x, t=t: x[t], steps))
+    # each environment's own finished episodes: its count of `done`, its returns where done
+    done = np.asarray(steps.done)
+    np.testing.assert_array_equal(totals[2], done.sum(0))
+    np.testing.assert_array_equal(totals[0], (np.asarray(steps.episode_return) * done).sum(0))
+    per_step = jax.vmap(episode_stats)(steps)
+    for name, (total, count) in finished_episode_stats(totals).items():
+        step_total, step_count = per_step[name]
+        assert float(count) == float(step_count.sum()) == done.sum() > 5
+        np.testing.assert_allclose(float(total), float(step_total.sum()))
 
 
 def test_cartpole_returns_equal_lengths_and_next_obs_is_pre_reset(key):
