@@ -4,7 +4,8 @@
 # 38 kernels and copies, 78% of the device's time, and a fifth of the update in the per-step episode
 # statistics, which now are carried per environment and summed once per rollout. So: first a trace
 # of PPO's updates at this version, then this version against 97eab10 (the one before that change)
-# on the three rollout algorithms, then the rest of PPO's ablation, then this version against 717c28d.
+# on PPO and PQN, then PPO's ablation at this version, then this version against 717c28d with
+# whatever time is left (the default budget of 540 s leaves it about 30 s).
 # Results go to RESULTS; with $OUT set (the device tool), RESULTS is packed into $OUT/session.tar.gz
 # after every step (RESULTS must not lie under $OUT).
 #
@@ -27,14 +28,14 @@ source "$(dirname "$0")/gpu_steps.sh"
 step 30 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 step 60 python3 -c "import jax, equinox, pureeqxrl; print(jax.__version__, equinox.__version__, jax.devices())" || exit 1
 step 120 python3 benchmarks/trace_update.py --algo ppo --seeds 8 --updates 50 --out "$RESULTS/trace_ppo_gpu"
-step 180 python3 benchmarks/versions.py --baseline 97eab10 --baseline-tree .baseline-97eab10 \
-  --algos ppo pqn ppo_rnn --seeds 8 --repeats 2 --out "$RESULTS/versions_97eab10_gpu"
-# PPO's switches, and three candidates that make fewer kernels or loop steps, which a GPU bound by
-# kernel launches may reward where the CPU did not: the rollout unrolled 4 steps per loop step,
-# actor and critic fused, and the optimizer on one flat vector
-step 330 python3 benchmarks/ablation.py --algos ppo --seeds 8 --repeats 2 --out "$RESULTS/ablation_ppo_gpu" \
-  --variants no_episode_stats no_diagnostics no_bootstrap_value no_reset_every_step one_log_row bare \
-  rollout_unroll_4 fused_actor_critic flat_optimizer
+# this version against the one before the carried episode sums: PPO and PQN, 8 seeds, 131,072
+# steps each (a run is then mostly its compile, about 20 s on an H100)
+step 200 python3 benchmarks/versions.py --baseline 97eab10 --baseline-tree .baseline-97eab10 \
+  --algos ppo pqn --seeds 8 --repeats 2 --total-timesteps 131072 --out "$RESULTS/versions_97eab10_gpu"
+# what is left of PPO's loop at this version, and a candidate that makes fewer loop steps, which
+# a GPU bound by its kernels' count may reward where the CPU did not: the rollout unrolled 4 steps
+step 200 python3 benchmarks/ablation.py --algos ppo --seeds 8 --repeats 2 --out "$RESULTS/ablation_ppo_gpu" \
+  --variants no_episode_stats bare rollout_unroll_4
 step 400 python3 benchmarks/versions.py --baseline 717c28d --baseline-tree .baseline-717c28d \
   --algos ppo dqn ppo_continuous --seeds 8 1 --repeats 2 --out "$RESULTS/versions_gpu"
 echo "== done in $(($(date +%s) - START))s" | tee -a "$LOG"

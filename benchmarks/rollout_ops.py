@@ -10,10 +10,12 @@ output into the stacked rollout (`dynamic-update-slice`). A CPU compiles other f
 so the counts compare versions on one backend; they are not the GPU's kernels.
 
     python benchmarks/rollout_ops.py --algos ppo pqn ppo_rnn --out benchmarks/results/rollout_ops_cpu
-    PYTHONPATH=/tmp/pureeqxrl-97eab10 python benchmarks/rollout_ops.py --out /tmp/rollout_ops_97eab10
+    PYTHONPATH=.baseline-97eab10 python benchmarks/rollout_ops.py --out /tmp/rollout_ops_97eab10
 
 (the second line counts another checkout's program: the first `pureeqxrl` on the path is the one
-compiled, and the table names its commit).
+compiled, and the table names its commit). `--collect-alone` counts instead the program that
+`benchmarks/profile_update.py` times as the collection alone (`UpdateSteps.collect` scanned,
+keeping the state it hands on), to show what XLA leaves out of it.
 """
 
 import argparse
@@ -26,6 +28,7 @@ import jax
 
 import pureeqxrl
 from pureeqxrl import registry
+from pureeqxrl.loop import make_chunk_runner
 
 import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 
@@ -59,9 +62,16 @@ def loop_bodies(hlo: str, trip_count: int) -> list[list[str]]:
     return found
 
 
-def count_operations(body: list[str]) -> dict[str, int]:
-    """Operations of a loop body by kind; `stacked outputs` are the fusions that write into a
-    `dynamic-update-slice` (a scan's output, one step's slice of it)."""
+def count_operations(body: list[str], hlo: str) -> dict[str, int]:
+    """Operations of a loop body of module `hlo` by kind; `stacked outputs` are the fusions that
+    compute a `dynamic-update-slice` (a scan's output, one step's slice of it), `matrix products`
+    the operations that compute a `dot` (fused or not; both also count as their kind)."""
+    bodies = computations(hlo)
+
+    def computes(line: str, op: str) -> bool:
+        called = re.search(r"calls=%?([\w.\-]+)", line)
+        return called is not None and any(f" {op}(" in inner for inner in bodies.get(called.group(1), []))
+
     kinds: Counter = Counter()
     for line in body:
         op = re.search(r"= [^ ]+ ([\w\-]+)\(", line)
@@ -71,21 +81,31 @@ def count_operations(body: list[str]) -> dict[str, int]:
         if kind in ("get-tuple-element", "tuple", "constant", "bitcast", "parameter"):
             continue  # bookkeeping: no work of their own
         kinds[kind] += 1
-        if kind == "fusion" and "dynamic_update_slice" in line:
+        if kind == "fusion" and computes(line, "dynamic-update-slice"):
             kinds["stacked outputs"] += 1
+        if kind == "dot" or (kind == "fusion" and computes(line, "dot")):
+            kinds["matrix products"] += 1
     return dict(kinds)
 
 
-def rollout_operations(algo: str, num_seeds: int) -> dict[str, int]:
-    """`count_operations` of the largest `num_steps` loop of `algo`'s compiled training program."""
+def rollout_operations(algo: str, num_seeds: int, collect_alone: bool = False) -> dict[str, int]:
+    """`count_operations` of the largest `num_steps` loop of `algo`'s compiled training program
+    (or, with `collect_alone`, of `profile_update.py`'s collection program)."""
     algorithm = registry.get(algo)
     config = algorithm.config_cls(eval_interval=0)
     keys = jax.random.split(jax.random.key(0), num_seeds)
-    hlo = jax.jit(jax.vmap(algorithm.make_train(config))).lower(keys).compile().as_text()
+    if collect_alone:  # as benchmarks/profile_update.py times it
+        steps = algorithm.make_update_steps(config)
+        state = make_chunk_runner(steps, config.num_updates, config.log_interval).init(keys)
+        collect = jax.vmap(lambda s: jax.lax.optimization_barrier(steps.collect(s))[0])
+        scanned = lambda s: jax.lax.scan(lambda c, _: (collect(c), None), s, None, 2)[0]  # noqa: E731
+        hlo = jax.jit(scanned).lower(state).compile().as_text()
+    else:
+        hlo = jax.jit(jax.vmap(algorithm.make_train(config))).lower(keys).compile().as_text()
     bodies = loop_bodies(hlo, config.num_steps)
     if not bodies:
         raise SystemExit(f"{algo}: no loop of {config.num_steps} steps in the compiled program")
-    return count_operations(max(bodies, key=len))
+    return count_operations(max(bodies, key=len), hlo)
 
 
 def checkout() -> str:
@@ -111,20 +131,27 @@ def main() -> None:
     parser.add_argument("--algos", nargs="+", choices=ROLLOUT_ALGORITHMS, default=["ppo", "pqn", "ppo_rnn"])
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/rollout_ops_cpu"))
+    parser.add_argument("--collect-alone", action="store_true", help="profile_update.py's collection program")
     args = parser.parse_args()
 
-    rows = [{"algo": algo, **rollout_operations(algo, args.seeds)} for algo in args.algos]
+    rows = [{"algo": algo, **rollout_operations(algo, args.seeds, args.collect_alone)} for algo in args.algos]
     info, version = bench_io.machine(), checkout()
     command = f"python benchmarks/rollout_ops.py --algos {' '.join(args.algos)} --seeds {args.seeds} --out {args.out}"
+    program = (
+        "the collection alone, as `profile_update.py` times it"
+        if args.collect_alone
+        else "the training program"
+    )
+    command += " --collect-alone" if args.collect_alone else ""
     lines = [
-        "# The operations of one rollout step in the compiled training program",
+        f"# The operations of one rollout step in {program}, compiled",
         "",
         f"`{command}`",
         "",
         f"{bench_io.machine_line(info)} pureeqxrl at {version}; {args.seeds} vmapped seeds, default settings.",
         "",
-        "| algorithm | fusions | of them stacked outputs | copies | other | all |",
-        "|---|---|---|---|---|---|",
+        "| algorithm | fusions | of them stacked outputs | matrix products | copies | other | all |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         counts = {key: value for key, value in row.items() if key != "algo"}
@@ -133,9 +160,11 @@ def main() -> None:
             counts.get("stacked outputs", 0),
             counts.get("copy", 0),
         )
-        other = sum(counts.values()) - fusions - stacked - copies
+        products = counts.get("matrix products", 0)
+        other = sum(counts.values()) - fusions - stacked - copies - products
         lines.append(
-            f"| {row['algo']} | {fusions} | {stacked} | {copies} | {other} | {fusions + copies + other} |"
+            f"| {row['algo']} | {fusions} | {stacked} | {products} | {copies} | {other} "
+            f"| {fusions + copies + other} |"
         )
     bench_io.write_results(
         args.out, {"machine": info, "command": command, "version": version, "rows": rows}, lines

@@ -1,8 +1,7 @@
-"""A profiler trace of training updates, summed up per operation (issue 18's next step on a GPU).
+"""A profiler trace of training updates, summed up per operation (issue 18, on a GPU).
 
-On one H100 (`profile_update_gpu.md`), PPO's collection and learning timed alone add up to 4.3 of the
-7.9 ms that an update takes in the training program. This script says where an update's time goes
-on the device that runs it: it takes a `jax.profiler` trace of `--updates` updates of the chunk
+This script says where an update's time goes on the device that runs it (docs/speed.md has what it
+found for PPO on an H100): it takes a `jax.profiler` trace of `--updates` updates of the chunk
 program `pureeqxrl train` runs (compiled and timed untraced before the trace starts), then reads
 the trace's events back and writes, per update:
 
@@ -13,7 +12,12 @@ the trace's events back and writes, per update:
   update, the largest first; copies between host and device count as operations too;
 - the same operations grouped by how often each runs per update, which tells the loops apart: in
   PPO, an operation of the rollout's step runs `num_steps` (128) times per update, one of a
-  gradient step `update_epochs * num_minibatches` (16) times.
+  gradient step `update_epochs * num_minibatches` (16) times;
+- on a GPU, grouped by the XLA operation that launched them (the trace's `hlo_op`): a loop's body
+  runs as one command buffer (a CUDA graph), so this gives each loop's kernels and copies together.
+
+On a GPU each operation counts its whole duration (the kernels of a CUDA graph can overlap); on a
+CPU a loop's event counts its own time, less that of the body's events it holds.
 
     python benchmarks/trace_update.py --algo ppo --seeds 8 --updates 50 --out benchmarks/results/trace_ppo_gpu
 
@@ -127,6 +131,13 @@ def summarize(trace: dict, num_updates: int, wall_s: float, top: int) -> dict:
         ),
         key=lambda row: -row["us_per_update"],
     )
+    by_launcher: dict[str, dict] = {}
+    for event, duration in zip(events, durations, strict=True):
+        launcher = event.get("args", {}).get("hlo_op")
+        if launcher is not None:
+            group = by_launcher.setdefault(launcher, {"calls": 0.0, "us": 0.0})
+            group["calls"] += 1 / num_updates
+            group["us"] += duration / num_updates
     by_calls: dict[float, dict] = {}
     for row in operations:  # operations run the same number of times per update: one loop's
         group = by_calls.setdefault(
@@ -144,6 +155,10 @@ def summarize(trace: dict, num_updates: int, wall_s: float, top: int) -> dict:
         "operations_per_update": len(events) / num_updates,
         "distinct_operations": len(operations),
         "operations": operations[:top],
+        "by_launcher": [
+            {"launcher": name, **group}
+            for name, group in sorted(by_launcher.items(), key=lambda kv: -kv[1]["us"])
+        ],
         "by_calls_per_update": [
             {"calls_per_update": calls, **group}
             for calls, group in sorted(by_calls.items(), key=lambda kv: -kv[1]["us"])
@@ -236,9 +251,10 @@ def main() -> None:
         f"{summary['busy_ms_per_update'] / summary['untraced_ms_per_update']:.0%} of the untraced), on "
         f"{len(summary['threads'])} threads of operations ({'; '.join(summary['threads']) or 'none found'})",
         f"- operations per update: {summary['operations_per_update']:.1f} "
-        f"({summary['distinct_operations']} distinct)",
+        f"({summary['distinct_operations']} distinct); times are each operation's whole duration on a GPU "
+        "(a CUDA graph's kernels can overlap), a loop's own time less its body's on a CPU",
         "",
-        "| operation | calls per update | own us per update | share of busy time |",
+        "| operation | calls per update | us per update | share of busy time |",
         "|---|---|---|---|",
     ]
     busy_us = 1e3 * summary["busy_ms_per_update"]
@@ -252,7 +268,7 @@ def main() -> None:
         "By how often an operation runs per update (the loops: in PPO, 128 calls are the rollout's steps, "
         "16 its gradient steps):",
         "",
-        "| calls per update | operations | calls | own us per update | share of busy time |",
+        "| calls per update | operations | calls | us per update | share of busy time |",
         "|---|---|---|---|---|",
     ]
     for group in summary["by_calls_per_update"]:
@@ -265,6 +281,20 @@ def main() -> None:
         "\nGroups under 0.5% of the busy time left out (all in the JSON). Shares can add up to more than "
         "100%: the kernels of a CUDA graph can overlap."
     )
+    if summary["by_launcher"]:
+        lines += [
+            "",
+            "By the XLA operation that launched them (a command buffer is a CUDA graph: one loop body's "
+            "kernels and copies), the 5 largest:",
+            "",
+            "| launched by | kernels and copies per update | us per update | share of busy time |",
+            "|---|---|---|---|",
+        ]
+        for group in summary["by_launcher"][:5]:
+            lines.append(
+                f"| `{group['launcher']}` | {group['calls']:.1f} | {group['us']:.1f} "
+                f"| {group['us'] / busy_us if busy_us else float('nan'):.1%} |"
+            )
     data = {"machine": info, "command": command, "seeds": args.seeds, "updates": args.updates, **summary}
     bench_io.write_results(args.out, data, lines)
     print("\n".join(lines))

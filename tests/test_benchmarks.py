@@ -275,8 +275,9 @@ def test_ablation_switches_turn_off_what_they_name(monkeypatch):
     np.testing.assert_array_equal(sample.next_obs, (sample.obs + 1.0) % 4)  # the slot num_envs later
 
 
-def _event(pid, tid, name, ts, dur):
-    return {"ph": "X", "pid": pid, "tid": tid, "name": name, "ts": ts, "dur": dur}
+def _event(pid, tid, name, ts, dur, launcher=None):
+    event = {"ph": "X", "pid": pid, "tid": tid, "name": name, "ts": ts, "dur": dur}
+    return event if launcher is None else event | {"args": {"hlo_op": launcher}}
 
 
 def _names(kind, pid, tid, name):
@@ -299,10 +300,12 @@ def test_trace_summary_counts_each_operations_own_time_once(monkeypatch):
             _names("thread", 2, 9, "XLA Ops"),
             _event(1, 5, "block_until_ready", 0, 100),  # the host: not an operation
             _event(2, 9, "fusion.1", 10, 50),  # the summary line over the kernels: counted once
-            _event(2, 7, "loop_fusion", 10, 20),
-            _event(2, 7, "loop_fusion", 40, 20),
-            _event(2, 7, "gemm", 12, 6),  # a CUDA graph's kernels overlap: neither holds the other
-            _event(2, 8, "MemcpyD2H", 55, 10),  # overlaps the second kernel by 5 us
+            _event(2, 7, "loop_fusion", 10, 20, "command_buffer_1"),
+            _event(2, 7, "loop_fusion", 40, 20, "command_buffer_1"),
+            _event(
+                2, 7, "gemm", 12, 6, "command_buffer_1"
+            ),  # a CUDA graph's kernels overlap: neither holds the other
+            _event(2, 8, "MemcpyD2H", 55, 10, "copy.3"),  # overlaps the second kernel by 5 us
         ]
     }
     summary = trace_update.summarize(gpu, num_updates=2, wall_s=200e-6, top=10)
@@ -320,6 +323,10 @@ def test_trace_summary_counts_each_operations_own_time_once(monkeypatch):
     assert summary["by_calls_per_update"] == [  # by how often they run, the most time first
         {"calls_per_update": 1.0, "operations": 1, "calls": 1.0, "us": 20.0},
         {"calls_per_update": 0.5, "operations": 2, "calls": 1.0, "us": 8.0},
+    ]
+    assert summary["by_launcher"] == [  # what each command buffer (a loop's body) launched, per update
+        {"launcher": "command_buffer_1", "calls": 1.5, "us": 23.0},
+        {"launcher": "copy.3", "calls": 0.5, "us": 5.0},
     ]
     cpu = {
         "traceEvents": [
@@ -354,9 +361,19 @@ def test_rollout_ops_counts_the_rollout_steps_operations(tmp_path, monkeypatch):
         [
             "%body.1 (p: (s32[], f32[4])) -> (s32[], f32[4]) {",
             "  %a = f32[4]{0} get-tuple-element(%p), index=1",
-            "  %f = f32[4]{0} fusion(%a), kind=kLoop, calls=%fused_computation",
-            '  %s = f32[9,4]{1,0} fusion(%f), kind=kLoop, metadata={op_name="x/dynamic_update_slice"}',
+            "  %f = f32[4]{0} fusion(%a), kind=kLoop, calls=%fused_add",
+            "  %s = f32[9,4]{1,0} fusion(%f), kind=kLoop, calls=%fused_stack",
+            "  %m = f32[4]{0} fusion(%a), kind=kCustom, calls=%fused_product",
             "  %c = f32[4]{0} copy(%f)",
+            "}",
+            "%fused_add (x: f32[4]) -> f32[4] {",
+            "  %y = f32[4]{0} add(%x, %x)",
+            "}",
+            "%fused_stack (x: f32[4]) -> f32[9,4] {",
+            "  %z = f32[9,4]{1,0} dynamic-update-slice(%b, %x, %i, %j)",
+            "}",
+            "%fused_product (x: f32[4]) -> f32[4] {",
+            "  %d = f32[4]{0} dot(%x, %w), lhs_contracting_dims={0}",
             "}",
             "%other (p: (s32[], f32[4])) -> (s32[], f32[4]) {",
             "  %d = f32[4]{0} copy(%p)",
@@ -368,11 +385,17 @@ def test_rollout_ops_counts_the_rollout_steps_operations(tmp_path, monkeypatch):
         ]
     )
     (body,) = rollout_ops.loop_bodies(hlo, 9)
-    assert rollout_ops.count_operations(body) == {"fusion": 2, "stacked outputs": 1, "copy": 1}
+    assert rollout_ops.count_operations(body, hlo) == {
+        "fusion": 3,
+        "stacked outputs": 1,
+        "matrix products": 1,
+        "copy": 1,
+    }
     assert rollout_ops.loop_bodies(hlo, 5) == []
 
     counts = rollout_ops.rollout_operations("ppo", num_seeds=1)
-    # obs, next obs, action, value, log-prob, reward, terminated, truncated: 8 stacked outputs
-    assert counts["stacked outputs"] == 8, counts
+    # obs, next obs, action, value, log-prob, reward, terminated, truncated: 8 stacked outputs;
+    # the actor's and the critic's 3 layers each
+    assert counts["stacked outputs"] == 8 and counts["matrix products"] >= 6, counts
     run_script(monkeypatch, "rollout_ops", "--algos", "ppo", "--seeds", "1", "--out", str(tmp_path / "ops"))
     assert "| ppo | " in (tmp_path / "ops.md").read_text()
