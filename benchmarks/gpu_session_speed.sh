@@ -30,12 +30,16 @@ step 60 python3 -c "import jax, equinox, pureeqxrl; print(jax.__version__, equin
 step 120 python3 benchmarks/trace_update.py --algo ppo --seeds 8 --updates 50 --out "$RESULTS/trace_ppo_gpu"
 # this version against the one before the carried episode sums: PPO and PQN, 8 seeds, 131,072
 # steps each (a run is then mostly its compile, about 20 s on an H100)
-step 200 python3 benchmarks/versions.py --baseline 97eab10 --baseline-tree .baseline-97eab10 \
+step 180 python3 benchmarks/versions.py --baseline 97eab10 --baseline-tree .baseline-97eab10 \
   --algos ppo pqn --seeds 8 --repeats 2 --total-timesteps 131072 --out "$RESULTS/versions_97eab10_gpu"
-# what is left of PPO's loop at this version, and a candidate that makes fewer loop steps, which
-# a GPU bound by its kernels' count may reward where the CPU did not: the rollout unrolled 4 steps
-step 200 python3 benchmarks/ablation.py --algos ppo --seeds 8 --repeats 2 --out "$RESULTS/ablation_ppo_gpu" \
-  --variants no_episode_stats bare rollout_unroll_4
+# what is left of PPO's loop at this version, and two candidates that a GPU bound by its kernels'
+# count may reward where the CPU did not: the rollout unrolled 4 steps per loop step, and XLA's
+# double-buffered loops, which unroll each loop by 2 so that the state it carries needs no device
+# copies (11 per rollout step in the trace; the CPU's compilation of the step copies the
+# environment's state too). jaxlib 0.10.2's XLA knows the flag; one that a jaxlib does not know
+# would stop the step, so it goes last.
+step 240 python3 benchmarks/ablation.py --algos ppo --seeds 8 --repeats 2 --out "$RESULTS/ablation_ppo_gpu" \
+  --variants no_episode_stats bare rollout_unroll_4 xla:xla_gpu_enable_while_loop_unrolling=WHILE_LOOP_UNROLLING_DOUBLE_BUFFER
 step 400 python3 benchmarks/versions.py --baseline 717c28d --baseline-tree .baseline-717c28d \
   --algos ppo dqn ppo_continuous --seeds 8 1 --repeats 2 --out "$RESULTS/versions_gpu"
 echo "== done in $(($(date +%s) - START))s" | tee -a "$LOG"
