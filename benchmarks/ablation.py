@@ -4,8 +4,8 @@ benchmark-only build, priced by the end-to-end train time it saves (issue 18).
 A variant patches the library in its own fresh process before the training program is built, so
 nothing of it reaches the package or the other measurements. The switches:
 
-- `no_episode_stats`: no in-jit episode returns and lengths (a rollout's `add_finished_episodes`
-  leaves its carried sums at zero, DQN's `episode_stats` returns zeros);
+- `no_episode_stats`: no in-jit episode returns and lengths (`envs.add_finished_episodes` leaves a
+  rollout's carried sums at zero, DQN's `episode_stats` returns zeros);
 - `no_diagnostics`: PPO's approx KL and clip fraction not computed (the losses are);
 - `no_bootstrap_value`: no value of the pre-reset observation: GAE takes `V(obs[t+1])`, the next
   step's own observation, and cuts at every episode end, truncations included, as PureJaxRL does
@@ -84,13 +84,13 @@ def switch_off(name: str, algo: str, patch=setattr) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from pureeqxrl import dqn, policy_gradient, ppo, ppo_rnn, replay
+    from pureeqxrl import dqn, envs, policy_gradient, ppo, ppo_rnn, replay
 
     module = {"dqn": dqn, "ppo": ppo, "ppo_continuous": ppo, "ppo_rnn": ppo_rnn}[algo]
     if name == "no_episode_stats":
         zero = (jnp.zeros(()), jnp.zeros(()))
-        if algo in ROLLOUTS:  # the rollout's carried sums stay zero
-            patch(module, "add_finished_episodes", lambda totals, step: totals)
+        if algo in ROLLOUTS:  # `envs.run_rollout`'s carried sums stay zero
+            patch(envs, "add_finished_episodes", lambda totals, step: totals)
         else:
             patch(module, "episode_stats", lambda step: {"episode_return": zero, "episode_length": zero})
     elif name == "no_diagnostics":

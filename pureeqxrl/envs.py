@@ -13,6 +13,7 @@ navix environments (`Navix-...` ids, optional extra `pureeqxrl[navix]`) and Brax
 
 import dataclasses
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,10 +152,28 @@ def episode_stats(step: Step) -> dict[str, tuple[Array, Array]]:
     }
 
 
-# A rollout of many steps carries the sums of its finished episodes per environment, as one array
-# (return, length and count stacked), and sums over the environments once, at its end: on a GPU,
-# where each small operation of a step is a kernel launch, this costs one fused kernel per step
-# instead of the sums over the environments and a stacked output per statistic (docs/speed.md).
+def run_rollout(
+    env_step: Callable[[Any], tuple[Any, Any, Step]], state: Any, num_steps: int, num_envs: int
+) -> tuple[Any, Any, dict[str, tuple[Array, Array]]]:
+    """`env_step(state) -> (state, transition, step)` applied `num_steps` times in one `lax.scan`:
+    the final state, the transitions stacked over the steps, and the episodes that finished in them
+    as `episode_stats` reports them.
+
+    The finished episodes' sums are carried per environment, as one array (return, length and count
+    stacked), and summed over the environments once, at the end: a step adds to that array instead
+    of summing over the environments and stacking each sum over the steps, which on a GPU, where
+    each small operation is a kernel, cost PPO a fifth of its training (docs/speed.md).
+    """
+
+    def one_step(carry, _):
+        state, totals = carry
+        state, transition, step = env_step(state)
+        return (state, add_finished_episodes(totals, step)), transition
+
+    (state, totals), transitions = jax.lax.scan(
+        one_step, (state, no_finished_episodes(num_envs)), None, num_steps
+    )
+    return state, transitions, finished_episode_stats(totals)
 
 
 def no_finished_episodes(num_envs: int) -> Float[Array, "3 num_envs"]:

@@ -39,7 +39,7 @@ import optax
 from jaxtyping import Array, PRNGKeyArray
 
 from pureeqxrl import parallel
-from pureeqxrl.envs import VecEnv, add_finished_episodes, finished_episode_stats, no_finished_episodes
+from pureeqxrl.envs import Step, VecEnv, run_rollout
 from pureeqxrl.evaluate import training_evaluator
 from pureeqxrl.heads import actor_critic, mode, sample
 from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, shuffled_epochs, train_from_steps
@@ -126,15 +126,14 @@ def make_update_steps(
     network = (network_fn or actor_critic)(config, env)
     optimizer = make_optimizer(config)
 
-    def env_step(carry: tuple[PPOState, Array], _) -> tuple[tuple[PPOState, Array], Transition]:
-        state, episodes = carry
+    def env_step(state: PPOState) -> tuple[PPOState, Transition, Step]:
         key, action_key, step_key = jax.random.split(state.key, 3)
         policy, value = network.apply(state.params, state.obs)
         action = sample(policy, action_key)
         obs, env_state, step = env.step(step_key, state.env_state, env.to_env_action(action))
         transition = Transition.of_step(state.obs, action, policy, value, step)
         state = dataclasses.replace(state, env_state=env_state, obs=obs, key=key)
-        return (state, add_finished_episodes(episodes, step)), transition
+        return state, transition, step
 
     def gradient_step(params_and_opt, minibatch: Batch):
         params, opt_state = params_and_opt
@@ -146,10 +145,7 @@ def make_update_steps(
         return (optax.apply_updates(params, updates), opt_state), (loss, info)
 
     def collect(state: PPOState) -> tuple[PPOState, Transition, dict]:
-        # the finished episodes' sums, carried per environment, summed over them once at the end
-        episodes = no_finished_episodes(config.num_envs)
-        (state, episodes), rollout = jax.lax.scan(env_step, (state, episodes), None, config.num_steps)
-        return state, rollout, finished_episode_stats(episodes)
+        return run_rollout(env_step, state, config.num_steps, config.num_envs)
 
     def learn(state: PPOState, rollout: Transition) -> tuple[PPOState, Array, LossInfo]:
         # ADVANTAGES: bootstrap from the pre-reset next observation, cut at episode ends

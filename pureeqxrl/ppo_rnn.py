@@ -38,7 +38,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from pureeqxrl import parallel
 from pureeqxrl.config import ConfigChecks
-from pureeqxrl.envs import VecEnv, add_finished_episodes, finished_episode_stats, no_finished_episodes
+from pureeqxrl.envs import Step, VecEnv, run_rollout
 from pureeqxrl.evaluate import RecurrentPolicy, training_evaluator
 from pureeqxrl.heads import mode, sample
 from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, epoch_orders, train_from_steps
@@ -307,8 +307,7 @@ def make_update_steps(
     optimizer = make_optimizer(config)
     num_steps, num_envs = config.num_steps, config.num_envs
 
-    def env_step(carry: tuple[RecurrentPPOState, Array], _):
-        state, episodes = carry
+    def env_step(state: RecurrentPPOState) -> tuple[RecurrentPPOState, RecurrentTransition, Step]:
         key, action_key, step_key = jax.random.split(state.key, 3)
         hidden, policy, value = network.step(state.params, state.hidden, state.obs, state.reset)
         action = sample(policy, action_key)
@@ -319,7 +318,7 @@ def make_update_steps(
         state = dataclasses.replace(
             state, env_state=env_state, obs=obs, reset=step.done, hidden=hidden, key=key
         )
-        return (state, add_finished_episodes(episodes, step)), transition
+        return state, transition, step
 
     def gradient_step(params_and_opt, minibatch: SequenceBatch):
         params, opt_state = params_and_opt
@@ -351,10 +350,8 @@ def make_update_steps(
 
     def collect(state: RecurrentPPOState):
         initial_hidden = state.hidden  # stored: the update re-runs the sequences from it
-        # the finished episodes' sums, carried per environment, summed over them once at the end
-        episodes = no_finished_episodes(num_envs)
-        (state, episodes), rollout = jax.lax.scan(env_step, (state, episodes), None, num_steps)
-        return state, (initial_hidden, rollout), finished_episode_stats(episodes)
+        state, transitions, episodes = run_rollout(env_step, state, num_steps, num_envs)
+        return state, (initial_hidden, transitions), episodes
 
     def learn(state: RecurrentPPOState, experience: tuple[Array, RecurrentTransition]):
         initial_hidden, rollout = experience

@@ -31,13 +31,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from pureeqxrl import parallel
 from pureeqxrl.config import ConfigChecks, RolloutConfig
-from pureeqxrl.envs import (
-    VecEnv,
-    add_finished_episodes,
-    finished_episode_stats,
-    make_env,
-    no_finished_episodes,
-)
+from pureeqxrl.envs import Step, VecEnv, make_env, run_rollout
 from pureeqxrl.evaluate import training_evaluator
 from pureeqxrl.heads import epsilon_greedy, q_policy
 from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, shuffled_epochs, train_from_steps
@@ -288,8 +282,7 @@ def make_update_steps(
         fraction = jnp.minimum(updates / anneal_updates, 1.0)
         return config.epsilon_start + fraction * (config.epsilon_finish - config.epsilon_start)
 
-    def env_step(carry: tuple[PQNState, Array], _) -> tuple[tuple[PQNState, Array], Rollout]:
-        state, episodes = carry
+    def env_step(state: PQNState) -> tuple[PQNState, Rollout, Step]:
         key, act_key, step_key = jax.random.split(state.key, 3)
         q = network.apply(state.params, state.obs)
         action = epsilon_greedy(act_key, q, epsilon_at(state.updates))
@@ -303,7 +296,7 @@ def make_update_steps(
             next_obs=step.next_obs,
         )
         state = dataclasses.replace(state, env_state=env_state, obs=obs, key=key)
-        return (state, add_finished_episodes(episodes, step)), transition
+        return state, transition, step
 
     def loss_fn(params, minibatch: Batch) -> tuple[Float[Array, ""], Float[Array, ""]]:
         q = network.apply(params, minibatch.obs)
@@ -318,10 +311,7 @@ def make_update_steps(
         return (optax.apply_updates(params, updates), opt_state), (loss, q_value)
 
     def collect(state: PQNState) -> tuple[PQNState, Rollout, dict]:
-        # the finished episodes' sums, carried per environment, summed over them once at the end
-        episodes = no_finished_episodes(config.num_envs)
-        (state, episodes), rollout = jax.lax.scan(env_step, (state, episodes), None, config.num_steps)
-        return state, rollout, finished_episode_stats(episodes)
+        return run_rollout(env_step, state, config.num_steps, config.num_envs)
 
     def learn(state: PQNState, rollout: Rollout) -> tuple[PQNState, Array, Array]:
         # Q(LAMBDA) RETURNS: max Q of every pre-reset next observation, with the acting params

@@ -180,7 +180,7 @@ def test_ablation_switches_turn_off_what_they_name(monkeypatch):
     import numpy as np
     from distreqx.distributions import Categorical
 
-    from pureeqxrl import dqn, heads, policy_gradient, ppo, registry, replay
+    from pureeqxrl import dqn, envs, heads, policy_gradient, ppo, registry, replay
     from pureeqxrl.envs import Step
 
     monkeypatch.syspath_prepend(str(BENCHMARKS))  # bench_io
@@ -189,11 +189,11 @@ def test_ablation_switches_turn_off_what_they_name(monkeypatch):
 
     done = jnp.array([True, False])
     step = Step(jnp.ones(2), done, jnp.zeros(2, bool), jnp.zeros((2, 4)), jnp.full(2, 7.0), jnp.full(2, 3.0))
-    totals = ppo.no_finished_episodes(2)
-    assert ppo.add_finished_episodes(totals, step).tolist() == [[7.0, 0.0], [3.0, 0.0], [1.0, 0.0]]
+    totals = envs.no_finished_episodes(2)
+    assert envs.add_finished_episodes(totals, step).tolist() == [[7.0, 0.0], [3.0, 0.0], [1.0, 0.0]]
     assert dqn.episode_stats(step)["episode_return"][0] == 7.0
     switch("no_episode_stats")
-    assert not ppo.add_finished_episodes(totals, step).any()
+    assert not envs.add_finished_episodes(totals, step).any()
     switch("no_episode_stats", "dqn")
     assert dqn.episode_stats(step)["episode_return"] == (0.0, 0.0)
 

@@ -9,6 +9,7 @@ from pureeqxrl.envs import (
     finished_episode_stats,
     make_env,
     no_finished_episodes,
+    run_rollout,
 )
 
 
@@ -63,6 +64,20 @@ def test_a_rollouts_carried_sums_count_what_the_steps_count(key):
     for name, (total, count) in finished_episode_stats(totals).items():
         step_total, step_count = per_step[name]
         assert float(count) == float(step_count.sum()) == done.sum() > 5
+        np.testing.assert_allclose(float(total), float(step_total.sum()))
+
+    # `run_rollout`, which the rollout algorithms collect with, carries the same sums
+    def env_step(carry):
+        state, step_key = carry
+        step_key, now = jax.random.split(step_key)
+        _, state, step = env.step(now, state, jnp.zeros(5, jnp.int32))
+        return (state, step_key), step, step
+
+    _, run_steps, stats = run_rollout(env_step, (env.reset(key)[1], key), 150, 5)
+    run_per_step = jax.vmap(episode_stats)(run_steps)
+    for name, (total, count) in stats.items():
+        step_total, step_count = run_per_step[name]
+        assert float(count) == float(step_count.sum()) == np.asarray(run_steps.done).sum() > 5
         np.testing.assert_allclose(float(total), float(step_total.sum()))
 
 
