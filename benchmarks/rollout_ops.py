@@ -51,9 +51,9 @@ def computations(hlo: str) -> dict[str, list[str]]:
     return bodies
 
 
-def loop_bodies(hlo: str, trip_count: int) -> list[list[str]]:
-    """The bodies of the while loops that XLA knows to run `trip_count` times."""
-    bodies = computations(hlo)
+def loop_bodies(bodies: dict[str, list[str]], trip_count: int) -> list[list[str]]:
+    """The bodies of the while loops that XLA knows to run `trip_count` times, among a module's
+    `computations`."""
     found = []
     for lines in bodies.values():
         for line in lines:
@@ -62,11 +62,11 @@ def loop_bodies(hlo: str, trip_count: int) -> list[list[str]]:
     return found
 
 
-def count_operations(body: list[str], hlo: str) -> dict[str, int]:
-    """Operations of a loop body of module `hlo` by kind; `stacked outputs` are the fusions that
-    compute a `dynamic-update-slice` (a scan's output, one step's slice of it), `matrix products`
-    the operations that compute a `dot` (fused or not; both also count as their kind)."""
-    bodies = computations(hlo)
+def count_operations(body: list[str], bodies: dict[str, list[str]]) -> dict[str, int]:
+    """Operations of a loop body by kind, its fusions looked up in the module's `computations`;
+    `stacked outputs` are the fusions that compute a `dynamic-update-slice` (a scan's output, one
+    step's slice of it), `matrix products` the operations that compute a `dot` (fused or not; both
+    also count as their kind)."""
 
     def computes(line: str, op: str) -> bool:
         called = re.search(r"calls=%?([\w.\-]+)", line)
@@ -102,10 +102,11 @@ def rollout_operations(algo: str, num_seeds: int, collect_alone: bool = False) -
         hlo = jax.jit(scanned).lower(state).compile().as_text()
     else:
         hlo = jax.jit(jax.vmap(algorithm.make_train(config))).lower(keys).compile().as_text()
-    bodies = loop_bodies(hlo, config.num_steps)
-    if not bodies:
+    bodies = computations(hlo)
+    loops = loop_bodies(bodies, config.num_steps)
+    if not loops:
         raise SystemExit(f"{algo}: no loop of {config.num_steps} steps in the compiled program")
-    return count_operations(max(bodies, key=len), hlo)
+    return count_operations(max(loops, key=len), bodies)
 
 
 def checkout() -> str:

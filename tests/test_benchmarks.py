@@ -384,14 +384,15 @@ def test_rollout_ops_counts_the_rollout_steps_operations(tmp_path, monkeypatch):
             "}",
         ]
     )
-    (body,) = rollout_ops.loop_bodies(hlo, 9)
-    assert rollout_ops.count_operations(body, hlo) == {
+    bodies = rollout_ops.computations(hlo)
+    (body,) = rollout_ops.loop_bodies(bodies, 9)
+    assert rollout_ops.count_operations(body, bodies) == {
         "fusion": 3,
         "stacked outputs": 1,
         "matrix products": 1,
         "copy": 1,
     }
-    assert rollout_ops.loop_bodies(hlo, 5) == []
+    assert rollout_ops.loop_bodies(bodies, 5) == []
 
     counts = rollout_ops.rollout_operations("ppo", num_seeds=1)
     # obs, next obs, action, value, log-prob, reward, terminated, truncated: 8 stacked outputs;
