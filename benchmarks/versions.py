@@ -12,6 +12,13 @@ interval (`pureeqxrl.stats`), so a change of learning shows as intervals that do
     python benchmarks/versions.py --baseline 32c0e66 --repeats 5 --out benchmarks/results/versions_cpu
     python benchmarks/versions.py --baseline 32c0e66 --algos dqn --seeds 1 --repeats 3 --out /tmp/versions
 
+`--layout` sets up each measuring process: both versions on one CPU device (the default), both on a
+CPU device per usable core, or each as its own `pureeqxrl` command sets JAX up (`command`: 717c28d's
+set up nothing; since `pureeqxrl.cpu`, the command makes a CPU device per core and compiles
+threefry without loops).
+
+    python benchmarks/versions.py --baseline 717c28d --layout command --seeds 8 --repeats 3 --out /tmp/versions
+
 On a machine without the repository's history (the device tool's GPU machines), make the worktree
 where git is, carry it, and name it: `git worktree add --detach .baseline-717c28d 717c28d` here,
 then `--baseline 717c28d --baseline-tree .baseline-717c28d` there.
@@ -29,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from pureeqxrl import stats
+from pureeqxrl.cpu import usable_cores
 
 import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 
@@ -49,35 +57,63 @@ SETTINGS: dict[str, dict] = {
 MEASURE = """
 import json, sys, time
 import jax, numpy as np
-from pureeqxrl import registry
+algo, num_seeds, seed, fields, setup, cores = json.loads(sys.argv[1])
+if setup == "cores":  # before anything starts JAX's backend
+    jax.config.update("jax_num_cpu_devices", cores)
+elif setup == "command":  # what this version's `pureeqxrl` command sets up before it starts
+    import pathlib, pureeqxrl
+    # (only the tree's own: an editable install would lend a version without it the new one's)
+    if (pathlib.Path(pureeqxrl.__file__).parent / "cpu.py").is_file():
+        from pureeqxrl import cpu
+        cpu.prepare()
+from jax.sharding import NamedSharding, PartitionSpec
+from pureeqxrl import parallel, registry
 from pureeqxrl.loop import final_return
 
-algo, num_seeds, seed, fields = json.loads(sys.argv[1])
 algorithm = registry.get(algo)
 config = algorithm.config_cls(**fields, eval_interval=0)
 keys = jax.random.split(jax.random.key(seed), num_seeds)
+program = jax.vmap(algorithm.make_train(config))
+layout = parallel.choose_layout(num_seeds)  # every device the seeds divide over, as the command
 start = time.perf_counter()
-compiled = jax.jit(jax.vmap(algorithm.make_train(config))).lower(keys).compile()
+if layout.num_devices == 1:
+    compiled = jax.jit(program).lower(keys).compile()
+    call = compiled
+else:  # the seeds split over the devices: parallel.sharded, its compilation timed apart
+    mesh = layout.mesh()
+    keys = parallel.put(keys, NamedSharding(mesh, PartitionSpec(parallel.SEEDS)))
+    with jax.set_mesh(mesh):
+        compiled = jax.jit(parallel.over_runs(program, mesh, layout)).lower(keys).compile()
+    def call(keys):
+        with jax.set_mesh(mesh):
+            return compiled(keys)
 compile_s = time.perf_counter() - start
 start = time.perf_counter()
-result = jax.block_until_ready(compiled(keys))
+result = jax.block_until_ready(call(keys))
 train_s = time.perf_counter() - start
 returns = final_return(np.asarray(result.metrics["episode_return"]))
 steps = config.num_updates * config.steps_per_update * num_seeds
 print(json.dumps({"compile_s": compile_s, "train_s": train_s, "steps_per_s": steps / train_s,
-                  "returns": [float(r) for r in np.atleast_1d(returns)]}))
+                  "devices": layout.num_devices, "returns": [float(r) for r in np.atleast_1d(returns)]}))
 """
 
+# What each measuring process sets up before JAX starts (`--layout`): nothing (one CPU device), a CPU
+# device per usable core (`jax_num_cpu_devices`), or what that version's `pureeqxrl` command sets up
+# (since `pureeqxrl.cpu`: a CPU device per core and threefry without loops). The seeds are split over
+# as many devices as they divide over.
+SETUPS = ("one", "cores", "command")
 
-def measure(tree: Path, algo: str, num_seeds: int, seed: int, fields: dict) -> dict:
-    """One compile and one training run of `algo` with the code of `tree`, in a fresh process."""
+
+def measure(tree: Path, algo: str, num_seeds: int, seed: int, fields: dict, setup: str = "one") -> dict:
+    """One compile and one training run of `algo` with the code of `tree`, in a fresh process that
+    sets up JAX as `setup` says (one of `SETUPS`)."""
     # the tree first, so `pureeqxrl` is its own; the rest of the path (packages installed with
     # `pip --target`, as on the device tool's machines) stays behind it
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
     )
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # every compile is timed whole
-    argument = json.dumps([algo, num_seeds, seed, fields])
+    argument = json.dumps([algo, num_seeds, seed, fields, setup, usable_cores()])
     done = subprocess.run(
         [sys.executable, "-c", MEASURE, argument], env=env, cwd=tree, capture_output=True, text=True
     )
@@ -119,8 +155,16 @@ def main() -> None:
     parser.add_argument(
         "--total-timesteps", type=int, default=None, help="every algorithm's budget (a quick check)"
     )
+    parser.add_argument(
+        "--layout",
+        choices=SETUPS,
+        default="one",
+        help="one: both versions on one CPU device; cores: both on a CPU device per core; command: "
+        "each set up as its `pureeqxrl` command sets up JAX",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    cores = usable_cores()
     budget = {} if args.total_timesteps is None else {"total_timesteps": args.total_timesteps}
     commit, old_tree = baseline(args.baseline, args.baseline_tree)
     trees = {"new": ROOT, "old": old_tree}
@@ -129,7 +173,9 @@ def main() -> None:
         for algo in args.algos:
             for num_seeds in args.seeds:
                 for version in ("new", "old") if repeat % 2 == 0 else ("old", "new"):
-                    sample = measure(trees[version], algo, num_seeds, repeat, SETTINGS[algo] | budget)
+                    sample = measure(
+                        trees[version], algo, num_seeds, repeat, SETTINGS[algo] | budget, args.layout
+                    )
                     samples.setdefault(f"{algo}/{num_seeds}/{version}", []).append(sample)
                     shown = {k: round(v, 2) for k, v in sample.items() if k != "returns"}
                     print(repeat, algo, num_seeds, version, shown, flush=True)
@@ -159,14 +205,22 @@ def main() -> None:
         f"{' '.join(map(str, args.seeds))} --repeats {args.repeats} --out {args.out}"
         + (f" --total-timesteps {args.total_timesteps}" if args.total_timesteps else "")
         + (f" --baseline-tree {args.baseline_tree}" if args.baseline_tree else "")
+        + (f" --layout {args.layout}" if args.layout != "one" else "")
     )
+    where = {
+        "one": "Both versions on one CPU device.",
+        "cores": f"Both versions on {cores} CPU devices, one per usable core, the seeds split over them.",
+        "command": "Each version set up as its `pureeqxrl` command sets up JAX: from `pureeqxrl.cpu` on, "
+        f"{cores} CPU devices, one per usable core, the seeds split over them, and threefry without "
+        "loops; before it, one CPU device.",
+    }[args.layout]
     lines = [
         f"# This version against {commit}: whole training runs, medians of {args.repeats} interleaved repeats",
         "",
         f"`{command}`",
         "",
         f"{bench_io.machine_line(machine)} Settings per algorithm: `SETTINGS` in `benchmarks/versions.py`; "
-        "evaluation off. Ratios are new/old (below 1.00: faster), min-max over the repeats.",
+        f"evaluation off. {where} Ratios are new/old (below 1.00: faster), min-max over the repeats.",
         "",
         "| algorithm | seeds | train s old | train s new | speed-up | train new/old (min-max) "
         "| compile s old | compile s new | compile new/old (min-max) |",

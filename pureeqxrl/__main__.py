@@ -1,15 +1,23 @@
 """The `pureeqxrl` command (and `python -m pureeqxrl`): joins the other processes of a multi-process
-run first, if the flags name one, then runs the command line (`pureeqxrl.cli`).
+run first, if the flags name one, or else gives JAX a CPU device per core; compiles JAX's threefry
+without loops on CPU (`pureeqxrl.cpu`); then runs the command line (`pureeqxrl.cli`).
 
-The order matters: `jax.distributed.initialize` must run before JAX starts its backend, and
-importing the environments (gymnax builds arrays at import) starts it.
+The order matters: `jax.distributed.initialize` and the CPU devices' count must be set before JAX
+starts its backend, and importing the environments (gymnax builds arrays at import) starts it.
 """
 
 import sys
 
-# Both import JAX only, which does not start its backend.
-from pureeqxrl import parallel
+# All three import JAX only, which does not start its backend.
+from pureeqxrl import cpu, parallel
 from pureeqxrl.config import flag_value
+
+
+def joins_processes(argv: list[str]) -> bool:
+    """Whether the flags of `argv` name a multi-process run."""
+    return any(flag_value(argv, flag) is not None for flag in ("--coordinator", "--num-processes")) or (
+        "--cluster" in argv
+    )
 
 
 def join_processes(argv: list[str]) -> str | None:
@@ -17,10 +25,9 @@ def join_processes(argv: list[str]) -> str | None:
     --num-processes N --process-id I`, or `--cluster`; `--distributed-timeout S`), if given; the
     error message if the processes could not join. Values that are not numbers are left to the
     command line's own parser to reject."""
-    coordinator = flag_value(argv, "--coordinator")
-    cluster = "--cluster" in argv
-    if coordinator is None and not cluster and flag_value(argv, "--num-processes") is None:
+    if not joins_processes(argv):
         return None
+    coordinator = flag_value(argv, "--coordinator")
     try:
         num_processes = flag_value(argv, "--num-processes")
         process_id = flag_value(argv, "--process-id")
@@ -38,6 +45,9 @@ def join_processes(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    cpu.unroll_threefry()
+    if not joins_processes(argv):
+        cpu.use_cpu_cores()  # each process of a multi-process run keeps JAX's own count
     error = join_processes(argv)
     if error is not None:
         print(f"error: {error}", file=sys.stderr)

@@ -85,7 +85,8 @@ class RunOptions:
     wandb_project: str = "pureeqxrl"
     """W&B project the run is logged to."""
     devices: int = 0
-    """Devices to train on (0: all of them, or in one process the most that the seeds divide over)."""
+    """Devices to train on (0: all of them, or in one process the most that the seeds divide over;
+    on a CPU, the command makes a device per core). A resumed run keeps the devices it ran on."""
     env_devices: int = 1
     """Devices per agent: each agent's environments are split over this many devices, which average
     its gradients (data parallel); the seeds are split over the rest (`devices / env_devices`)."""
@@ -317,19 +318,34 @@ def resume_command(argv: list[str], console: Console) -> int:
         )
     checkpoint = runs.latest_checkpoint(run_dir)
     steps = registry.get(algo_name).make_update_steps(config, registry.get(algo_name).network(options.linen))
+    saved_layout = saved.get("layout")
+    options = keep_saved_layout(options, saved_layout, argv)
     layout = run_layout(options, config)
     where = f"update {runs.read_checkpoint_header(checkpoint)['updates_done']}" if checkpoint else "the start"
     started = (
         f"[bold]{algo_name}[/] on {escape(config.env)}: resuming {escape(str(run_dir))} from {where}"
         f"{on_devices(layout, options)}"
     )
-    saved_layout = saved.get("layout")
     if checkpoint and saved_layout and saved_layout != [layout.seed_devices, layout.env_devices]:
         started += (
             f" (it ran on {saved_layout[0]} x {saved_layout[1]} devices: on another layout the "
             "continuation agrees with an uninterrupted run to float rounding, not bit for bit)"
         )
     return train_chunks(algo_name, config, steps, options, run_dir, console, checkpoint, started, layout)
+
+
+def keep_saved_layout(options: RunOptions, saved_layout: list[int] | None, argv: list[str]) -> RunOptions:
+    """A resumed run goes on on the devices it ran on, so that it continues bit for bit, unless
+    `--devices` or `--env-devices` say otherwise or there are no longer enough devices (a run saved
+    on one CPU device, before a device per core was the default, stays on one)."""
+    if saved_layout is None or any(
+        flag_value(argv, flag) is not None for flag in ("--devices", "--env-devices")
+    ):
+        return options
+    seed_devices, env_devices = saved_layout
+    if seed_devices * env_devices > jax.device_count():
+        return options
+    return dataclasses.replace(options, devices=seed_devices * env_devices, env_devices=env_devices)
 
 
 # SWEEPS: a grid (or random sample) of hyperparameters x seeds in one compiled program per group of
@@ -555,6 +571,9 @@ def run_sweep(sweep_dir: Path, saved: dict, console: Console) -> int:
                 num_seeds=len(group) * num_seeds,
                 run_dir=group_dir,
             )
+            if (group_dir / "config.json").is_file():  # a group that started goes on where it ran
+                saved_layout = json.loads((group_dir / "config.json").read_text()).get("layout")
+                run_options = keep_saved_layout(run_options, saved_layout, [])
             layout = run_layout(run_options, config)
             if not (group_dir / "config.json").is_file():
                 runs.write_config(
