@@ -64,8 +64,10 @@ elif setup == "command":  # what this version's `pureeqxrl` command sets up befo
     import pathlib, pureeqxrl
     # (only the tree's own: an editable install would lend a version without it the new one's)
     if (pathlib.Path(pureeqxrl.__file__).parent / "cpu.py").is_file():
-        from pureeqxrl import cpu
-        cpu.prepare()
+        from pureeqxrl import cpu, registry  # registry's imports start the backend: devices first
+        cpu.use_cpu_cores()
+        if getattr(registry.get(algo), "threefry_without_loops", True):
+            cpu.unroll_threefry()
 from jax.sharding import NamedSharding, PartitionSpec
 from pureeqxrl import parallel, registry
 from pureeqxrl.loop import final_return

@@ -1,12 +1,15 @@
 """The `pureeqxrl` command (and `python -m pureeqxrl`): joins the other processes of a multi-process
 run first, if the flags name one, or else gives JAX a CPU device per core; compiles JAX's threefry
-without loops on CPU (`pureeqxrl.cpu`); then runs the command line (`pureeqxrl.cli`).
+without loops on CPU for the algorithms that gain by it (`pureeqxrl.cpu`); then runs the command
+line (`pureeqxrl.cli`).
 
 The order matters: `jax.distributed.initialize` and the CPU devices' count must be set before JAX
 starts its backend, and importing the environments (gymnax builds arrays at import) starts it.
 """
 
+import json
 import sys
+from pathlib import Path
 
 # All three import JAX only, which does not start its backend.
 from pureeqxrl import cpu, parallel
@@ -43,16 +46,36 @@ def join_processes(argv: list[str]) -> str | None:
     return None
 
 
+def algorithm_of(argv: list[str]) -> str | None:
+    """The algorithm a `train` or `sweep` command line runs (read from the folder it resumes), if
+    it names one; what is wrong with it is left to the command line to say."""
+    if len(argv) < 2 or argv[0] not in ("train", "sweep"):
+        return None
+    if argv[1] != "--resume":
+        return argv[1]
+    if len(argv) < 3:
+        return None
+    for saved in ("config.json", "sweep.json"):
+        try:
+            return json.loads((Path(argv[2]) / saved).read_text())["algorithm"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    cpu.unroll_threefry()
     if not joins_processes(argv):
         cpu.use_cpu_cores()  # each process of a multi-process run keeps JAX's own count
     error = join_processes(argv)
     if error is not None:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from pureeqxrl import cli
+    from pureeqxrl import cli, registry  # (the environments' imports start JAX's backend)
+
+    algorithm = algorithm_of(argv)
+    if algorithm in registry.ALGORITHMS and registry.get(algorithm).threefry_without_loops:
+        cpu.unroll_threefry()
 
     return cli.main(argv)
 

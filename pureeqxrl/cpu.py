@@ -1,6 +1,7 @@
-"""What the `pureeqxrl` command sets up for XLA:CPU before JAX starts: a CPU device per core, and
-JAX's random-number hash compiled without loops. Both speed up training and compilation on a CPU
-and change no number a run computes; neither touches a GPU or TPU (docs/speed.md).
+"""What the `pureeqxrl` command sets up for XLA:CPU before it compiles: a CPU device per core, and
+JAX's random-number hash compiled without loops (for every algorithm but SAC). They speed up
+training of several seeds and compilation on a CPU and change no random number; neither touches a
+GPU or TPU (docs/speed.md).
 
 The Python API leaves JAX as the user set it up; `prepare()`, called right after `import jax` and
 before any computation, does for a script what the command does:
@@ -96,7 +97,7 @@ def unroll_threefry() -> None:
 
     JAX lowers it on CPU as a loop, one per draw: a PPO training program then holds 52 loops, 35
     of them threefry's, and XLA's copy insertion, which runs in time that grows with the loops,
-    took 1.2 of its 4 s of compilation. Straight-line rounds compile about a quarter faster, and
+    took 1.2 of its 4 s of compilation. Straight-line rounds compile it a fifth to a quarter faster, and
     the bits are the same (tests/test_cpu.py compares them). Registered for the CPU platform
     through JAX's interface for primitives' lowerings, for the whole process; programs already
     compiled keep their loops.
@@ -106,8 +107,11 @@ def unroll_threefry() -> None:
     )
 
 
-def prepare(environ: Mapping[str, str] = os.environ) -> int | None:
-    """`use_cpu_cores` and `unroll_threefry`, as the command does before it starts; the CPU devices'
-    count set, or `None`."""
-    unroll_threefry()
+def prepare(threefry_without_loops: bool = True, environ: Mapping[str, str] = os.environ) -> int | None:
+    """`use_cpu_cores` and (unless told not to) `unroll_threefry`, as the command does before it
+    starts; the CPU devices' count set, or `None`. The command leaves threefry's loops to the
+    algorithms that lose by their removal (`pureeqxrl.registry.Algorithm.threefry_without_loops`:
+    SAC)."""
+    if threefry_without_loops:
+        unroll_threefry()
     return use_cpu_cores(environ)

@@ -25,6 +25,10 @@ class Algorithm:
     `pureeqxrl.evaluate.RecurrentPolicy`): the evaluation policy."""
     stochastic: bool = True
     """Whether `policy(..., greedy=False)` samples a stochastic policy (not for DQN)."""
+    threefry_without_loops: bool = True
+    """Whether the `pureeqxrl` command compiles JAX's threefry without loops on a CPU for it
+    (`pureeqxrl.cpu.unroll_threefry`). Not for SAC: its 1-seed run (1e4 steps) trained 1.17x and
+    compiled 1.15x slower so (`benchmarks/results/versions_command_sac_cpu_threefry.md`)."""
 
     def network(self, linen: bool) -> Callable[[Any, Any], Any]:
         """The network builder of the Equinox version, or of the Linen control version."""
@@ -86,6 +90,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         network_fn=sac.equinox_agent,
         linen_network_fn=_no_linen("sac"),
         policy=sac.policy,
+        threefry_without_loops=False,
     ),
     # Both PPO entries pick the actor-critic from the environment's action space; they differ in
     # their config's defaults (PureJaxRL's discrete CartPole vs continuous-control settings).

@@ -131,3 +131,20 @@ KNOWN_ANSWERS = [
 def test_the_hash_gives_the_published_answers(key, counters, expected):
     words = [jax.numpy.uint32(word) for word in (*key, *counters)]
     assert tuple(int(x) for x in cpu.threefry2x32(*words)) == expected
+
+
+def test_the_command_unrolls_threefry_for_the_algorithm_it_runs_unless_that_is_sac(tmp_path):
+    from pureeqxrl import __main__ as entry
+    from pureeqxrl import registry
+
+    assert entry.algorithm_of(["train", "ppo", "--num-seeds", "2"]) == "ppo"
+    assert entry.algorithm_of(["sweep", "dqn", "--learning-rate", "1e-3", "3e-3"]) == "dqn"
+    assert entry.algorithm_of(["eval", "runs/x"]) is None and entry.algorithm_of(["train"]) is None
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"algorithm": "sac"}))
+    assert entry.algorithm_of(["train", "--resume", str(tmp_path / "run")]) == "sac"
+    assert entry.algorithm_of(["sweep", "--resume", str(tmp_path / "missing")]) is None
+    without = [
+        name for name, algorithm in registry.ALGORITHMS.items() if not algorithm.threefry_without_loops
+    ]
+    assert without == ["sac"]  # measured slower so (docs/speed.md)
