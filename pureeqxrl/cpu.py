@@ -3,13 +3,16 @@ JAX's random-number hash compiled without loops (for every algorithm but SAC). T
 training of several seeds and compilation on a CPU and change no random number; neither touches a
 GPU or TPU (docs/speed.md).
 
-The Python API leaves JAX as the user set it up; `prepare()`, called right after `import jax` and
-before any computation, does for a script what the command does:
+The Python API leaves JAX as the user set it up; `prepare()`, called before anything starts JAX's
+backend (importing the algorithms does: gymnax builds arrays at import), does for a script what
+the command does, and returns the CPU devices' count it set (`None` if it came too late):
 
     import jax
-    from pureeqxrl import cpu, parallel, ppo
+    from pureeqxrl import cpu
 
     cpu.prepare()
+    from pureeqxrl import parallel, ppo
+
     train = parallel.sharded(ppo.make_train(ppo.PPOConfig()), parallel.choose_layout(8))
     result = train(jax.random.split(jax.random.key(0), 8))
 """
