@@ -65,10 +65,7 @@ elif setup == "command":  # what this version's `pureeqxrl` command sets up befo
     # (only the tree's own: an editable install would lend a version without it the new one's)
     if (pathlib.Path(pureeqxrl.__file__).parent / "cpu.py").is_file():
         from pureeqxrl import cpu
-        cpu.use_cpu_cores()
-        from pureeqxrl import registry  # (its imports start the backend: the devices come first)
-        if getattr(registry.get(algo), "threefry_without_loops", True):
-            cpu.unroll_threefry()
+        cpu.prepare(algo)
 from jax.sharding import NamedSharding, PartitionSpec
 from pureeqxrl import parallel, registry
 from pureeqxrl.loop import final_return

@@ -71,11 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     if error is not None:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from pureeqxrl import cli, registry  # (the environments' imports start JAX's backend)
-
-    algorithm = algorithm_of(argv)
-    if algorithm in registry.ALGORITHMS and registry.get(algorithm).threefry_without_loops:
-        cpu.unroll_threefry()
+    cpu.unroll_threefry_for(algorithm_of(argv))  # (its registry's imports start JAX's backend)
+    from pureeqxrl import cli
 
     return cli.main(argv)
 

@@ -3,14 +3,15 @@ JAX's random-number hash compiled without loops (for every algorithm but SAC). T
 training of several seeds and compilation on a CPU and change no random number; neither touches a
 GPU or TPU (docs/speed.md).
 
-The Python API leaves JAX as the user set it up; `prepare()`, called before anything starts JAX's
-backend (importing the algorithms does: gymnax builds arrays at import), does for a script what
-the command does, and returns the CPU devices' count it set (`None` if it came too late):
+The Python API leaves JAX as the user set it up; `prepare(algorithm)`, called before anything
+starts JAX's backend (importing the algorithms does: gymnax builds arrays at import), does for a
+script what the command does, and returns the CPU devices' count it set (`None` if it came too
+late):
 
     import jax
     from pureeqxrl import cpu
 
-    cpu.prepare()
+    cpu.prepare("ppo")
     from pureeqxrl import parallel, ppo
 
     train = parallel.sharded(ppo.make_train(ppo.PPOConfig()), parallel.choose_layout(8))
@@ -99,22 +100,29 @@ def unroll_threefry() -> None:
     code, as JAX does on GPU and TPU, instead of a loop over its rounds.
 
     JAX lowers it on CPU as a loop, one per draw: a PPO training program then holds 52 loops, 35
-    of them threefry's, and XLA's copy insertion, which runs in time that grows with the loops,
-    took 1.2 of its 4 s of compilation. Straight-line rounds compile it a fifth to a quarter faster, and
-    the bits are the same (tests/test_cpu.py compares them). Registered for the CPU platform
-    through JAX's interface for primitives' lowerings, for the whole process; programs already
-    compiled keep their loops.
+    of them threefry's, and XLA's copy insertion took 1.2 of its 4 s of compilation. Straight-line
+    rounds compile it a fifth to a quarter faster, and the bits are the same (tests/test_cpu.py
+    compares them). Registered for the CPU platform through JAX's interface for primitives'
+    lowerings, for the whole process; programs already compiled keep their loops.
     """
     mlir.register_lowering(
         threefry2x32_p, mlir.lower_fun(threefry2x32, multiple_results=True), platform="cpu"
     )
 
 
-def prepare(threefry_without_loops: bool = True, environ: Mapping[str, str] = os.environ) -> int | None:
-    """`use_cpu_cores` and (unless told not to) `unroll_threefry`, as the command does before it
-    starts; the CPU devices' count set, or `None`. The command leaves threefry's loops to the
-    algorithms that lose by their removal (`pureeqxrl.registry.Algorithm.threefry_without_loops`:
-    SAC)."""
-    if threefry_without_loops:
+def unroll_threefry_for(algorithm: str | None) -> None:
+    """`unroll_threefry`, unless `algorithm` (a registry name) loses by it
+    (`pureeqxrl.registry.Algorithm.threefry_without_loops`: SAC); for no algorithm, always. It
+    imports the registry, whose environments start JAX's backend: CPU devices must be set before."""
+    from pureeqxrl import registry  # not at the top: that would start the backend on import
+
+    if algorithm not in registry.ALGORITHMS or registry.get(algorithm).threefry_without_loops:
         unroll_threefry()
-    return use_cpu_cores(environ)
+
+
+def prepare(algorithm: str | None = None, environ: Mapping[str, str] = os.environ) -> int | None:
+    """`use_cpu_cores`, then `unroll_threefry_for(algorithm)`, as the command does before it starts;
+    the CPU devices' count set, or `None`."""
+    cores = use_cpu_cores(environ)
+    unroll_threefry_for(algorithm)
+    return cores

@@ -1,6 +1,6 @@
 """What the command sets up for XLA:CPU (`pureeqxrl.cpu`): a CPU device per core, and threefry
-compiled without loops. Each runs in a subprocess: both must happen before JAX starts, or change
-the whole process."""
+compiled without loops. What must happen before JAX starts, or changes the whole process, runs in
+a subprocess."""
 
 import json
 import os
