@@ -354,7 +354,8 @@ def scan_logged(
     evaluate: Evaluation | None = None,
     first_row: Array | int = 0,
 ) -> tuple[Carry, dict[str, Array]]:
-    """Apply `update` `num_updates` times inside `lax.scan`, logging a row every `log_interval`.
+    """Apply `update` `num_updates` times, logging a row every `log_interval`: a `lax.scan` over
+    the rows, each a loop of `log_interval` updates (the last row's loop runs what is left).
 
     **Arguments:**
 
@@ -375,22 +376,28 @@ def scan_logged(
         skipped = jax.tree.map(
             lambda s: jnp.full(s.shape, jnp.nan, s.dtype), jax.eval_shape(evaluate.evaluate, carry)
         )
+    # Every row runs the same loop of updates, the last one fewer of them: one copy of the update
+    # in the program, traced, lowered and compiled once, where a shorter last row would be another.
+    update = eqx.filter_closure_convert(update, carry)
+    no_stats = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), update.out_struct[1])
 
-    def run_chunk(carry, length, index):
-        carry, stats = jax.lax.scan(lambda c, _: update(c), carry, None, length)
-        row = _reduce(stats)
+    def add_update(_, carry_and_sums):
+        carry, sums = carry_and_sums
+        carry, stats = update(carry)
+        return carry, jax.tree.map(jnp.add, sums, stats)
+
+    def run_chunk(carry, index):
+        length = jnp.minimum(log_interval, num_updates - index * log_interval)
+        carry, sums = jax.lax.fori_loop(0, length, add_update, (carry, no_stats))
+        row = _reduce(sums)
         if evaluate is not None:
             row |= jax.lax.cond(due[first_row + index], evaluate.evaluate, lambda _: skipped, carry)
         if on_log is not None:
             jax.debug.callback(on_log, index, row)
         return carry, row
 
-    num_full, remainder = divmod(num_updates, log_interval)
-    carry, rows = jax.lax.scan(lambda c, i: run_chunk(c, log_interval, i), carry, jnp.arange(num_full))
-    if remainder:
-        carry, last = run_chunk(carry, remainder, jnp.asarray(num_full))
-        rows = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), rows, last)
-    return carry, rows
+    num_rows = -(-num_updates // log_interval)
+    return jax.lax.scan(run_chunk, carry, jnp.arange(num_rows))
 
 
 def rows_update_counts(num_updates: int, log_interval: int) -> np.ndarray:

@@ -47,6 +47,24 @@ def test_scan_logged_rows_and_remainder():
     np.testing.assert_array_equal(rows_update_counts(8, 4), [4, 8])
 
 
+def test_a_shorter_last_row_runs_the_one_copy_of_the_update():
+    # 10 updates in rows of 4: the last row's 2 updates go through the same loop body as the
+    # others, so the update is traced (and lowered and compiled) once, not once more for the
+    # shorter row; the program holds one loop of updates inside the loop of rows.
+    traced = []
+
+    def update(counter):
+        traced.append(counter)
+        return _counting_update(counter)
+
+    lowered = jax.jit(lambda c: scan_logged(update, c, 10, 4)).lower(jnp.array(0))
+    assert len(traced) == 1
+    assert lowered.as_text().count("stablehlo.while") == 2
+    final, rows = lowered.compile()(jnp.array(0))
+    assert int(final) == 10
+    np.testing.assert_allclose(rows["index"], [1.5, 5.5, 8.5])
+
+
 def test_rows_without_episodes_are_nan_not_zero():
     _, rows = scan_logged(_counting_update, jnp.array(1), 2, 1)  # updates 1, 2: no multiple of 3
     assert np.isnan(rows["episode_return"]).all()
