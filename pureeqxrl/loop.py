@@ -135,9 +135,9 @@ class ChunkRunner(NamedTuple):
       seed, from metrics row `first_row` of the run on, with `rows[name]` of shape
       `(num_seeds, num_rows)`, a row per `log_interval` updates (the last one shorter if
       `num_updates` is not a multiple);
-    - `compile(state, num_updates)`: compile `run`'s program for that many updates ahead of time.
-      One program is compiled per distinct `num_updates`: a run of equal chunks compiles one, and
-      one more for a shorter last chunk;
+    - `compile(state, num_updates)`: compile, ahead of time, the program that `run` runs for
+      chunks of up to `num_updates` updates. The count of updates is an argument of the program,
+      not a constant in it: a run of equal chunks and a shorter last one compiles one program;
     - `place(state) -> state`: a state read back from the host (a checkpoint) laid out as `init`
       lays its states out.
     """
@@ -190,52 +190,69 @@ def make_chunk_runner(
     def place(state: Any) -> Any:
         return state if mesh is None else parallel.put(state, shardings(state))
 
+    def rows_of(length: int) -> int:
+        return -(-length // log_interval)
+
     def compile(state: Any, length: int) -> None:
-        if length not in programs:
+        num_rows = rows_of(length)
+        if num_rows in programs:
+            return
 
-            def chunk(state, first_row):
-                return scan_logged(
-                    update, state, length, log_interval, evaluate=evaluate, first_row=first_row
-                )
+        def chunk(state, where):  # where: this chunk's first row in the run, its number of updates
+            return scan_logged(
+                update,
+                state,
+                where[1],
+                log_interval,
+                evaluate=evaluate,
+                first_row=where[0],
+                num_rows=num_rows,
+            )
 
-            # The row number is the same for every seed, and so are the `shared` counters: they
-            # enter the vmapped chunk once, so that what they decide is a branch taken or not.
-            axes = jax.tree.map(lambda _: 0, state)
-            if steps.shared is not None:
-                axes = eqx.tree_at(steps.shared, axes, replace_fn=lambda _: None)
-            vmapped = jax.vmap(chunk, in_axes=(axes, None), out_axes=(axes, 0))
+        # The row number is the same for every seed, and so are the `shared` counters: they
+        # enter the vmapped chunk once, so that what they decide is a branch taken or not.
+        axes = jax.tree.map(lambda _: 0, state)
+        if steps.shared is not None:
+            axes = eqx.tree_at(steps.shared, axes, replace_fn=lambda _: None)
+        vmapped = jax.vmap(chunk, in_axes=(axes, None), out_axes=(axes, 0))
 
-            def program(state, first_row):
-                num_seeds = jax.tree.leaves(state)[0].shape[0]
-                once = jax.tree.map(lambda x, axis: x if axis == 0 else x[0], state, axes)
-                state, rows = vmapped(once, first_row)
-                seeds = lambda x, axis: x if axis == 0 else jnp.broadcast_to(x, (num_seeds, *x.shape))  # noqa: E731
-                return jax.tree.map(seeds, state, axes), rows
+        def program(state, where):
+            num_seeds = jax.tree.leaves(state)[0].shape[0]
+            once = jax.tree.map(lambda x, axis: x if axis == 0 else x[0], state, axes)
+            state, rows = vmapped(once, where)
+            seeds = lambda x, axis: x if axis == 0 else jnp.broadcast_to(x, (num_seeds, *x.shape))  # noqa: E731
+            return jax.tree.map(seeds, state, axes), rows
 
-            if mesh is None:
-                programs[length] = jax.jit(program).lower(state, np.int32(0)).compile()
-                return
-            local = on_devices(lambda state, first_row: program(state, first_row[0]), 2)
-            state_shardings, whole = shardings(state), NamedSharding(mesh, PartitionSpec())
-            runs = NamedSharding(mesh, PartitionSpec(parallel.SEEDS))
-            with jax.set_mesh(mesh):
-                programs[length] = (
-                    jax.jit(
-                        local, in_shardings=(state_shardings, runs), out_shardings=(state_shardings, whole)
-                    )
-                    .lower(state, jax.ShapeDtypeStruct((layout.seed_devices,), np.int32, sharding=runs))
-                    .compile()
-                )
+        if mesh is None:
+            programs[num_rows] = jax.jit(program).lower(state, np.zeros(2, np.int32)).compile()
+            return
+        local = on_devices(lambda state, where: program(state, where[0]), 2)
+        state_shardings, whole = shardings(state), NamedSharding(mesh, PartitionSpec())
+        runs = NamedSharding(mesh, PartitionSpec(parallel.SEEDS))
+        with jax.set_mesh(mesh):
+            programs[num_rows] = (
+                jax.jit(local, in_shardings=(state_shardings, runs), out_shardings=(state_shardings, whole))
+                .lower(state, jax.ShapeDtypeStruct((layout.seed_devices, 2), np.int32, sharding=runs))
+                .compile()
+            )
 
     def run(state: Any, length: int, first_row: int) -> tuple[Any, dict[str, Array]]:
-        compile(state, length)
+        # The program of the fewest rows that holds `length` updates (compiled now if none does).
+        fits = [num_rows for num_rows in programs if num_rows >= rows_of(length)]
+        if not fits:
+            compile(state, length)
+            fits = [rows_of(length)]
+        where = np.array([first_row, length], np.int32)
         if mesh is None:
-            return programs[length](state, np.int32(first_row))
-        # The row number, once per group of devices (a global array: each process places its own).
-        rows_at = NamedSharding(mesh, PartitionSpec(parallel.SEEDS))
-        return programs[length](
-            state, parallel.put(np.full(layout.seed_devices, first_row, np.int32), rows_at)
-        )
+            state, rows = programs[min(fits)](state, where)
+        else:  # once per group of devices (a global array: each process places its own)
+            where_at = NamedSharding(mesh, PartitionSpec(parallel.SEEDS))
+            state, rows = programs[min(fits)](
+                state, parallel.put(np.tile(where, (layout.seed_devices, 1)), where_at)
+            )
+        if min(fits) > rows_of(length):  # the rows past `length` updates hold nothing
+            rows = {name: value[:, : rows_of(length)] for name, value in rows.items()}
+        return state, rows
 
     return ChunkRunner(init=init, run=run, compile=compile, place=place)
 
@@ -353,6 +370,7 @@ def scan_logged(
     on_log: LogCallback | None = None,
     evaluate: Evaluation | None = None,
     first_row: Array | int = 0,
+    num_rows: int | None = None,
 ) -> tuple[Carry, dict[str, Array]]:
     """Apply `update` `num_updates` times, logging a row every `log_interval`: a `lax.scan` over
     the rows, each a loop of `log_interval` updates (the last row's loop runs what is left).
@@ -366,9 +384,12 @@ def scan_logged(
       `evaluate.evaluate(carry)` of the carry at its end, elsewhere NaN in those columns. The
       branch is a `lax.cond` on the row number, so rows without an evaluation cost nothing.
     - `first_row`: the number of this call's first row in the whole run (for a run in chunks).
+    - `num_rows`: how many rows the program runs; by default `ceil(num_updates / log_interval)`.
+      With more, `num_updates` may be a traced count (one compiled program for chunks of several
+      lengths): the rows past it run no update, hold NaN, and evaluate nothing.
 
-    **Returns:** the final carry and the rows, each metric an array of shape `(num_rows,)`, where
-    `num_rows = ceil(num_updates / log_interval)` (the last row may cover fewer updates).
+    **Returns:** the final carry and the rows, each metric an array of shape `(num_rows,)` (the
+    last row that has updates may cover fewer than `log_interval`).
     """
 
     if evaluate is not None:
@@ -387,16 +408,18 @@ def scan_logged(
         return carry, jax.tree.map(jnp.add, sums, stats)
 
     def run_chunk(carry, index):
-        length = jnp.minimum(log_interval, num_updates - index * log_interval)
+        length = jnp.clip(num_updates - index * log_interval, 0, log_interval)
         carry, sums = jax.lax.fori_loop(0, length, add_update, (carry, no_stats))
         row = _reduce(sums)
         if evaluate is not None:
-            row |= jax.lax.cond(due[first_row + index], evaluate.evaluate, lambda _: skipped, carry)
+            row_due = due[jnp.minimum(first_row + index, len(evaluate.due) - 1)] & (length > 0)
+            row |= jax.lax.cond(row_due, evaluate.evaluate, lambda _: skipped, carry)
         if on_log is not None:
             jax.debug.callback(on_log, index, row)
         return carry, row
 
-    num_rows = -(-num_updates // log_interval)
+    if num_rows is None:
+        num_rows = -(-num_updates // log_interval)
     return jax.lax.scan(run_chunk, carry, jnp.arange(num_rows))
 
 
