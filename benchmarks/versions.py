@@ -104,14 +104,24 @@ print(json.dumps({"compile_s": compile_s, "train_s": train_s, "steps_per_s": ste
 SETUPS = ("one", "cores", "command")
 
 
-def measure(tree: Path, algo: str, num_seeds: int, seed: int, fields: dict, setup: str = "one") -> dict:
+def measure(
+    tree: Path,
+    algo: str,
+    num_seeds: int,
+    seed: int,
+    fields: dict,
+    setup: str = "one",
+    xla_flags: str | None = None,
+) -> dict:
     """One compile and one training run of `algo` with the code of `tree`, in a fresh process that
-    sets up JAX as `setup` says (one of `SETUPS`)."""
+    sets up JAX as `setup` says (one of `SETUPS`), with `xla_flags` as its `XLA_FLAGS` if given."""
     # the tree first, so `pureeqxrl` is its own; the rest of the path (packages installed with
     # `pip --target`, as on the device tool's machines) stays behind it
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
     )
+    if xla_flags is not None:
+        env["XLA_FLAGS"] = xla_flags
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # every compile is timed whole
     argument = json.dumps([algo, num_seeds, seed, fields, setup, usable_cores()])
     done = subprocess.run(
@@ -120,6 +130,22 @@ def measure(tree: Path, algo: str, num_seeds: int, seed: int, fields: dict, setu
     if done.returncode != 0:
         raise RuntimeError(f"{algo} on {tree} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def ratios(quantity: str, runs: list[dict], baseline_runs: list[dict]) -> dict:
+    """The median and min-max of the per-repeat ratios `runs[i][quantity] / baseline_runs[i][quantity]`,
+    as a table row's `{quantity}_ratio` and `{quantity}_ratio_min_max`."""
+    values = [run[quantity] / base[quantity] for run, base in zip(runs, baseline_runs, strict=True)]
+    return {
+        f"{quantity}_ratio": statistics.median(values),
+        f"{quantity}_ratio_min_max": [min(values), max(values)],
+    }
+
+
+def ratio_text(row: dict, quantity: str) -> str:
+    """A row's ratio of `quantity` as a table shows it: median (min-max)."""
+    low, high = row[f"{quantity}_ratio_min_max"]
+    return f"{row[f'{quantity}_ratio']:.3f} ({low:.3f}-{high:.3f})"
 
 
 def baseline(revision: str, tree: Path | None) -> tuple[str, Path]:
@@ -189,9 +215,7 @@ def main() -> None:
                 row[f"new_{quantity}"] = statistics.median(s[quantity] for s in new)
                 row[f"old_{quantity}"] = statistics.median(s[quantity] for s in old)
             for quantity in ("compile_s", "train_s"):
-                ratios = [n[quantity] / o[quantity] for n, o in zip(new, old, strict=True)]
-                row[f"{quantity}_ratio"] = statistics.median(ratios)
-                row[f"{quantity}_ratio_min_max"] = [min(ratios), max(ratios)]
+                row |= ratios(quantity, new, old)
             row["speedup"] = 1 / row["train_s_ratio"]
             if num_seeds == max(args.seeds):
                 for version, runs in (("new", new), ("old", old)):
@@ -227,13 +251,10 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        train_low, train_high = row["train_s_ratio_min_max"]
-        compile_low, compile_high = row["compile_s_ratio_min_max"]
         lines.append(
             f"| {row['algo']} | {row['num_seeds']} | {row['old_train_s']:.2f} | {row['new_train_s']:.2f} | "
-            f"**{row['speedup']:.2f}x** | {row['train_s_ratio']:.3f} ({train_low:.3f}-{train_high:.3f}) | "
-            f"{row['old_compile_s']:.2f} | {row['new_compile_s']:.2f} | "
-            f"{row['compile_s_ratio']:.3f} ({compile_low:.3f}-{compile_high:.3f}) |"
+            f"**{row['speedup']:.2f}x** | {ratio_text(row, 'train_s')} | "
+            f"{row['old_compile_s']:.2f} | {row['new_compile_s']:.2f} | {ratio_text(row, 'compile_s')} |"
         )
     lines += [
         "",

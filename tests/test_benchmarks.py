@@ -172,6 +172,33 @@ def test_versions_takes_a_baseline_checkout_made_elsewhere(tmp_path, monkeypatch
         versions.baseline("717c28d", tmp_path)
 
 
+def test_a_measurement_runs_with_the_xla_flags_it_is_given(monkeypatch):
+    """`measure`'s `xla_flags` become the measuring process's `XLA_FLAGS`: a flag XLA does not
+    know ends that process (the error names it), where the same measurement without it would run."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # bench_io
+    versions = load("versions")
+    with pytest.raises(RuntimeError, match="xla_cpu_no_such_flag"):
+        versions.measure(
+            BENCHMARKS.parent, "ppo", 1, 0, {"total_timesteps": 512}, "command", "--xla_cpu_no_such_flag"
+        )
+
+
+@pytest.mark.slow
+def test_xla_flags_benchmark_compares_each_variant_with_the_default(tmp_path, monkeypatch):
+    out = tmp_path / "xla_flags_test"
+    run_script(
+        monkeypatch, "xla_flags", "--algos", "ppo", "--seeds", "1", "--repeats", "2",
+        "--total-timesteps", "2048", "--variants", "fast-compile preset", "--out", str(out),
+    )  # fmt: skip
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [(row["algo"], row["variant"]) for row in data["rows"]] == [("ppo", "fast-compile preset")]
+    assert {key: len(runs) for key, runs in data["samples"].items()} == {
+        "ppo/default": 2,
+        "ppo/fast-compile preset": 2,
+    }
+    assert "CPU_OPT_PRESET_FAST_COMPILE" in out.with_suffix(".md").read_text()
+
+
 def test_ablation_switches_turn_off_what_they_name(monkeypatch):
     """Each switch of `benchmarks/ablation.py` (patched through `monkeypatch`, so nothing leaks)."""
     import gymnax
