@@ -365,7 +365,7 @@ def _reduce(stats: Stats) -> dict[str, Array]:
 def scan_logged(
     update: Callable[[Carry], tuple[Carry, Stats]],
     carry: Carry,
-    num_updates: int,
+    num_updates: int | Array,
     log_interval: int,
     on_log: LogCallback | None = None,
     evaluate: Evaluation | None = None,
