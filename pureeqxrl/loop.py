@@ -237,21 +237,22 @@ def make_chunk_runner(
             )
 
     def run(state: Any, length: int, first_row: int) -> tuple[Any, dict[str, Array]]:
+        needed = rows_of(length)
         # The program of the fewest rows that holds `length` updates (compiled now if none does).
-        fits = [num_rows for num_rows in programs if num_rows >= rows_of(length)]
-        if not fits:
+        num_rows = min((rows for rows in programs if rows >= needed), default=None)
+        if num_rows is None:
             compile(state, length)
-            fits = [rows_of(length)]
+            num_rows = needed
         where = np.array([first_row, length], np.int32)
         if mesh is None:
-            state, rows = programs[min(fits)](state, where)
+            state, rows = programs[num_rows](state, where)
         else:  # once per group of devices (a global array: each process places its own)
             where_at = NamedSharding(mesh, PartitionSpec(parallel.SEEDS))
-            state, rows = programs[min(fits)](
+            state, rows = programs[num_rows](
                 state, parallel.put(np.tile(where, (layout.seed_devices, 1)), where_at)
             )
-        if min(fits) > rows_of(length):  # the rows past `length` updates hold nothing
-            rows = {name: value[:, : rows_of(length)] for name, value in rows.items()}
+        if num_rows > needed:  # the rows past `length` updates hold nothing
+            rows = {name: value[:, :needed] for name, value in rows.items()}
         return state, rows
 
     return ChunkRunner(init=init, run=run, compile=compile, place=place)
