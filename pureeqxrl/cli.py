@@ -326,10 +326,13 @@ def resume_command(argv: list[str], console: Console) -> int:
         f"[bold]{algo_name}[/] on {escape(config.env)}: resuming {escape(str(run_dir))} from {where}"
         f"{on_devices(layout, options)}"
     )
+    otherwise = runs.compiled_otherwise(saved) if checkpoint else []
     if checkpoint and saved_layout and saved_layout != [layout.seed_devices, layout.env_devices]:
+        otherwise.insert(0, f"on {saved_layout[0]} x {saved_layout[1]} devices")
+    if otherwise:
         started += (
-            f" (it ran on {saved_layout[0]} x {saved_layout[1]} devices: on another layout the "
-            "continuation agrees with an uninterrupted run to float rounding, not bit for bit)"
+            f" (it ran {'; '.join(otherwise)}: the continuation agrees with an uninterrupted run to "
+            "float rounding, not bit for bit)"
         )
     return train_chunks(algo_name, config, steps, options, run_dir, console, checkpoint, started, layout)
 

@@ -27,6 +27,7 @@ import numpy as np
 import pureeqxrl
 from pureeqxrl import parallel, registry, stats
 from pureeqxrl.config import typed_values
+from pureeqxrl.cpu import usable_cores
 from pureeqxrl.envs import make_env
 from pureeqxrl.evaluate import evaluate
 from pureeqxrl.loop import TrainResult, final_return, rows_update_counts
@@ -109,13 +110,34 @@ def write_config(
         **({"sweep": sweep} if sweep is not None else {}),
         "layout": list(layout),
         "processes": jax.process_count(),
-        "versions": {
-            "pureeqxrl": pureeqxrl.__version__,
-            "jax": jax.__version__,
-            "backend": jax.default_backend(),
-        },
+        "versions": {"pureeqxrl": pureeqxrl.__version__, **compiled_for()},
     }
     atomic_write_text(run_dir / "config.json", strict_json(saved))
+
+
+def compiled_for() -> dict[str, Any]:
+    """What this process compiles a run's arithmetic for, beyond its program and layout: the jax
+    version, the backend and, on a CPU, the cores it may use (XLA:CPU splits a matrix product's
+    sums over a thread per core, so the same program rounds otherwise with another count)."""
+    backend = jax.default_backend()
+    return {
+        "jax": jax.__version__,
+        "backend": backend,
+        **({"cpu_cores": usable_cores()} if backend == "cpu" else {}),
+    }
+
+
+def compiled_otherwise(saved: dict[str, Any], now: dict[str, Any] | None = None) -> list[str]:
+    """How the process that saved a run (its `config.json`) compiled it otherwise than this one
+    does (`compiled_for`), a phrase each: a run resumed so goes on to float rounding, not bit for
+    bit. What the saved run did not record (an older version's) is taken as the same."""
+    then, now = saved.get("versions", {}), now or compiled_for()
+    phrases = {
+        "jax": f"under jax {then.get('jax')}, this process has {now['jax']}",
+        "backend": f"on {then.get('backend')}, this process on {now['backend']}",
+        "cpu_cores": f"with {then.get('cpu_cores')} CPU cores, this process has {now.get('cpu_cores')}",
+    }
+    return [phrase for name, phrase in phrases.items() if name in then and then[name] != now.get(name)]
 
 
 def write_results(

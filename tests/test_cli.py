@@ -466,8 +466,18 @@ def test_kill_9_loses_only_the_updates_since_the_last_checkpoint(tmp_path, capsy
     assert saved >= 400 and saved % 200 == 0
     # metrics.csv, written chunk by chunk, holds at least the checkpointed rows and reads back.
     assert runs.read_metrics_csv(run_dir / "metrics.csv")["episode_return"].shape[1] >= saved // 100
+    # As if saved by a process with other cores: the resume says it goes on to float rounding.
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["versions"] == runs.compiled_for() | {"pureeqxrl": config["versions"]["pureeqxrl"]}
+    config["versions"]["cpu_cores"] = 64
+    (run_dir / "config.json").write_text(json.dumps(config))
     assert cli.main(["train", "--resume", str(run_dir)]) == 0
-    assert f"from update {saved}" in capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"from update {saved}" in out
+    assert (
+        f"(it ran with 64 CPU cores, this process has {runs.compiled_for()['cpu_cores']}: the continuation"
+        in out
+    )
     assert runs.read_metrics_csv(run_dir / "metrics.csv")["episode_return"].shape == (1, 200)
 
 

@@ -38,6 +38,31 @@ def test_run_folders_are_new_or_empty(tmp_path, monkeypatch):
     assert runs.prepare_run_dir(second, "dqn", "CartPole-v1") == second  # empty: fine
 
 
+def test_a_resume_names_what_it_compiles_for_otherwise():
+    # XLA:CPU splits a product's sums over a thread per core: measured, continuous PPO's seed 0 (262,144
+    # steps) ends at -205.82 on 2 cores and -199.79 on either one alone. Same arithmetic, nothing named.
+    saved = {"versions": {"pureeqxrl": "0.1.0", "jax": "0.10.2", "backend": "cpu", "cpu_cores": 2}}
+    now = {"jax": "0.10.2", "backend": "cpu", "cpu_cores": 2}
+    assert runs.compiled_otherwise(saved, now) == []
+    assert runs.compiled_otherwise(saved, now | {"cpu_cores": 16, "jax": "0.11.0"}) == [
+        "under jax 0.10.2, this process has 0.11.0",
+        "with 2 CPU cores, this process has 16",
+    ]
+    assert runs.compiled_otherwise(saved, {"jax": "0.10.2", "backend": "gpu"}) == [
+        "on cpu, this process on gpu",
+        "with 2 CPU cores, this process has None",
+    ]
+    # A run saved before the cores were recorded (or on a GPU) is not taken to differ in them.
+    assert (
+        runs.compiled_otherwise({"versions": {"jax": "0.10.2", "backend": "cpu"}}, now | {"cpu_cores": 8})
+        == []
+    )
+    assert runs.compiled_otherwise({}, now) == []
+    written = runs.compiled_for()
+    assert written["jax"] == jax.__version__ and written["backend"] == jax.default_backend()
+    assert ("cpu_cores" in written) == (jax.default_backend() == "cpu")
+
+
 def test_metrics_csv_round_trip(tmp_path):
     metrics = {
         "episode_return": np.array([[1.0, np.nan, 3.0], [4.0, 5.0, 6.0]]),
