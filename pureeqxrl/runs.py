@@ -130,14 +130,19 @@ def compiled_for() -> dict[str, Any]:
 def compiled_otherwise(saved: dict[str, Any], now: dict[str, Any] | None = None) -> list[str]:
     """How the process that saved a run (its `config.json`) compiled it otherwise than this one
     does (`compiled_for`), a phrase each: a run resumed so goes on to float rounding, not bit for
-    bit. What the saved run did not record (an older version's) is taken as the same."""
-    then, now = saved.get("versions", {}), now or compiled_for()
+    bit. What either side did not record (an older version's run; cores off a CPU) is not compared."""
+    then, now = saved.get("versions"), now or compiled_for()
+    then = then if isinstance(then, dict) else {}
     phrases = {
-        "jax": f"under jax {then.get('jax')}, this process has {now['jax']}",
-        "backend": f"on {then.get('backend')}, this process on {now['backend']}",
-        "cpu_cores": f"with {then.get('cpu_cores')} CPU cores, this process has {now.get('cpu_cores')}",
+        "jax": "under jax {}, this process has {}",
+        "backend": "on {}, this process on {}",
+        "cpu_cores": "with {} CPU cores, this process has {}",
     }
-    return [phrase for name, phrase in phrases.items() if name in then and then[name] != now.get(name)]
+    return [
+        phrase.format(then[name], now[name])
+        for name, phrase in phrases.items()
+        if name in then and name in now and then[name] != now[name]
+    ]
 
 
 def write_results(
