@@ -19,6 +19,9 @@ threefry without loops).
 
     python benchmarks/versions.py --baseline 717c28d --layout command --seeds 8 --repeats 3 --out /tmp/versions
 
+`--compile-only` lowers and compiles each run without training it: many quick repeats of the
+compile columns alone (compile times spread more than train times).
+
 On a machine without the repository's history (the device tool's GPU machines), make the worktree
 where git is, carry it, and name it: `git worktree add --detach .baseline-717c28d 717c28d` here,
 then `--baseline 717c28d --baseline-tree .baseline-717c28d` there.
@@ -57,7 +60,7 @@ SETTINGS: dict[str, dict] = {
 MEASURE = """
 import json, sys, time
 import jax, numpy as np
-algo, num_seeds, seed, fields, setup, cores = json.loads(sys.argv[1])
+algo, num_seeds, seed, fields, setup, cores, train = json.loads(sys.argv[1])
 if setup == "cores":  # before anything starts JAX's backend
     jax.config.update("jax_num_cpu_devices", cores)
 elif setup == "command":  # what this version's `pureeqxrl` command sets up before it starts
@@ -88,6 +91,9 @@ else:  # the seeds split over the devices: parallel.sharded, its compilation tim
         with jax.set_mesh(mesh):
             return compiled(keys)
 compile_s = time.perf_counter() - start
+if not train:
+    print(json.dumps({"compile_s": compile_s, "devices": layout.num_devices}))
+    sys.exit()
 start = time.perf_counter()
 result = jax.block_until_ready(call(keys))
 train_s = time.perf_counter() - start
@@ -112,9 +118,11 @@ def measure(
     fields: dict,
     setup: str = "one",
     xla_flags: str | None = None,
+    train: bool = True,
 ) -> dict:
-    """One compile and one training run of `algo` with the code of `tree`, in a fresh process that
-    sets up JAX as `setup` says (one of `SETUPS`), with `xla_flags` as its `XLA_FLAGS` if given."""
+    """One compile and one training run of `algo` with the code of `tree` (only the compile if not
+    `train`), in a fresh process that sets up JAX as `setup` says (one of `SETUPS`), with
+    `xla_flags` as its `XLA_FLAGS` if given."""
     # the tree first, so `pureeqxrl` is its own; the rest of the path (packages installed with
     # `pip --target`, as on the device tool's machines) stays behind it
     env = dict(
@@ -123,7 +131,7 @@ def measure(
     if xla_flags is not None:
         env["XLA_FLAGS"] = xla_flags
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # every compile is timed whole
-    argument = json.dumps([algo, num_seeds, seed, fields, setup, usable_cores()])
+    argument = json.dumps([algo, num_seeds, seed, fields, setup, usable_cores(), train])
     done = subprocess.run(
         [sys.executable, "-c", MEASURE, argument], env=env, cwd=tree, capture_output=True, text=True
     )
@@ -188,9 +196,11 @@ def main() -> None:
         help="one: both versions on one CPU device; cores: both on a CPU device per core; command: "
         "each set up as its `pureeqxrl` command sets up JAX",
     )
+    parser.add_argument("--compile-only", action="store_true", help="compile each run, train none")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     cores = usable_cores()
+    quantities = ("compile_s",) if args.compile_only else ("compile_s", "train_s", "steps_per_s")
     budget = {} if args.total_timesteps is None else {"total_timesteps": args.total_timesteps}
     commit, old_tree = baseline(args.baseline, args.baseline_tree)
     trees = {"new": ROOT, "old": old_tree}
@@ -199,8 +209,9 @@ def main() -> None:
         for algo in args.algos:
             for num_seeds in args.seeds:
                 for version in ("new", "old") if repeat % 2 == 0 else ("old", "new"):
+                    fields, train = SETTINGS[algo] | budget, not args.compile_only
                     sample = measure(
-                        trees[version], algo, num_seeds, repeat, SETTINGS[algo] | budget, args.layout
+                        trees[version], algo, num_seeds, repeat, fields, args.layout, train=train
                     )
                     samples.setdefault(f"{algo}/{num_seeds}/{version}", []).append(sample)
                     shown = {k: round(v, 2) for k, v in sample.items() if k != "returns"}
@@ -211,11 +222,14 @@ def main() -> None:
         for num_seeds in args.seeds:
             new, old = samples[f"{algo}/{num_seeds}/new"], samples[f"{algo}/{num_seeds}/old"]
             row = {"algo": algo, "num_seeds": num_seeds}
-            for quantity in ("compile_s", "train_s", "steps_per_s"):
+            for quantity in quantities:
                 row[f"new_{quantity}"] = statistics.median(s[quantity] for s in new)
                 row[f"old_{quantity}"] = statistics.median(s[quantity] for s in old)
-            for quantity in ("compile_s", "train_s"):
+            for quantity in quantities[:2]:
                 row |= ratios(quantity, new, old)
+            if args.compile_only:
+                rows.append(row)
+                continue
             row["speedup"] = 1 / row["train_s_ratio"]
             if num_seeds == max(args.seeds):
                 for version, runs in (("new", new), ("old", old)):
@@ -230,16 +244,18 @@ def main() -> None:
         + (f" --total-timesteps {args.total_timesteps}" if args.total_timesteps else "")
         + (f" --baseline-tree {args.baseline_tree}" if args.baseline_tree else "")
         + (f" --layout {args.layout}" if args.layout != "one" else "")
+        + (" --compile-only" if args.compile_only else "")
     )
     where = {
         "one": "Both versions on one CPU device.",
         "cores": f"Both versions on {cores} CPU devices, one per usable core, the seeds split over them.",
         "command": "Each version set up as its `pureeqxrl` command sets up JAX: from `pureeqxrl.cpu` on, "
         f"{cores} CPU devices, one per usable core, the seeds split over them, and threefry without "
-        "loops; before it, one CPU device.",
+        "loops (but for SAC, since 5934738); before it, one CPU device.",
     }[args.layout]
+    what = "compiles of whole training runs (none trained)" if args.compile_only else "whole training runs"
     lines = [
-        f"# This version against {commit}: whole training runs, medians of {args.repeats} interleaved repeats",
+        f"# This version against {commit}: {what}, medians of {args.repeats} interleaved repeats",
         "",
         f"`{command}`",
         "",
@@ -250,20 +266,32 @@ def main() -> None:
         "| compile s old | compile s new | compile new/old (min-max) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    if args.compile_only:
+        lines[-2:] = [
+            "| algorithm | seeds | compile s old | compile s new | compile new/old (min-max) |",
+            "|---|---|---|---|---|",
+        ]
     for row in rows:
+        if args.compile_only:
+            lines.append(
+                f"| {row['algo']} | {row['num_seeds']} | {row['old_compile_s']:.2f} | "
+                f"{row['new_compile_s']:.2f} | {ratio_text(row, 'compile_s')} |"
+            )
+            continue
         lines.append(
             f"| {row['algo']} | {row['num_seeds']} | {row['old_train_s']:.2f} | {row['new_train_s']:.2f} | "
             f"**{row['speedup']:.2f}x** | {ratio_text(row, 'train_s')} | "
             f"{row['old_compile_s']:.2f} | {row['new_compile_s']:.2f} | {ratio_text(row, 'compile_s')} |"
         )
-    lines += [
-        "",
-        f"Final training returns of the {max(args.seeds)}-seed runs, pooled over the repeats "
-        "(IQM [95% stratified-bootstrap interval]):",
-        "",
-        "| algorithm | runs | old | new | intervals overlap |",
-        "|---|---|---|---|---|",
-    ]
+    if not args.compile_only:
+        lines += [
+            "",
+            f"Final training returns of the {max(args.seeds)}-seed runs, pooled over the repeats "
+            "(IQM [95% stratified-bootstrap interval]):",
+            "",
+            "| algorithm | runs | old | new | intervals overlap |",
+            "|---|---|---|---|---|",
+        ]
     for row in rows:
         if "new_returns" not in row:
             continue

@@ -159,6 +159,21 @@ def test_versions_benchmark_times_a_commit_against_this_tree(tmp_path, monkeypat
     last = data["rows"][-1]
     assert last["old_returns"]["runs"] == last["new_returns"]["runs"] == 4  # 2 seeds x 2 repeats
     assert "intervals overlap" in out.with_suffix(".md").read_text()
+    # --compile-only: the compile columns alone, no run trained (no train time, no returns)
+    run_script(
+        monkeypatch, "versions", "--baseline", "HEAD", "--algos", "ppo", "--seeds", "2",
+        "--repeats", "1", "--total-timesteps", "2048", "--compile-only", "--out", str(out),
+    )  # fmt: skip
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert [set(sample) for samples in data["samples"].values() for sample in samples] == [
+        {"compile_s", "devices"}
+    ] * 2
+    assert set(data["rows"][0]) == {"algo", "num_seeds", "new_compile_s", "old_compile_s"} | {
+        "compile_s_ratio",
+        "compile_s_ratio_min_max",
+    }
+    table = out.with_suffix(".md").read_text()
+    assert "| compile s old | compile s new |" in table and "train" not in table.split("|", 1)[1]
 
 
 def test_versions_takes_a_baseline_checkout_made_elsewhere(tmp_path, monkeypatch):
