@@ -200,7 +200,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     cores = usable_cores()
-    quantities = ("compile_s",) if args.compile_only else ("compile_s", "train_s", "steps_per_s")
+    timed = ("compile_s",) if args.compile_only else ("compile_s", "train_s")  # medians and ratios
     budget = {} if args.total_timesteps is None else {"total_timesteps": args.total_timesteps}
     commit, old_tree = baseline(args.baseline, args.baseline_tree)
     trees = {"new": ROOT, "old": old_tree}
@@ -208,10 +208,16 @@ def main() -> None:
     for repeat in range(args.repeats):
         for algo in args.algos:
             for num_seeds in args.seeds:
+                fields = SETTINGS[algo] | budget
                 for version in ("new", "old") if repeat % 2 == 0 else ("old", "new"):
-                    fields, train = SETTINGS[algo] | budget, not args.compile_only
                     sample = measure(
-                        trees[version], algo, num_seeds, repeat, fields, args.layout, train=train
+                        trees[version],
+                        algo,
+                        num_seeds,
+                        repeat,
+                        fields,
+                        args.layout,
+                        train=not args.compile_only,
                     )
                     samples.setdefault(f"{algo}/{num_seeds}/{version}", []).append(sample)
                     shown = {k: round(v, 2) for k, v in sample.items() if k != "returns"}
@@ -222,19 +228,17 @@ def main() -> None:
         for num_seeds in args.seeds:
             new, old = samples[f"{algo}/{num_seeds}/new"], samples[f"{algo}/{num_seeds}/old"]
             row = {"algo": algo, "num_seeds": num_seeds}
-            for quantity in quantities:
+            for quantity in timed + (() if args.compile_only else ("steps_per_s",)):
                 row[f"new_{quantity}"] = statistics.median(s[quantity] for s in new)
                 row[f"old_{quantity}"] = statistics.median(s[quantity] for s in old)
-            for quantity in quantities[:2]:
+            for quantity in timed:
                 row |= ratios(quantity, new, old)
-            if args.compile_only:
-                rows.append(row)
-                continue
-            row["speedup"] = 1 / row["train_s_ratio"]
-            if num_seeds == max(args.seeds):
-                for version, runs in (("new", new), ("old", old)):
-                    pooled = np.array([r for run in runs for r in run["returns"]])
-                    row[f"{version}_returns"] = stats.summary(pooled)
+            if not args.compile_only:
+                row["speedup"] = 1 / row["train_s_ratio"]
+                if num_seeds == max(args.seeds):
+                    for version, runs in (("new", new), ("old", old)):
+                        pooled = np.array([r for run in runs for r in run["returns"]])
+                        row[f"{version}_returns"] = stats.summary(pooled)
             rows.append(row)
 
     machine = bench_io.machine()
@@ -262,27 +266,20 @@ def main() -> None:
         f"{bench_io.machine_line(machine)} Settings per algorithm: `SETTINGS` in `benchmarks/versions.py`; "
         f"evaluation off. {where} Ratios are new/old (below 1.00: faster), min-max over the repeats.",
         "",
-        "| algorithm | seeds | train s old | train s new | speed-up | train new/old (min-max) "
-        "| compile s old | compile s new | compile new/old (min-max) |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    if args.compile_only:
-        lines[-2:] = [
-            "| algorithm | seeds | compile s old | compile s new | compile new/old (min-max) |",
-            "|---|---|---|---|---|",
-        ]
+    # the train columns (unless --compile-only), then the compile columns
+    columns = ["algorithm", "seeds"]
+    if not args.compile_only:
+        columns += ["train s old", "train s new", "speed-up", "train new/old (min-max)"]
+    columns += ["compile s old", "compile s new", "compile new/old (min-max)"]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        if args.compile_only:
-            lines.append(
-                f"| {row['algo']} | {row['num_seeds']} | {row['old_compile_s']:.2f} | "
-                f"{row['new_compile_s']:.2f} | {ratio_text(row, 'compile_s')} |"
-            )
-            continue
-        lines.append(
-            f"| {row['algo']} | {row['num_seeds']} | {row['old_train_s']:.2f} | {row['new_train_s']:.2f} | "
-            f"**{row['speedup']:.2f}x** | {ratio_text(row, 'train_s')} | "
-            f"{row['old_compile_s']:.2f} | {row['new_compile_s']:.2f} | {ratio_text(row, 'compile_s')} |"
-        )
+        cells = [row["algo"], str(row["num_seeds"])]
+        if not args.compile_only:
+            cells += [f"{row['old_train_s']:.2f}", f"{row['new_train_s']:.2f}", f"**{row['speedup']:.2f}x**"]
+            cells.append(ratio_text(row, "train_s"))
+        cells += [f"{row['old_compile_s']:.2f}", f"{row['new_compile_s']:.2f}", ratio_text(row, "compile_s")]
+        lines.append("| " + " | ".join(cells) + " |")
     if not args.compile_only:
         lines += [
             "",

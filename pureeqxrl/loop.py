@@ -190,11 +190,8 @@ def make_chunk_runner(
     def place(state: Any) -> Any:
         return state if mesh is None else parallel.put(state, shardings(state))
 
-    def rows_of(length: int) -> int:
-        return -(-length // log_interval)
-
     def compile(state: Any, length: int) -> None:
-        num_rows = rows_of(length)
+        num_rows = num_rows_of(length, log_interval)
         if num_rows in programs:
             return
 
@@ -237,7 +234,7 @@ def make_chunk_runner(
             )
 
     def run(state: Any, length: int, first_row: int) -> tuple[Any, dict[str, Array]]:
-        needed = rows_of(length)
+        needed = num_rows_of(length, log_interval)
         # The program of the fewest rows that holds `length` updates (compiled now if none does).
         num_rows = min((rows for rows in programs if rows >= needed), default=None)
         if num_rows is None:
@@ -420,8 +417,13 @@ def scan_logged(
         return carry, row
 
     if num_rows is None:
-        num_rows = -(-num_updates // log_interval)
+        num_rows = num_rows_of(num_updates, log_interval)
     return jax.lax.scan(run_chunk, carry, jnp.arange(num_rows))
+
+
+def num_rows_of(num_updates: int, log_interval: int) -> int:
+    """Logged rows of `num_updates` updates in rows of `log_interval`, the last one maybe shorter."""
+    return -(-num_updates // log_interval)
 
 
 def rows_update_counts(num_updates: int, log_interval: int) -> np.ndarray:
