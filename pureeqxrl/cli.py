@@ -326,15 +326,25 @@ def resume_command(argv: list[str], console: Console) -> int:
         f"[bold]{algo_name}[/] on {escape(config.env)}: resuming {escape(str(run_dir))} from {where}"
         f"{on_devices(layout, options)}"
     )
-    otherwise = runs.compiled_otherwise(saved) if checkpoint else []
-    if checkpoint and saved_layout and saved_layout != [layout.seed_devices, layout.env_devices]:
-        otherwise.insert(0, f"on {saved_layout[0]} x {saved_layout[1]} devices")
-    if otherwise:
-        started += (
-            f" (it ran {'; '.join(otherwise)}: the continuation agrees with an uninterrupted run to "
-            "float rounding, not bit for bit)"
-        )
+    if checkpoint:
+        started += not_bit_for_bit(saved, layout)
     return train_chunks(algo_name, config, steps, options, run_dir, console, checkpoint, started, layout)
+
+
+def not_bit_for_bit(saved: dict, layout: parallel.Layout) -> str:
+    """What a run resumed from a checkpoint runs on otherwise than the process that saved it (its
+    `config.json`, `saved`): other devices, another jax, backend or count of CPU cores; said as
+    a parenthesis, since it then goes on to float rounding, not bit for bit. Empty if nothing."""
+    otherwise = runs.compiled_otherwise(saved)
+    saved_layout = saved.get("layout")
+    if saved_layout and saved_layout != [layout.seed_devices, layout.env_devices]:
+        otherwise.insert(0, f"on {saved_layout[0]} x {saved_layout[1]} devices")
+    if not otherwise:
+        return ""
+    return (
+        f" (it ran {'; '.join(otherwise)}: the continuation agrees with an uninterrupted run to "
+        "float rounding, not bit for bit)"
+    )
 
 
 def keep_saved_layout(options: RunOptions, saved_layout: list[int] | None, argv: list[str]) -> RunOptions:
@@ -574,11 +584,13 @@ def run_sweep(sweep_dir: Path, saved: dict, console: Console) -> int:
                 num_seeds=len(group) * num_seeds,
                 run_dir=group_dir,
             )
-            if (group_dir / "config.json").is_file():  # a group that started goes on where it ran
-                saved_layout = json.loads((group_dir / "config.json").read_text()).get("layout")
-                run_options = keep_saved_layout(run_options, saved_layout, [])
+            config_path = group_dir / "config.json"
+            group_saved = json.loads(config_path.read_text()) if config_path.is_file() else None
+            if group_saved:  # a group that started goes on where it ran
+                run_options = keep_saved_layout(run_options, group_saved.get("layout"), [])
             layout = run_layout(run_options, config)
-            if not (group_dir / "config.json").is_file():
+            checkpoint = runs.latest_checkpoint(group_dir)
+            if not group_saved:
                 runs.write_config(
                     group_dir,
                     algo_name,
@@ -596,7 +608,13 @@ def run_sweep(sweep_dir: Path, saved: dict, console: Console) -> int:
                 console.print(
                     f"group {number + 1} of {len(saved['groups'])}: configurations {group[0]}-{group[-1]}"
                 )
-            trained = train_run(run, steps, runs.latest_checkpoint(group_dir), starts)
+            if checkpoint and group_saved:
+                updates_done = runs.read_checkpoint_header(checkpoint)["updates_done"]
+                console.print(
+                    f"{escape(str(group_dir))}: resuming from update {updates_done}"
+                    f"{escape(not_bit_for_bit(group_saved, layout))}"
+                )
+            trained = train_run(run, steps, checkpoint, starts)
             if trained is not None:
                 outcome, updates_done = trained
                 write_run_results(run, outcome, updates_done)

@@ -33,7 +33,7 @@ class GRU(eqx.Module):
     kernels r, z, n, recurrent bias.
     The three gates' kernels are stored side by side, `(in, 3 * hidden)` and `(hidden, 3 * hidden)`:
     over a sequence, the input half is one matrix product for all steps before the loop, and only
-    `h @ hidden_kernel` stays in the sequential part (`__call__`).
+    `h @ hidden_kernel` stays in the sequential part (`__call__`, whose gradient is `gru_sequence`'s).
     """
 
     input_kernel: Float[Array, "in_features 3*hidden"]
@@ -57,18 +57,11 @@ class GRU(eqx.Module):
     def initial_hidden(self) -> Float[Array, " hidden"]:
         return jnp.zeros(self.hidden_bias.shape)
 
-    def _cell(self, hidden: Float[Array, " hidden"], projected: Float[Array, " 3*hidden"]):
-        x_r, x_z, x_n = jnp.split(projected, 3)
-        h_r, h_z, h_n = jnp.split(hidden @ self.hidden_kernel, 3)
-        r = jax.nn.sigmoid(x_r + h_r)
-        z = jax.nn.sigmoid(x_z + h_z)
-        n = jnp.tanh(x_n + r * (h_n + self.hidden_bias))
-        return (1.0 - z) * n + z * hidden
-
     def step(
         self, hidden: Float[Array, " hidden"], x: Float[Array, " in_features"], reset: Bool[Array, ""]
     ) -> tuple[Float[Array, " hidden"], Float[Array, " hidden"]]:
-        hidden = self._cell(jnp.where(reset, 0.0, hidden), x @ self.input_kernel + self.input_bias)
+        projected = x @ self.input_kernel + self.input_bias
+        hidden, _ = gru_cell(self.hidden_kernel, self.hidden_bias, hidden, projected, reset)
         return hidden, hidden
 
     def __call__(
@@ -78,13 +71,87 @@ class GRU(eqx.Module):
         resets: Bool[Array, " time"],
     ) -> tuple[Float[Array, " hidden"], Float[Array, "time hidden"]]:
         projected = xs @ self.input_kernel + self.input_bias  # every step at once
+        return gru_sequence(self.hidden_kernel, self.hidden_bias, hidden, projected, resets)
 
-        def one_step(hidden, inputs):
-            projected, reset = inputs
-            hidden = self._cell(jnp.where(reset, 0.0, hidden), projected)
-            return hidden, hidden
 
-        return jax.lax.scan(one_step, hidden, (projected, resets))
+def gru_cell(
+    hidden_kernel: Float[Array, "hidden 3*hidden"],
+    hidden_bias: Float[Array, " hidden"],
+    hidden: Float[Array, " hidden"],
+    projected: Float[Array, " 3*hidden"],
+    reset: Bool[Array, ""],
+) -> tuple[Float[Array, " hidden"], tuple[Float[Array, " hidden"], ...]]:
+    """One GRU step from `hidden` (zeroed first where `reset`) and the step's input already
+    projected (`x W_i + b_i`, the three gates side by side): the new hidden state, and what the
+    step's gradient needs, `(h, r, z, n, h W_hn + b_hn)` with `h` the state after the reset."""
+    hidden = jnp.where(reset, 0.0, hidden)
+    x_r, x_z, x_n = jnp.split(projected, 3)
+    h_r, h_z, h_n = jnp.split(hidden @ hidden_kernel, 3)
+    r = jax.nn.sigmoid(x_r + h_r)
+    z = jax.nn.sigmoid(x_z + h_z)
+    candidate_input = h_n + hidden_bias
+    n = jnp.tanh(x_n + r * candidate_input)
+    return (1.0 - z) * n + z * hidden, (hidden, r, z, n, candidate_input)
+
+
+# A sequence's gradient, written out. JAX's own gradient of the scan adds each step's outer product
+# h_t^T dgates_t into the recurrent kernel's gradient inside the backward loop: a (hidden, 3*hidden)
+# array carried and updated at every step. Here the backward loop only hands out each step's gate
+# gradients, and the kernel's gradient is one matrix product of the whole sequence after it (the
+# way cuDNN computes an RNN's weight gradients). The numbers are the same up to the order of the
+# float sums: `tests/test_recurrent.py` checks them against JAX's gradient of the step-by-step loop.
+
+
+@jax.custom_vjp
+def gru_sequence(
+    hidden_kernel: Float[Array, "hidden 3*hidden"],
+    hidden_bias: Float[Array, " hidden"],
+    hidden: Float[Array, " hidden"],
+    projected: Float[Array, "time 3*hidden"],
+    resets: Bool[Array, " time"],
+) -> tuple[Float[Array, " hidden"], Float[Array, "time hidden"]]:
+    """`gru_cell` over a sequence of projected inputs: `(final hidden, every step's hidden)`."""
+
+    def one_step(hidden, inputs):
+        hidden, _ = gru_cell(hidden_kernel, hidden_bias, hidden, *inputs)
+        return hidden, hidden
+
+    return jax.lax.scan(one_step, hidden, (projected, resets))
+
+
+def _gru_sequence_forward(hidden_kernel, hidden_bias, hidden, projected, resets):
+    def one_step(hidden, inputs):
+        hidden, saved = gru_cell(hidden_kernel, hidden_bias, hidden, *inputs)
+        return hidden, (hidden, saved)
+
+    final, (hiddens, saved) = jax.lax.scan(one_step, hidden, (projected, resets))
+    return (final, hiddens), (hidden_kernel, saved, resets)
+
+
+def _gru_sequence_backward(residuals, cotangents):
+    hidden_kernel, saved, resets = residuals
+    final_cotangent, hiddens_cotangent = cotangents
+
+    def one_step_back(d_hidden, inputs):
+        d_output, (hidden, r, z, n, candidate_input), reset = inputs
+        d_hidden = d_hidden + d_output  # the step's new state goes on and is an output
+        d_n = d_hidden * (1.0 - z) * (1.0 - n * n)  # through tanh
+        d_r = d_n * candidate_input * r * (1.0 - r)  # through the sigmoids
+        d_z = d_hidden * (hidden - n) * z * (1.0 - z)
+        d_recurrent = jnp.concatenate([d_r, d_z, d_n * r])  # of hidden @ hidden_kernel (+ b_hn)
+        d_projected = jnp.concatenate([d_r, d_z, d_n])
+        d_hidden = d_hidden * z + d_recurrent @ hidden_kernel.T
+        return jnp.where(reset, 0.0, d_hidden), (d_recurrent, d_projected)
+
+    d_start, (d_recurrent, d_projected) = jax.lax.scan(
+        one_step_back, final_cotangent, (hiddens_cotangent, saved, resets), reverse=True
+    )
+    hiddens = saved[0]  # each step's state after its reset
+    size = hidden_kernel.shape[0]
+    return hiddens.T @ d_recurrent, d_recurrent[:, 2 * size :].sum(0), d_start, d_projected, None
+
+
+gru_sequence.defvjp(_gru_sequence_forward, _gru_sequence_backward)
 
 
 # S5 (Smith, Warrington & Linderman, 2023), as PureJaxRL's experimental/s5 uses it: a diagonal

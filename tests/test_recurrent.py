@@ -40,6 +40,43 @@ def test_gru_sequence_equals_its_step_mode_and_resets_at_episode_starts(key, str
     assert not np.allclose(ys[5], gru(ys[4], xs[5:6], jnp.zeros(1, bool))[1][0])
 
 
+def test_gru_sequence_gradient_is_jaxs_gradient_of_the_step_loop(key, strict_promotion):
+    """`GRU.__call__`'s hand-written backward pass (`gru_sequence`) against JAX's own gradient of
+    the same steps as a plain loop of `GRU.step`, for every input: the parameters, the starting
+    state, the inputs; with resets inside the sequence and at its first step, cotangents on the
+    final state and on every step's output, vmapped over environments that share the parameters
+    (their gradients summed), and vmapped again over agents (seeds) that do not."""
+    gru_key, x_key, h_key, w_key = jax.random.split(key, 4)
+    num_seeds, num_envs, time = 2, 3, 20
+    grus = eqx.filter_vmap(lambda k: GRU(5, 8, key=k))(jax.random.split(gru_key, num_seeds))
+    grus = eqx.tree_at(lambda g: g.hidden_bias, grus, jax.random.normal(w_key, (num_seeds, 8)))
+    xs = jax.random.normal(x_key, (num_seeds, num_envs, time, 5))
+    resets = np.zeros((num_envs, time), bool)
+    resets[0, [5, 6, 13]] = resets[1, [0, 19]] = True  # env 2 never resets
+    hidden = jax.random.normal(h_key, (num_seeds, num_envs, 8))
+    weights = jnp.linspace(-1.0, 1.0, 8)
+
+    def loss(sequence, gru, hidden, xs):
+        final, ys = jax.vmap(sequence, in_axes=(None, 0, 0, 0))(gru, hidden, xs, jnp.asarray(resets))
+        return jnp.sum(jnp.sin(ys) * weights) + jnp.sum(final**2)
+
+    def step_loop(gru, hidden, xs, resets):
+        return jax.lax.scan(lambda h, inputs: gru.step(h, *inputs), hidden, (xs, resets))
+
+    def gradients(sequence):
+        grad = jax.grad(lambda *args: loss(sequence, *args), argnums=(0, 1, 2))
+        return jax.jit(jax.vmap(grad))(grus, hidden, xs)
+
+    written, reference = gradients(GRU.__call__), gradients(step_loop)
+    assert jax.tree.structure(written) == jax.tree.structure(reference)
+    for ours, theirs in zip(jax.tree.leaves(written), jax.tree.leaves(reference), strict=True):
+        assert np.abs(theirs).max() > 1e-3  # every gradient reaches its input
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+    # A reset at step 0 cuts the starting state off: env 1's gradient is zero, the others' are not.
+    start_gradient = np.abs(written[1]).max(axis=(0, 2))
+    assert start_gradient[1] == 0.0 and start_gradient[0] > 0.0 and start_gradient[2] > 0.0
+
+
 def test_gru_initialisation_follows_flax():
     gru = GRU(64, 128, key=jax.random.key(1))
     for kernel in jnp.split(gru.hidden_kernel, 3, axis=1):  # orthogonal per gate
