@@ -1,6 +1,7 @@
 """XLA:CPU's own switches against its defaults, on whole training runs of this version: whether
 a library for the matrix products (XNNPACK, oneDNN, YNNPACK), an optimisation preset, another
-scheduler or another copy-insertion analysis trains or compiles faster than what the command runs.
+scheduler, another copy-insertion analysis, matrix products on one thread, or 512-bit vectors
+asked of LLVM trains or compiles faster than what the command runs.
 
 Each run is a fresh process set up as the `pureeqxrl` command sets up JAX
 (`benchmarks/versions.py`'s `measure`, `--layout command`), with the variant's `XLA_FLAGS`. Each
@@ -11,6 +12,8 @@ those of the default's run of the same key (a variant that changes them changes 
 arithmetic of training, not only its speed).
 
     python benchmarks/xla_flags.py --seeds 1 --repeats 2 --out benchmarks/results/xla_flags_cpu
+    python benchmarks/xla_flags.py --algos dqn ppo ppo_continuous ppo_rnn pqn --seeds 8 \
+        --variants "512-bit vectors" --out benchmarks/results/xla_flags_vector_width8_cpu
 """
 
 import argparse
@@ -22,8 +25,9 @@ from pureeqxrl.cpu import usable_cores
 
 import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 
-# Variant -> XLA_FLAGS. "default" sets none; the others are XLA:CPU flags of jaxlib 0.10.2
-# (`XLA_FLAGS=--helpfull` lists them).
+# Variant -> XLA_FLAGS. "default" sets none; the others are XLA:CPU flags of jaxlib 0.10.2, whose
+# XLA_FLAGS has no --helpfull: `strings jaxlib/libjax_common.so | grep '^xla_cpu_'` lists them. A
+# flag that a jaxlib does not know aborts the process that sets it.
 VARIANTS: dict[str, str] = {
     "default": "",
     "XNNPACK dots": "--xla_cpu_experimental_xnn_fusion_type=dot",
@@ -34,6 +38,8 @@ VARIANTS: dict[str, str] = {
     "fast-runtime preset": "--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_RUNTIME",
     "concurrency-optimised scheduler": "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED",
     "region-based copy insertion": "--xla_cpu_copy_insertion_use_region_analysis=true",
+    "single-threaded Eigen": "--xla_cpu_multi_thread_eigen=false",
+    "512-bit vectors": "--xla_cpu_prefer_vector_width=512",
 }
 
 

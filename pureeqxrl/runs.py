@@ -117,8 +117,8 @@ def write_config(
 
 def compiled_for() -> dict[str, Any]:
     """What this process compiles a run's arithmetic for, beyond its program and layout: the jax
-    version, the backend and, on a CPU, the cores it may use (XLA:CPU splits a matrix product's
-    sums over a thread per core, so the same program rounds otherwise with another count)."""
+    version, the backend and, on a CPU, the cores it may use (XLA:CPU compiles and runs a program
+    for them: the same program rounds otherwise with another count, docs/speed.md)."""
     backend = jax.default_backend()
     return {
         "jax": jax.__version__,

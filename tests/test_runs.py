@@ -39,8 +39,8 @@ def test_run_folders_are_new_or_empty(tmp_path, monkeypatch):
 
 
 def test_a_resume_names_what_it_compiles_for_otherwise():
-    # XLA:CPU splits a product's sums over a thread per core: measured, continuous PPO's seed 0 (262,144
-    # steps) ends at -205.82 on 2 cores and -199.79 on either one alone. Same arithmetic, nothing named.
+    # XLA:CPU compiles for the cores it may use: measured, continuous PPO's seed 0 (262,144 steps)
+    # ends at -205.82 on 2 cores and -199.79 on either one alone. Same arithmetic, nothing named.
     saved = {"versions": {"pureeqxrl": "0.1.0", "jax": "0.10.2", "backend": "cpu", "cpu_cores": 2}}
     now = {"jax": "0.10.2", "backend": "cpu", "cpu_cores": 2}
     assert runs.compiled_otherwise(saved, now) == []
