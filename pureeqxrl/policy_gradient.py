@@ -90,7 +90,10 @@ class Transition(eqx.Module):
     action: Array
     """As sampled: unclipped for continuous actions."""
     log_prob: Float[Array, " num_envs"]
-    value: Float[Array, " num_envs"]
+    value: Float[Array, " num_envs"] | None
+    """`V(obs)`. PPO's rollout leaves it `None` and computes it after the rollout, for all the steps
+    in one batch: the parameters do not change while it collects, and the step is then the actor's
+    alone (recurrent PPO's GRU computes it in the rollout)."""
     reward: Float[Array, " num_envs"]
     terminated: Bool[Array, " num_envs"]
     done: Bool[Array, " num_envs"]
@@ -99,7 +102,7 @@ class Transition(eqx.Module):
 
     @classmethod
     def of_step(
-        cls, obs: Array, action: Array, policy: AbstractDistribution, value: Array, step: Any, **extra
+        cls, obs: Array, action: Array, policy: AbstractDistribution, value: Array | None, step: Any, **extra
     ):
         """The transition of acting `action` (drawn from `policy`) on `obs` into the environment's
         `step` (a `pureeqxrl.envs.Step`); a subclass's own fields come as `extra`."""

@@ -119,8 +119,8 @@ def make_update_steps(
 ) -> UpdateSteps:
     """Validate `config` and build the pieces of one update (`pureeqxrl.loop.UpdateSteps`):
     `collect(state) -> (state, rollout, episodes)` steps every environment `num_steps` times;
-    `learn(state, rollout) -> (state, loss, info)` computes advantages and runs `update_epochs`
-    epochs of `num_minibatches` gradient steps."""
+    `learn(state, rollout) -> (state, loss, info)` computes the rollout's values and advantages
+    and runs `update_epochs` epochs of `num_minibatches` gradient steps."""
     config.validate()
     env = make_environment(config)
     network = (network_fn or actor_critic)(config, env)
@@ -128,10 +128,10 @@ def make_update_steps(
 
     def env_step(state: PPOState) -> tuple[PPOState, Transition, Step]:
         key, action_key, step_key = jax.random.split(state.key, 3)
-        policy, value = network.apply(state.params, state.obs)
+        policy, _ = network.apply(state.params, state.obs)  # values: after the rollout, in one batch
         action = sample(policy, action_key)
         obs, env_state, step = env.step(step_key, state.env_state, env.to_env_action(action))
-        transition = Transition.of_step(state.obs, action, policy, value, step)
+        transition = Transition.of_step(state.obs, action, policy, None, step)
         state = dataclasses.replace(state, env_state=env_state, obs=obs, key=key)
         return state, transition, step
 
@@ -148,13 +148,17 @@ def make_update_steps(
         return run_rollout(env_step, state, config.num_steps, config.num_envs)
 
     def learn(state: PPOState, rollout: Transition) -> tuple[PPOState, Array, LossInfo]:
+        # VALUES of every observation and of every pre-reset next observation, in one batch: the
+        # parameters did not change during the rollout, so these are the values it would have seen
+        flat = lambda x: x.reshape(config.steps_per_update, *x.shape[2:])  # noqa: E731
+        _, values = network.apply(state.params, jnp.concatenate([flat(rollout.obs), flat(rollout.next_obs)]))
+        value, next_value = jnp.split(values, 2)
+        rollout = dataclasses.replace(rollout, value=value.reshape(rollout.reward.shape))
+
         # ADVANTAGES: bootstrap from the pre-reset next observation, cut at episode ends
-        flat_next_obs = rollout.next_obs.reshape(config.steps_per_update, *env.observation_shape)
-        _, next_value = network.apply(state.params, flat_next_obs)
         advantages, targets = rollout_advantages(rollout, next_value, config)
 
         # UPDATE EPOCHS OF MINIBATCHES
-        flat = lambda x: x.reshape(config.steps_per_update, *x.shape[2:])  # noqa: E731
         batch = Batch(
             obs=flat(rollout.obs),
             action=flat(rollout.action),
