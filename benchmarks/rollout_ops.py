@@ -15,7 +15,11 @@ so the counts compare versions on one backend; they are not the GPU's kernels.
 (the second line counts another checkout's program: the first `pureeqxrl` on the path is the one
 compiled, and the table names its commit). `--collect-alone` counts instead the program that
 `benchmarks/profile_update.py` times as the collection alone (`UpdateSteps.collect` scanned,
-keeping the state it hands on), to show what XLA leaves out of it.
+keeping the state it hands on), to show what XLA leaves out of it. `--gradient-step` counts
+instead the largest loop body that runs `num_minibatches` times in the training program: one
+gradient step of the update's epochs (the forward and backward passes, the loss and the optimizer).
+
+    python benchmarks/rollout_ops.py --algos ppo --seeds 1 --gradient-step --out /tmp/gradient_step_ops
 """
 
 import argparse
@@ -88,9 +92,12 @@ def count_operations(body: list[str], bodies: dict[str, list[str]]) -> dict[str,
     return dict(kinds)
 
 
-def rollout_operations(algo: str, num_seeds: int, collect_alone: bool = False) -> dict[str, int]:
+def rollout_operations(
+    algo: str, num_seeds: int, collect_alone: bool = False, gradient_step: bool = False
+) -> dict[str, int]:
     """`count_operations` of the largest `num_steps` loop of `algo`'s compiled training program
-    (or, with `collect_alone`, of `profile_update.py`'s collection program)."""
+    (or, with `collect_alone`, of `profile_update.py`'s collection program; with `gradient_step`,
+    of its largest `num_minibatches` loop)."""
     algorithm = registry.get(algo)
     config = algorithm.config_cls(eval_interval=0)
     keys = jax.random.split(jax.random.key(0), num_seeds)
@@ -103,9 +110,10 @@ def rollout_operations(algo: str, num_seeds: int, collect_alone: bool = False) -
     else:
         hlo = jax.jit(jax.vmap(algorithm.make_train(config))).lower(keys).compile().as_text()
     bodies = computations(hlo)
-    loops = loop_bodies(bodies, config.num_steps)
+    trips = config.num_minibatches if gradient_step else config.num_steps
+    loops = loop_bodies(bodies, trips)
     if not loops:
-        raise SystemExit(f"{algo}: no loop of {config.num_steps} steps in the compiled program")
+        raise SystemExit(f"{algo}: no loop of {trips} steps in the compiled program")
     return count_operations(max(loops, key=len), bodies)
 
 
@@ -133,9 +141,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/rollout_ops_cpu"))
     parser.add_argument("--collect-alone", action="store_true", help="profile_update.py's collection program")
+    parser.add_argument(
+        "--gradient-step", action="store_true", help="a gradient step instead of a rollout step"
+    )
     args = parser.parse_args()
+    if args.collect_alone and args.gradient_step:
+        parser.error("--collect-alone has no gradient step")
 
-    rows = [{"algo": algo, **rollout_operations(algo, args.seeds, args.collect_alone)} for algo in args.algos]
+    rows = [
+        {"algo": algo, **rollout_operations(algo, args.seeds, args.collect_alone, args.gradient_step)}
+        for algo in args.algos
+    ]
     info, version = bench_io.machine(), checkout()
     command = f"python benchmarks/rollout_ops.py --algos {' '.join(args.algos)} --seeds {args.seeds} --out {args.out}"
     program = (
@@ -144,8 +160,10 @@ def main() -> None:
         else "the training program"
     )
     command += " --collect-alone" if args.collect_alone else ""
+    command += " --gradient-step" if args.gradient_step else ""
+    step = "gradient step" if args.gradient_step else "rollout step"
     lines = [
-        f"# The operations of one rollout step in {program}, compiled",
+        f"# The operations of one {step} in {program}, compiled",
         "",
         f"`{command}`",
         "",

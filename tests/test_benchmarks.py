@@ -440,5 +440,8 @@ def test_rollout_ops_counts_the_rollout_steps_operations(tmp_path, monkeypatch):
     # obs, next obs, action, log-prob, reward, terminated, truncated: 7 stacked outputs; the actor's
     # 3 layers alone (the critic's values are computed after the rollout, in one batch)
     assert counts["stacked outputs"] == 7 and counts["matrix products"] == 3, counts
+    # a gradient step: both MLPs' 6 layers forward, and their kernels' gradients backward
+    step = rollout_ops.rollout_operations("ppo", num_seeds=1, gradient_step=True)
+    assert step["matrix products"] >= 12, step
     run_script(monkeypatch, "rollout_ops", "--algos", "ppo", "--seeds", "1", "--out", str(tmp_path / "ops"))
     assert "| ppo | " in (tmp_path / "ops.md").read_text()
