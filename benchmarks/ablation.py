@@ -10,6 +10,7 @@ nothing of it reaches the package or the other measurements. The switches:
 - `no_bootstrap_value`: no value of the pre-reset observation: GAE takes `V(obs[t+1])`, the next
   step's own observation, and cuts at every episode end, truncations included, as PureJaxRL does
   (the last step reuses its own value where PureJaxRL runs the critic on the last observation);
+  PPO's batch of values after the rollout (`ppo.rollout_values`) holds the observations alone;
 - `no_reset_every_step`: gymnax's `step` without its auto-reset (`reset_env` and the select run
   on every step, whether or not an episode ended; episodes then never restart);
 - `next_obs_from_next_slot`: DQN's buffer stores no next observation and reads it from the slot
@@ -119,6 +120,15 @@ def switch_off(name: str, algo: str, patch=setattr) -> dict:
             )
 
         patch(module, "rollout_advantages", after_reset)
+        if module is ppo:  # its values come in one batch with the pre-reset ones: leave those out
+
+            def values_alone(network, params, rollout):
+                num_steps, num_envs = rollout.reward.shape
+                obs = rollout.obs.reshape(num_steps * num_envs, *rollout.obs.shape[2:])
+                _, value = network.apply(params, obs)
+                return value.reshape(num_steps, num_envs), None
+
+            patch(ppo, "rollout_values", values_alone)
     elif name == "no_reset_every_step":
 
         def step_without_reset(self, key, state, action, params=None):

@@ -36,7 +36,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
-from jaxtyping import Array, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from pureeqxrl import parallel
 from pureeqxrl.envs import Step, VecEnv, run_rollout
@@ -57,7 +57,7 @@ from pureeqxrl.policy_gradient import (
     update_stats,
 )
 
-__all__ = ["PPOConfig", "PPOContinuousConfig", "make_train", "make_update_steps", "policy"]
+__all__ = ["PPOConfig", "PPOContinuousConfig", "make_train", "make_update_steps", "policy", "rollout_values"]
 
 
 @dataclass(frozen=True)
@@ -148,17 +148,15 @@ def make_update_steps(
         return run_rollout(env_step, state, config.num_steps, config.num_envs)
 
     def learn(state: PPOState, rollout: Transition) -> tuple[PPOState, Array, LossInfo]:
-        # VALUES of every observation and of every pre-reset next observation, in one batch: the
-        # parameters did not change during the rollout, so these are the values it would have seen
-        flat = lambda x: x.reshape(config.steps_per_update, *x.shape[2:])  # noqa: E731
-        _, values = network.apply(state.params, jnp.concatenate([flat(rollout.obs), flat(rollout.next_obs)]))
-        value, next_value = jnp.split(values, 2)
-        rollout = dataclasses.replace(rollout, value=value.reshape(rollout.reward.shape))
+        # VALUES: the critic's, with the parameters that collected the rollout
+        value, next_value = rollout_values(network, state.params, rollout)
+        rollout = dataclasses.replace(rollout, value=value)
 
         # ADVANTAGES: bootstrap from the pre-reset next observation, cut at episode ends
         advantages, targets = rollout_advantages(rollout, next_value, config)
 
         # UPDATE EPOCHS OF MINIBATCHES
+        flat = lambda x: x.reshape(config.steps_per_update, *x.shape[2:])  # noqa: E731
         batch = Batch(
             obs=flat(rollout.obs),
             action=flat(rollout.action),
@@ -198,6 +196,23 @@ def make_update_steps(
     return UpdateSteps(
         network, init, collect, learn, update, evaluate, environments=environments, num_envs=config.num_envs
     )
+
+
+def rollout_values(
+    network: Functional, params: Any, rollout: Transition
+) -> tuple[Float[Array, "num_steps num_envs"], Float[Array, "num_steps num_envs"]]:
+    """`V(obs)` and `V(next_obs)` (the pre-reset next observation) of every step of a stacked
+    rollout, in one batch.
+
+    The rollout's own step runs the actor alone: the parameters do not change while it collects,
+    so these are the values it would have computed, and one batch of `2 * num_steps * num_envs`
+    observations costs less than a critic in each of its steps.
+    """
+    num_steps, num_envs = rollout.reward.shape
+    flat = lambda x: x.reshape(num_steps * num_envs, *x.shape[2:])  # noqa: E731
+    _, values = network.apply(params, jnp.concatenate([flat(rollout.obs), flat(rollout.next_obs)]))
+    value, next_value = values.reshape(2, num_steps, num_envs)
+    return value, next_value
 
 
 # USING A TRAINED AGENT

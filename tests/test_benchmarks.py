@@ -216,6 +216,8 @@ def test_xla_flags_benchmark_compares_each_variant_with_the_default(tmp_path, mo
 
 def test_ablation_switches_turn_off_what_they_name(monkeypatch):
     """Each switch of `benchmarks/ablation.py` (patched through `monkeypatch`, so nothing leaks)."""
+    import dataclasses
+
     import gymnax
     import jax
     import jax.numpy as jnp
@@ -258,6 +260,10 @@ def test_ablation_switches_turn_off_what_they_name(monkeypatch):
     advantages, _ = ppo.rollout_advantages(rollout, jnp.full((3, 1), 100.0), config)
     # V(obs[t + 1]) instead of the given next values (the last step reuses its own value)
     np.testing.assert_allclose(advantages[:, 0], [0.5 * 2 - 1, 0.5 * 3 - 2, 0.5 * 3 - 3])
+    network = ppo.Functional(init=None, apply=lambda params, obs: (None, obs.sum(-1)))  # V = the row's sum
+    rollout = dataclasses.replace(rollout, obs=jnp.ones((3, 1, 2)), next_obs=jnp.full((3, 1, 2), 9.0))
+    value, next_value = ppo.rollout_values(network, None, rollout)  # the observations' values alone
+    assert value.tolist() == [[2.0], [2.0], [2.0]] and next_value is None
 
     switch("no_reset_every_step")
     env, params = gymnax.make("CartPole-v1")

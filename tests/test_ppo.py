@@ -79,6 +79,26 @@ def test_truncation_is_bootstrapped_and_termination_is_not():
     np.testing.assert_allclose(_policy_and_value(result, [0.0])[1], 2.0, atol=0.1)
 
 
+def test_rollout_values_are_the_critics_values_of_each_step():
+    """The values computed after the rollout, in one batch, are those of each step's observation
+    and of its pre-reset next observation, in the rollout's (steps, envs) order."""
+    config = dataclasses.replace(PROBE, env="CartPole-v1")
+    env = ppo.make_environment(config)
+    network = heads.actor_critic(config, env)
+    params = network.init(jax.random.key(0))
+    obs, next_obs = jax.random.normal(jax.random.key(1), (2, 5, 3, *env.observation_shape))
+    zeros = jnp.zeros((5, 3))
+    rollout = ppo.Transition(
+        obs=obs, action=zeros, log_prob=zeros, value=None, reward=zeros,
+        terminated=zeros.astype(bool), done=zeros.astype(bool), next_obs=next_obs,
+    )  # fmt: skip
+    value, next_value = ppo.rollout_values(network, params, rollout)
+    per_step = jax.vmap(lambda o: network.apply(params, o)[1])  # the critic in each step, as before
+    np.testing.assert_allclose(value, per_step(obs), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(next_value, per_step(next_obs), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(value, next_value)
+
+
 # SEEDS
 
 
