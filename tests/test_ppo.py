@@ -79,10 +79,11 @@ def test_truncation_is_bootstrapped_and_termination_is_not():
     np.testing.assert_allclose(_policy_and_value(result, [0.0])[1], 2.0, atol=0.1)
 
 
-def test_rollout_values_are_the_critics_values_of_each_step():
+@pytest.mark.parametrize("env_name", ["CartPole-v1", "Breakout-MinAtar"])  # vector and grid observations
+def test_rollout_values_are_the_critics_values_of_each_step(env_name):
     """The values computed after the rollout, in one batch, are those of each step's observation
     and of its pre-reset next observation, in the rollout's (steps, envs) order."""
-    config = dataclasses.replace(PROBE, env="CartPole-v1")
+    config = dataclasses.replace(PROBE, env=env_name)
     env = ppo.make_environment(config)
     network = heads.actor_critic(config, env)
     params = network.init(jax.random.key(0))
