@@ -11,9 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-# All three import JAX only, which does not start its backend.
+# These import JAX only, which does not start its backend.
 from pureeqxrl import cpu, parallel
-from pureeqxrl.config import flag_value
+from pureeqxrl.flags import flag_value
 
 
 def joins_processes(argv: list[str]) -> bool:

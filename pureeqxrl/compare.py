@@ -7,13 +7,14 @@ stopped, compare; a sweep's group folder compares as one run of all its configur
 """
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pureeqxrl import runs, stats
-from pureeqxrl.loop import final_return
+from pureeqxrl import files, runs, stats
+from pureeqxrl.loop import final_return, last_evaluated_row
 
 CURVE_REPS = 2_000
 """Bootstrap replicates per row of a curve's band (the final scores use `stats.DEFAULT_REPS`)."""
@@ -37,8 +38,8 @@ def read_run_scores(run_dir: Path, label: str | None = None) -> RunScores:
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {run_dir} has not logged a row yet")
-    metrics = runs.read_metrics_csv(path)
-    row = runs.last_evaluated_row(metrics)
+    metrics = files.read_metrics_csv(path)
+    row = last_evaluated_row(metrics)
     greedy = (
         np.full(metrics["episode_return"].shape[0], np.nan) if row is None else metrics["eval_return"][:, row]
     )
@@ -100,11 +101,34 @@ def overlap_lines(scored: list[RunScores]) -> list[str]:
 
 
 def plot(path: Path, scored: list[RunScores], title: str = "") -> None:
-    fig, ax = runs.curves_figure((7.2, 4.4))
+    fig, ax = files.curves_figure((7.2, 4.4))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for run in scored:
             iqm, low, high = curve_band(run.returns)
             (line,) = ax.plot(run.env_steps, iqm, lw=1.8, label=f"{run.label} ({run.returns.shape[0]} seeds)")
             ax.fill_between(run.env_steps, low, high, alpha=0.2, color=line.get_color())
-    runs.save_curves_figure(fig, ax, path, title, "episode return (IQM over seeds, 95% CI)")
+    files.save_curves_figure(fig, ax, path, title, "episode return (IQM over seeds, 95% CI)")
+
+
+def write_comparison(
+    out: Path, run_dirs: Sequence[Path], scored: list[RunScores], title: str, command: str
+) -> list[str]:
+    """The comparison folder's `compare.png`, `compare.md` (the command, the table and, for two
+    runs, whether their intervals overlap) and `compare.json`; the table's and verdicts' lines."""
+    table, verdicts = table_lines(scored), overlap_lines(scored)
+    plot(out / "compare.png", scored, title)
+    header = [f"# {title or 'comparison'}", "", f"`{command}`", ""]
+    files.atomic_write_text(out / "compare.md", "\n".join([*header, *table, "", *verdicts]) + "\n")
+    entries = [
+        {
+            "run_dir": str(run_dir),
+            "label": run.label,
+            "seeds": int(run.returns.shape[0]),
+            "final_return": run.final_return,
+            "final_eval_return": run.final_eval_return,
+        }
+        for run_dir, run in zip(run_dirs, scored, strict=True)
+    ]
+    files.atomic_write_text(out / "compare.json", files.strict_json(entries))
+    return [*table, *verdicts]

@@ -32,12 +32,12 @@ import numpy as np
 import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from pureeqxrl import parallel
+from pureeqxrl import loop
 from pureeqxrl.config import ConfigChecks, TrainConfig, check_replay
 from pureeqxrl.envs import Step, VecEnv, episode_stats, make_env
 from pureeqxrl.evaluate import training_evaluator
 from pureeqxrl.heads import epsilon_greedy, q_policy
-from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, train_from_steps
+from pureeqxrl.loop import Learner, LogCallback, TrainResult, counter_field, environment_field
 from pureeqxrl.nets import MLP, Functional
 from pureeqxrl.replay import ReplayBuffer, Transition, ready_to_learn, stored_after
 
@@ -180,7 +180,7 @@ def _crossed(timesteps: Int[Array, ""], step: int, interval: int) -> Bool[Array,
 
 
 def num_gradient_steps(config: DQNConfig) -> int:
-    """How many gradient steps a run takes: the updates at which `make_update_steps`'s `update`
+    """How many gradient steps a run takes: the updates at which the `update`
     learns (enough transitions stored, past `learning_starts`, a `training_interval` crossed)."""
     timesteps = np.arange(1, config.num_updates + 1) * config.num_envs  # after each update
     learns = ready_to_learn(stored_after(timesteps, config), timesteps, config) & _crossed(
@@ -197,9 +197,9 @@ class DQNState(eqx.Module):
     target_params: Any
     opt_state: Any
     buffer: ReplayBuffer
-    env_state: Any
-    obs: Array
-    timesteps: Int[Array, ""]
+    env_state: Any = environment_field()
+    obs: Array = environment_field()
+    timesteps: Int[Array, ""] = counter_field()
     key: PRNGKeyArray
 
 
@@ -218,17 +218,15 @@ def make_train(
 
     `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
     """
-    steps = make_update_steps(config, network_fn)
-    return train_from_steps(steps, config.num_updates, config.log_interval, on_log, config.eval_every)
+    return loop.make_train(make_learner(config, network_fn), config, on_log)
 
 
-def make_update_steps(
+def make_learner(
     config: DQNConfig, network_fn: Callable[[DQNConfig, VecEnv], Functional] | None = None
-) -> UpdateSteps:
-    """Validate `config` and build the pieces of one update (`pureeqxrl.loop.UpdateSteps`):
-    `collect(state) -> (state, step, epsilon)` takes one epsilon-greedy step in every environment
-    and stores it; `learn(state, key) -> (state, loss, q_value)` is one gradient step on a sampled
-    batch; `update` does both (learning only when it is time) and updates the target network."""
+) -> Learner:
+    """Validate `config` and build its `pureeqxrl.loop.Learner`: `init(key)`, and `update(state)`,
+    which takes one epsilon-greedy step in every environment, stores it, takes a gradient step on a
+    sampled batch when it is time, and updates the target network when it is time."""
     config.validate()
     env = make_env(config.env, config.num_envs, config.max_episode_steps)
     if not env.discrete:  # a Q-value per action needs a finite set of actions
@@ -242,8 +240,7 @@ def make_update_steps(
         optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optimizer)
 
     def learn(state: DQNState, key: PRNGKeyArray) -> tuple[DQNState, Array, Array]:
-        # data parallel: each device takes its share of the batch, and the gradients are summed
-        batch = parallel.split_batch(state.buffer.sample(key, config.batch_size))
+        batch = state.buffer.sample(key, config.batch_size)
         (loss, q_value), grads = jax.value_and_grad(q_loss, argnums=1, has_aux=True)(
             network.apply, state.params, state.target_params, batch, config
         )
@@ -273,10 +270,6 @@ def make_update_steps(
             key=key,
         )
         return state, step, epsilon
-
-    def collect(state: DQNState) -> tuple[DQNState, Step, Array]:
-        key, act_key, step_key, _ = jax.random.split(state.key, 4)  # as `update` splits it
-        return step_environments(state, key, act_key, step_key)
 
     def update(state: DQNState) -> tuple[DQNState, dict]:
         key, act_key, step_key, learn_key = jax.random.split(state.key, 4)
@@ -331,11 +324,7 @@ def make_update_steps(
 
     # EVALUATION: the greedy policy on fresh episodes (`config.eval_interval`)
     evaluate = training_evaluator(config, network, policy, stochastic=False)
-    shared = lambda state: (state.timesteps, state.buffer.position, state.buffer.size)  # noqa: E731
-    environments = lambda state: (state.env_state, state.obs)  # noqa: E731
-    return UpdateSteps(
-        network, init, collect, learn, update, evaluate, shared, environments, num_envs=config.num_envs
-    )
+    return Learner(init, update, evaluate)
 
 
 # USING A TRAINED AGENT

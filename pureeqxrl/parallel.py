@@ -30,7 +30,10 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-SEEDS, ENVS = "seeds", "envs"
+from pureeqxrl.minibatch import ENVS
+
+SEEDS = "seeds"
+"""The mesh axis over which a batch of runs (seeds, a sweep's configurations) is split."""
 
 
 # SEVERAL PROCESSES
@@ -273,21 +276,6 @@ def sharded(train: Callable, layout: Layout) -> Callable:
 # SHARDINGS OF A TRAINING STATE (leading axis: the runs)
 
 
-def environment_leaves(environments: Any, num_envs: int) -> list[Any]:
-    """The leaves of `environments` (what an algorithm's `UpdateSteps.environments` selects) that
-    have a leading axis of `num_envs` environments: the ones split over the `envs` axis."""
-    return [leaf for leaf in jax.tree.leaves(environments) if getattr(leaf, "shape", ())[:1] == (num_envs,)]
-
-
-def run_specs(state: Any, environments: Callable[[Any], Any] | None, num_envs: int) -> Any:
-    """A `PartitionSpec` per leaf of one run's state (no runs axis): `P(ENVS)` for the leaves
-    `environment_leaves` finds, `P()` (whole on every device of the run's group) for the rest."""
-    chosen = set()
-    if environments is not None:
-        chosen = {id(leaf) for leaf in environment_leaves(environments(state), num_envs)}
-    return jax.tree.map(lambda leaf: PartitionSpec(ENVS) if id(leaf) in chosen else PartitionSpec(), state)
-
-
 def batched_shardings(mesh: Mesh, specs: Any) -> Any:
     """The `NamedSharding`s of a batch of runs whose per-run specs are `specs`: the runs axis in
     front, over `SEEDS`."""
@@ -295,41 +283,6 @@ def batched_shardings(mesh: Mesh, specs: Any) -> Any:
         lambda spec: NamedSharding(mesh, PartitionSpec(SEEDS, *spec)),
         specs,
         is_leaf=lambda x: isinstance(x, PartitionSpec),
-    )
-
-
-def _envs_devices() -> int:
-    """Devices of the `envs` axis of the mesh being traced under (1 outside one)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or ENVS not in mesh.axis_names:
-        return 1
-    return mesh.shape[ENVS]
-
-
-def hold_environments(state: Any, environments: Callable[[Any], Any] | None, num_envs: int) -> Any:
-    """One run's state with its environments (`environment_leaves`) held split over the `envs`
-    devices of the mesh being traced under (the state itself outside one), so that each device
-    keeps stepping its own environments from update to update. Other leaves are left to the
-    partitioner (the runs themselves are split by `over_runs`)."""
-    if _envs_devices() == 1 or environments is None:
-        return state
-    specs = run_specs(state, environments, num_envs)  # P(ENVS) for them; P(), left alone, for the rest
-    return jax.tree.map(
-        lambda x, spec: jax.lax.with_sharding_constraint(x, spec) if spec else x, state, specs
-    )
-
-
-def split_batch(tree: Any, axis: int = 0) -> Any:
-    """A batch split along `axis` over the `envs` devices of the mesh being traced under (the batch
-    itself outside one). Where an algorithm calls it on a minibatch, each device computes the loss
-    and gradient of its share and the partitioner sums them, instead of every device computing all
-    of it; the result is the same up to the order of the sum."""
-    devices = _envs_devices()
-    if devices == 1:
-        return tree
-    spec = PartitionSpec(*([None] * axis), ENVS)
-    return jax.tree.map(
-        lambda x: jax.lax.with_sharding_constraint(x, spec) if x.shape[axis] % devices == 0 else x, tree
     )
 
 

@@ -38,11 +38,12 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from pureeqxrl import parallel
+from pureeqxrl import loop
 from pureeqxrl.envs import Step, VecEnv, run_rollout
 from pureeqxrl.evaluate import training_evaluator
 from pureeqxrl.heads import actor_critic, mode, sample
-from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, shuffled_epochs, train_from_steps
+from pureeqxrl.loop import Learner, LogCallback, TrainResult, environment_field
+from pureeqxrl.minibatch import shuffled_epochs
 from pureeqxrl.nets import Functional
 from pureeqxrl.normalize import Normalize, RunningStats
 from pureeqxrl.policy_gradient import (
@@ -57,7 +58,7 @@ from pureeqxrl.policy_gradient import (
     update_stats,
 )
 
-__all__ = ["PPOConfig", "PPOContinuousConfig", "make_train", "make_update_steps", "policy", "rollout_values"]
+__all__ = ["PPOConfig", "PPOContinuousConfig", "make_learner", "make_train", "policy", "rollout_values"]
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,8 @@ class PPOContinuousConfig(PPOConfig):
 class PPOState(eqx.Module):
     params: Any
     opt_state: Any
-    env_state: Any
-    obs: Array
+    env_state: Any = environment_field()
+    obs: Array = environment_field()
     key: PRNGKeyArray
 
 
@@ -109,17 +110,15 @@ def make_train(
     `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
     If observations are normalised, `train(key).obs_stats` holds the statistics to act with.
     """
-    steps = make_update_steps(config, network_fn)
-    return train_from_steps(steps, config.num_updates, config.log_interval, on_log, config.eval_every)
+    return loop.make_train(make_learner(config, network_fn), config, on_log)
 
 
-def make_update_steps(
+def make_learner(
     config: PPOConfig,
     network_fn: Callable[[PPOConfig, VecEnv | Normalize], Functional] | None = None,
-) -> UpdateSteps:
-    """Validate `config` and build the pieces of one update (`pureeqxrl.loop.UpdateSteps`):
-    `collect(state) -> (state, rollout, episodes)` steps every environment `num_steps` times;
-    `learn(state, rollout) -> (state, loss, info)` computes the rollout's values and advantages
+) -> Learner:
+    """Validate `config` and build its `pureeqxrl.loop.Learner`: `init(key)`, and `update(state)`,
+    which steps every environment `num_steps` times, computes the rollout's values and advantages
     and runs `update_epochs` epochs of `num_minibatches` gradient steps."""
     config.validate()
     env = make_environment(config)
@@ -137,7 +136,6 @@ def make_update_steps(
 
     def gradient_step(params_and_opt, minibatch: Batch):
         params, opt_state = params_and_opt
-        minibatch = parallel.split_batch(minibatch)  # data parallel: each device's share, gradients summed
         (loss, info), grads = jax.value_and_grad(ppo_loss, argnums=1, has_aux=True)(
             network.apply, params, minibatch, config
         )
@@ -192,10 +190,7 @@ def make_update_steps(
 
     # EVALUATION: the greedy and the sampled policy on fresh episodes (`config.eval_interval`)
     evaluate = training_evaluator(config, network, policy, stochastic=True)
-    environments = lambda state: (state.env_state, state.obs)  # noqa: E731
-    return UpdateSteps(
-        network, init, collect, learn, update, evaluate, environments=environments, num_envs=config.num_envs
-    )
+    return Learner(init, update, evaluate)
 
 
 def rollout_values(

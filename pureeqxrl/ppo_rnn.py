@@ -36,12 +36,13 @@ import optax
 from distreqx.distributions import AbstractDistribution, Categorical
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from pureeqxrl import parallel
+from pureeqxrl import loop
 from pureeqxrl.config import ConfigChecks
 from pureeqxrl.envs import Step, VecEnv, run_rollout
 from pureeqxrl.evaluate import RecurrentPolicy, training_evaluator
 from pureeqxrl.heads import mode, sample
-from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, epoch_orders, train_from_steps
+from pureeqxrl.loop import Learner, LogCallback, TrainResult, environment_field
+from pureeqxrl.minibatch import epoch_orders, split_batch
 from pureeqxrl.nets import ACTIVATIONS, MLP, NetworkKey, ParamKeys, orthogonal
 from pureeqxrl.normalize import Normalize, RunningStats
 from pureeqxrl.policy_gradient import (
@@ -265,10 +266,10 @@ def sequence_loss(
 class RecurrentPPOState(eqx.Module):
     params: Any
     opt_state: Any
-    env_state: Any
-    obs: Array
-    reset: Bool[Array, " num_envs"]
-    hidden: Array
+    env_state: Any = environment_field()
+    obs: Array = environment_field()
+    reset: Bool[Array, " num_envs"] = environment_field()
+    hidden: Array = environment_field()
     key: PRNGKeyArray
 
 
@@ -287,18 +288,16 @@ def make_train(
 
     `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
     """
-    steps = make_update_steps(config, network_fn)
-    return train_from_steps(steps, config.num_updates, config.log_interval, on_log, config.eval_every)
+    return loop.make_train(make_learner(config, network_fn), config, on_log)
 
 
-def make_update_steps(
+def make_learner(
     config: PPORNNConfig,
     network_fn: Callable[[PPORNNConfig, VecEnv | Normalize], RecurrentFunctional] | None = None,
-) -> UpdateSteps:
-    """Validate `config` and build the pieces of one update (`pureeqxrl.loop.UpdateSteps`):
-    `collect(state) -> (state, (initial_hidden, rollout), episodes)` steps every environment
-    `num_steps` times from the hidden state it returns; `learn(state, (initial_hidden, rollout))
-    -> (state, loss, info)` computes advantages and runs the epochs over whole sequences."""
+) -> Learner:
+    """Validate `config` and build its `pureeqxrl.loop.Learner`: `init(key)`, and `update(state)`,
+    which steps every environment `num_steps` times from the hidden state it had, computes
+    advantages and runs the epochs over whole sequences."""
     config.validate()
     env = make_environment(config)
     if not env.discrete:  # whatever the network library: the heads are categorical
@@ -324,9 +323,9 @@ def make_update_steps(
         params, opt_state = params_and_opt
         # data parallel: each device's share of the sequences (axis 1 of the steps), gradients summed
         minibatch = SequenceBatch(
-            hidden=parallel.split_batch(minibatch.hidden),
-            reset=parallel.split_batch(minibatch.reset, axis=1),
-            steps=parallel.split_batch(minibatch.steps, axis=1),
+            hidden=split_batch(minibatch.hidden),
+            reset=split_batch(minibatch.reset, axis=1),
+            steps=split_batch(minibatch.steps, axis=1),
         )
         (total, info), grads = jax.value_and_grad(sequence_loss, argnums=1, has_aux=True)(
             network, params, minibatch, config
@@ -409,10 +408,7 @@ def make_update_steps(
 
     # EVALUATION: the greedy and the sampled policy on fresh episodes (`config.eval_interval`)
     evaluate = training_evaluator(config, network, policy, stochastic=True)
-    environments = lambda state: (state.env_state, state.obs, state.reset, state.hidden)  # noqa: E731
-    return UpdateSteps(
-        network, init, collect, learn, update, evaluate, environments=environments, num_envs=num_envs
-    )
+    return Learner(init, update, evaluate)
 
 
 # USING A TRAINED AGENT

@@ -7,7 +7,7 @@ epochs of minibatch regression onto them follow, as in PPO. LayerNorm in the Q-n
 bootstrapped targets stable without a target network.
 
 Read top to bottom: the config (purejaxql's CartPole defaults), the Q-network, the Q(lambda)
-returns, then `make_update_steps`, whose update collects `num_steps` steps in `num_envs`
+returns, then `make_learner`, whose update collects `num_steps` steps in `num_envs`
 environments, computes the returns, and runs `update_epochs` epochs of `num_minibatches` gradient
 steps.
 
@@ -29,15 +29,16 @@ import numpy as np
 import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from pureeqxrl import parallel
+from pureeqxrl import loop
 from pureeqxrl.config import ConfigChecks, RolloutConfig
 from pureeqxrl.envs import Step, VecEnv, make_env, run_rollout
 from pureeqxrl.evaluate import training_evaluator
 from pureeqxrl.heads import epsilon_greedy, q_policy
-from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, shuffled_epochs, train_from_steps
+from pureeqxrl.loop import Learner, LogCallback, TrainResult, counter_field, environment_field
+from pureeqxrl.minibatch import shuffled_epochs
 from pureeqxrl.nets import CNNTorso, Dense, Functional, NetworkKey, ParamKeys
 
-__all__ = ["PQNConfig", "make_train", "make_update_steps", "policy", "q_lambda_returns"]
+__all__ = ["PQNConfig", "make_learner", "make_train", "policy", "q_lambda_returns"]
 
 
 @dataclass(frozen=True)
@@ -217,9 +218,9 @@ def q_lambda_returns(
 class PQNState(eqx.Module):
     params: Any
     opt_state: Any
-    env_state: Any
-    obs: Array
-    updates: Int[Array, ""]
+    env_state: Any = environment_field()
+    obs: Array = environment_field()
+    updates: Int[Array, ""] = counter_field()
     key: PRNGKeyArray
 
 
@@ -251,17 +252,15 @@ def make_train(
     called with each metrics row (see `pureeqxrl.loop.scan_logged`).
     `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
     """
-    steps = make_update_steps(config, network_fn)
-    return train_from_steps(steps, config.num_updates, config.log_interval, on_log, config.eval_every)
+    return loop.make_train(make_learner(config, network_fn), config, on_log)
 
 
-def make_update_steps(
+def make_learner(
     config: PQNConfig, network_fn: Callable[[PQNConfig, VecEnv], Functional] | None = None
-) -> UpdateSteps:
-    """Validate `config` and build the pieces of one update (`pureeqxrl.loop.UpdateSteps`):
-    `collect(state) -> (state, rollout, episodes)` steps every environment `num_steps` times with
-    epsilon-greedy actions; `learn(state, rollout) -> (state, loss, q_value)` computes the Q(lambda)
-    returns and runs `update_epochs` epochs of `num_minibatches` gradient steps."""
+) -> Learner:
+    """Validate `config` and build its `pureeqxrl.loop.Learner`: `init(key)`, and `update(state)`,
+    which steps every environment `num_steps` times with epsilon-greedy actions, computes the
+    Q(lambda) returns and runs `update_epochs` epochs of `num_minibatches` gradient steps."""
     config.validate()
     env = make_env(config.env, config.num_envs, config.max_episode_steps)
     if not env.discrete:
@@ -305,7 +304,6 @@ def make_update_steps(
 
     def gradient_step(params_and_opt, minibatch: Batch):
         params, opt_state = params_and_opt
-        minibatch = parallel.split_batch(minibatch)  # data parallel: each device's share, gradients summed
         (loss, q_value), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, minibatch)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), (loss, q_value)
@@ -364,11 +362,7 @@ def make_update_steps(
 
     # EVALUATION: the greedy policy on fresh episodes (`config.eval_interval`)
     evaluate = training_evaluator(config, network, policy, stochastic=False)
-    shared = lambda state: (state.updates,)  # noqa: E731
-    environments = lambda state: (state.env_state, state.obs)  # noqa: E731
-    return UpdateSteps(
-        network, init, collect, learn, update, evaluate, shared, environments, num_envs=config.num_envs
-    )
+    return Learner(init, update, evaluate)
 
 
 # USING A TRAINED AGENT

@@ -14,9 +14,9 @@ class Algorithm:
 
     config_cls: type
     make_train: Callable[..., Callable]
-    make_update_steps: Callable[..., Any]
-    """`(config, network_fn) -> pureeqxrl.loop.UpdateSteps`: the pieces `make_train` scans, which
-    the CLI runs in chunks (`pureeqxrl.loop.make_chunk_runner`)."""
+    make_learner: Callable[..., Any]
+    """`(config, network_fn) -> pureeqxrl.loop.Learner`: what `make_train` scans, and what the
+    engine runs in chunks, sweeps and lays out on devices (`pureeqxrl.training`)."""
     network_fn: Callable[[Any, Any], Any]
     linen_network_fn: Callable[[], Callable[[Any, Any], Any]]
     """Imported lazily: flax is only needed for Linen runs."""
@@ -25,10 +25,6 @@ class Algorithm:
     `pureeqxrl.evaluate.RecurrentPolicy`): the evaluation policy."""
     stochastic: bool = True
     """Whether `policy(..., greedy=False)` samples a stochastic policy (not for DQN)."""
-    threefry_without_loops: bool = True
-    """Whether the `pureeqxrl` command compiles JAX's threefry without loops on a CPU for it
-    (`pureeqxrl.cpu.unroll_threefry`). Not for SAC: its 1-seed run (1e4 steps) trained 1.17x and
-    compiled 1.15x slower so (`benchmarks/results/versions_command_sac_cpu_threefry.md`)."""
 
     def network(self, linen: bool) -> Callable[[Any, Any], Any]:
         """The network builder of the Equinox version, or of the Linen control version."""
@@ -66,7 +62,7 @@ ALGORITHMS: dict[str, Algorithm] = {
     "dqn": Algorithm(
         config_cls=dqn.DQNConfig,
         make_train=dqn.make_train,
-        make_update_steps=dqn.make_update_steps,
+        make_learner=dqn.make_learner,
         network_fn=dqn.equinox_q_function,
         linen_network_fn=_linen_dqn,
         policy=dqn.policy,
@@ -76,7 +72,7 @@ ALGORITHMS: dict[str, Algorithm] = {
     "pqn": Algorithm(
         config_cls=pqn.PQNConfig,
         make_train=pqn.make_train,
-        make_update_steps=pqn.make_update_steps,
+        make_learner=pqn.make_learner,
         network_fn=pqn.equinox_q_network,
         linen_network_fn=_no_linen("pqn"),
         policy=pqn.policy,
@@ -86,11 +82,10 @@ ALGORITHMS: dict[str, Algorithm] = {
     "sac": Algorithm(
         config_cls=sac.SACConfig,
         make_train=sac.make_train,
-        make_update_steps=sac.make_update_steps,
+        make_learner=sac.make_learner,
         network_fn=sac.equinox_agent,
         linen_network_fn=_no_linen("sac"),
         policy=sac.policy,
-        threefry_without_loops=False,
     ),
     # Both PPO entries pick the actor-critic from the environment's action space; they differ in
     # their config's defaults (PureJaxRL's discrete CartPole vs continuous-control settings).
@@ -98,7 +93,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         name: Algorithm(
             config_cls=config_cls,
             make_train=ppo.make_train,
-            make_update_steps=ppo.make_update_steps,
+            make_learner=ppo.make_learner,
             network_fn=heads.actor_critic,
             linen_network_fn=_linen_ppo,
             policy=ppo.policy,
@@ -110,7 +105,7 @@ ALGORITHMS: dict[str, Algorithm] = {
         name: Algorithm(
             config_cls=config_cls,
             make_train=ppo_rnn.make_train,
-            make_update_steps=ppo_rnn.make_update_steps,
+            make_learner=ppo_rnn.make_learner,
             network_fn=ppo_rnn.equinox_recurrent_actor_critic,
             linen_network_fn=_linen_ppo_rnn,
             policy=ppo_rnn.policy,

@@ -15,6 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
+from pureeqxrl.loop import counter_field
+from pureeqxrl.minibatch import split_batch
+
 
 class Transition(eqx.Module):
     obs: Float[Array, "..."]
@@ -34,8 +37,8 @@ class ReplayBuffer(eqx.Module):
     """
 
     data: Transition
-    position: Int[Array, ""]
-    size: Int[Array, ""]
+    position: Int[Array, ""] = counter_field()
+    size: Int[Array, ""] = counter_field()
 
     @staticmethod
     def empty(example: Transition, capacity: int) -> "ReplayBuffer":
@@ -63,8 +66,10 @@ class ReplayBuffer(eqx.Module):
         )
 
     def sample(self, key: PRNGKeyArray, batch_size: int) -> Transition:
+        """`batch_size` transitions drawn uniformly among those stored, split over the `envs`
+        devices of a data-parallel run (`pureeqxrl.minibatch.split_batch`)."""
         index = jax.random.randint(key, (batch_size,), 0, self.size)
-        return jax.tree.map(lambda stored: stored[index], self.data)
+        return split_batch(jax.tree.map(lambda stored: stored[index], self.data))
 
 
 def ready_to_learn(stored: Any, timesteps: Any, config: Any) -> Any:

@@ -6,13 +6,10 @@ and renamed into place, so an interrupted run never leaves a half-written file, 
 non-empty folder is never written into.
 """
 
-import csv
 import dataclasses
 import io
 import json
-import os
 import pickle
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -30,7 +27,16 @@ from pureeqxrl.config import typed_values
 from pureeqxrl.cpu import usable_cores
 from pureeqxrl.envs import make_env
 from pureeqxrl.evaluate import evaluate
-from pureeqxrl.loop import TrainResult, final_return, rows_update_counts
+from pureeqxrl.files import (
+    atomic_write_bytes,
+    atomic_write_text,
+    curves_figure,
+    metrics_table,
+    save_curves_figure,
+    strict_json,
+    write_metrics_csv,
+)
+from pureeqxrl.loop import EVAL_COLUMNS, TrainResult, final_return, last_evaluated_row, rows_update_counts
 from pureeqxrl.normalize import RunningStats
 
 # Config fields renamed since runs were first written: old name -> new name.
@@ -38,26 +44,6 @@ RENAMED_FIELDS = {"lr_linear_decay": "anneal_lr"}
 
 
 # FILES
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide results from other users
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def prepare_run_dir(run_dir: Path | None, algorithm: str, env: str, parent: str = "runs") -> Path:
@@ -202,10 +188,6 @@ def write_results(
     return summary
 
 
-EVAL_COLUMNS = {"eval_return": "greedy", "eval_return_sampled": "sampled"}
-"""The evaluation columns of the metrics (`pureeqxrl.evaluate.make_evaluator`), and their policies."""
-
-
 def last_evaluation(metrics: dict[str, np.ndarray], env_steps: np.ndarray, episodes: int) -> dict[str, Any]:
     """The summary's part on the run's last evaluation during training (the last row with one):
     `final_eval_return_per_seed` (greedy), `final_eval_sampled_return_per_seed` (stochastic
@@ -222,15 +204,6 @@ def last_evaluation(metrics: dict[str, np.ndarray], env_steps: np.ndarray, episo
             summary[f"{key}_mean"] = float(np.nanmean(per_seed)) if np.isfinite(per_seed).any() else None
             summary |= interval_estimates(key, per_seed)
     return summary
-
-
-def last_evaluated_row(metrics: dict[str, np.ndarray]) -> int | None:
-    """The last metrics row with an evaluation during training (`eval_return` not NaN for some
-    seed), or None if the run made none."""
-    if "eval_return" not in metrics:
-        return None
-    evaluated = np.flatnonzero(~np.isnan(metrics["eval_return"]).all(axis=0))
-    return int(evaluated[-1]) if evaluated.size else None
 
 
 def interval_estimates(key: str, per_seed: np.ndarray) -> dict[str, Any]:
@@ -259,73 +232,9 @@ def write_evaluation(run_dir: Path, kind: str, episodes: int, seed: int, per_see
     return path
 
 
-def strict_json(value: Any) -> str:
-    """JSON that every parser reads: NaN and infinities (a seed that finished no episode) as null."""
-
-    def clean(item):
-        if isinstance(item, float) and not np.isfinite(item):
-            return None
-        if isinstance(item, dict):
-            return {key: clean(v) for key, v in item.items()}
-        if isinstance(item, list | tuple):
-            return [clean(v) for v in item]
-        return item
-
-    return json.dumps(clean(value), indent=2, allow_nan=False)
-
-
 def seed_slice(tree: Any, seed: int) -> Any:
     """One seed's part of a pytree whose leaves have a leading seed axis (a `vmap` output)."""
     return jax.tree.map(lambda x: x[seed], tree)
-
-
-def metrics_table(
-    metrics: dict[str, np.ndarray], updates: np.ndarray, steps_per_update: int, first_row: int = 0
-) -> tuple[list[str], list[list]]:
-    """Long-format rows (seed, row, update, env_steps, metric...) from `(num_seeds, num_rows)` arrays
-    of the run's rows from `first_row` on.
-
-    `updates[row]` is the number of updates done at the end of each row (`rows_update_counts`).
-    """
-    names = sorted(metrics)
-    header = ["seed", "row", "update", "env_steps", *names]
-    num_seeds = next(iter(metrics.values())).shape[0]
-    rows = [
-        [
-            seed,
-            first_row + row,
-            int(updates[row]),
-            int(updates[row]) * steps_per_update,
-            *(float(metrics[name][seed, row]) for name in names),
-        ]
-        for seed in range(num_seeds)
-        for row in range(len(updates))
-    ]
-    return header, rows
-
-
-def write_metrics_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(header)
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
-
-
-def read_metrics_csv(path: Path) -> dict[str, np.ndarray]:
-    """`metrics.csv` back as `name -> (num_seeds, num_rows)` arrays (plus `env_steps`), whatever
-    the order of its lines (seed by seed when a run ends, chunk by chunk while it trains)."""
-    with open(path) as f:
-        records = list(csv.DictReader(f))
-    seeds = np.array([int(r["seed"]) for r in records])
-    rows = np.array([int(r["row"]) for r in records])
-    columns = {}
-    for name in records[0]:
-        if name in ("seed", "row"):
-            continue
-        columns[name] = np.full((seeds.max() + 1, rows.max() + 1), np.nan)
-        columns[name][seeds, rows] = [float(r[name]) for r in records]
-    return columns
 
 
 def plot_learning_curve(
@@ -356,36 +265,6 @@ def plot_learning_curve(
             color = "tab:orange" if column == "eval_return" else "tab:green"
             ax.plot(env_steps[evaluated], eval_mean, "o-", ms=3, lw=1.5, color=color, label=label)
     save_curves_figure(fig, ax, path, title, "episode return")
-
-
-def curves_figure(size: tuple[float, float]):
-    """A new matplotlib figure and axes (the Agg backend: no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=size, dpi=120)
-
-
-def save_curves_figure(fig, ax, path: Path, title: str, ylabel: str, best_last: bool = False) -> None:
-    """Label a figure of curves over environment steps, and write it as a PNG atomically.
-    `best_last`: the legend lists the lines in the reverse of their drawing order."""
-    import matplotlib.pyplot as plt
-
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    handles, labels = ax.get_legend_handles_labels()
-    if best_last:
-        handles, labels = handles[::-1], labels[::-1]
-    ax.legend(handles, labels, loc="best", fontsize="small" if len(labels) < 5 else "x-small")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 # CHECKPOINTS: the whole training state of every seed (networks, optimizer states, environment
@@ -515,10 +394,10 @@ def load_agent_and_obs_stats(run_dir: Path | str, seed: int = 0) -> tuple[Any, R
         raise ValueError(f"{path} is damaged or not a pureeqxrl agent file ({error})") from error
     except RuntimeError as error:  # equinox: a saved leaf's shape or dtype differs from the network's
         raise ValueError(
-            f"{path} does not hold this network's parameters ({error}). This version stores every "
-            "Dense layer as (bias, kernel), Linen's order (pureeqxrl.nets.Dense); agents saved by "
-            "pureeqxrl 0.1.0 before commit ad4e144 (and its S5 agents' gate layers) store (kernel, "
-            "bias): load those with the pureeqxrl 0.1.0 code they were saved by."
+            f"{path} does not hold this network's parameters ({error}): it was written by another "
+            f"network or another pureeqxrl version (this is {pureeqxrl.__version__}; agents of early "
+            "0.1.0 releases store each Dense layer as (kernel, bias)); load it with the version that "
+            "wrote it."
         ) from error
 
 

@@ -8,7 +8,7 @@ replay buffer DQN uses (`pureeqxrl.replay`); the first `learning_starts` steps a
 random.
 
 Read top to bottom: the config (the usual defaults of rejax, sbx, CleanRL and SB3), the actor and
-the critics, the losses, then `make_update_steps`, whose update steps every environment once,
+the critics, the losses, then `make_learner`, whose update steps every environment once,
 stores the transitions, and takes `gradient_steps` gradient steps (critics, then actor, then
 temperature, then the target critics).
 
@@ -38,17 +38,17 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from pureeqxrl import parallel
+from pureeqxrl import loop
 from pureeqxrl.config import ConfigChecks, TrainConfig, check_replay
 from pureeqxrl.envs import VecEnv, episode_stats, make_env
 from pureeqxrl.evaluate import training_evaluator
 from pureeqxrl.heads import tanh_gaussian
-from pureeqxrl.loop import LogCallback, TrainResult, UpdateSteps, train_from_steps
+from pureeqxrl.loop import Learner, LogCallback, TrainResult, counter_field, environment_field
 from pureeqxrl.nets import MLP, Functional, NetworkKey, ParamKeys
 from pureeqxrl.normalize import Normalize, RunningStats
 from pureeqxrl.replay import ReplayBuffer, Transition, ready_to_learn, stored_after
 
-__all__ = ["SACConfig", "make_train", "make_update_steps", "policy"]
+__all__ = ["SACConfig", "make_learner", "make_train", "policy"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class SACConfig(TrainConfig):
 
     @property
     def num_gradient_steps(self) -> int:
-        """Gradient steps of the whole run (`make_update_steps`'s `update` learns once enough
+        """Gradient steps of the whole run (the `update` learns once enough
         transitions are stored and `learning_starts` is past)."""
         timesteps = np.arange(1, self.num_updates + 1) * self.num_envs  # after each update
         learns = ready_to_learn(stored_after(timesteps, self), timesteps, self)
@@ -234,10 +234,10 @@ class SACState(eqx.Module):
     opt_state: tuple[Any, Any, Any]
     """Adam's states of the actor, the critics and the temperature."""
     buffer: ReplayBuffer
-    env_state: Any
-    obs: Array
+    env_state: Any = environment_field()
+    obs: Array = environment_field()
     """Raw observations (not normalised)."""
-    timesteps: Int[Array, ""]
+    timesteps: Int[Array, ""] = counter_field()
     key: PRNGKeyArray
 
 
@@ -252,17 +252,15 @@ def make_train(
     each metrics row (see `pureeqxrl.loop.scan_logged`).
     `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
     """
-    steps = make_update_steps(config, network_fn)
-    return train_from_steps(steps, config.num_updates, config.log_interval, on_log, config.eval_every)
+    return loop.make_train(make_learner(config, network_fn), config, on_log)
 
 
-def make_update_steps(
+def make_learner(
     config: SACConfig, network_fn: Callable[[SACConfig, VecEnv | Normalize], Functional] | None = None
-) -> UpdateSteps:
-    """Validate `config` and build the pieces of one update (`pureeqxrl.loop.UpdateSteps`):
-    `collect(state) -> (state, step)` steps every environment once and stores the transitions;
-    `learn(state) -> (state, info)` takes `gradient_steps` gradient steps on sampled batches;
-    `update` does both, learning once `learning_starts` is past."""
+) -> Learner:
+    """Validate `config` and build its `pureeqxrl.loop.Learner`: `init(key)`, and `update(state)`,
+    which steps every environment once, stores the transitions and, once `learning_starts` is
+    past, takes `gradient_steps` gradient steps on sampled batches."""
     config.validate()
     env: VecEnv | Normalize = make_env(config.env, config.num_envs, config.max_episode_steps)
     if env.discrete:
@@ -290,7 +288,7 @@ def make_update_steps(
 
     def gradient_step(state: SACState, key: PRNGKeyArray) -> tuple[SACState, dict[str, Array]]:
         sample_key, critic_key, actor_key = jax.random.split(key, 3)
-        batch = parallel.split_batch(state.buffer.sample(sample_key, config.batch_size))
+        batch = state.buffer.sample(sample_key, config.batch_size)
         batch = dataclasses.replace(
             batch,
             obs=normalized(state.env_state, batch.obs),
@@ -401,11 +399,7 @@ def make_update_steps(
 
     # EVALUATION: the deterministic (tanh of the mean) and the sampled policy on fresh episodes
     evaluate = training_evaluator(config, network, policy, stochastic=True)
-    shared = lambda state: (state.timesteps, state.buffer.position, state.buffer.size)  # noqa: E731
-    environments = lambda state: (state.env_state, state.obs)  # noqa: E731
-    return UpdateSteps(
-        network, init, collect, learn, update, evaluate, shared, environments, num_envs=config.num_envs
-    )
+    return Learner(init, update, evaluate)
 
 
 def to_bounds(action: Float[Array, "... a"], low: Array, high: Array) -> Float[Array, "... a"]:

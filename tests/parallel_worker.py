@@ -5,6 +5,7 @@ and on sharded layouts from the same keys, and prints what it measured as one JS
 `python tests/parallel_worker.py compare ALGO...` and `python tests/parallel_worker.py resume`.
 """
 
+import dataclasses
 import json
 import sys
 import tempfile
@@ -14,7 +15,8 @@ import jax
 import numpy as np
 
 from pureeqxrl import dqn, parallel, ppo, ppo_rnn, runs
-from pureeqxrl.loop import make_chunk_runner, train_result
+from pureeqxrl.loop import train_result
+from pureeqxrl.training.chunks import make_chunk_runner
 
 TINY = {
     "ppo": ppo.PPOConfig(
@@ -71,8 +73,12 @@ def _same(a, b) -> bool:
     return all(np.array_equal(x, y, equal_nan=True) for x, y in zip(_host(a), _host(b), strict=True))
 
 
-def _train(steps, config, keys, layout):
-    runner = make_chunk_runner(steps, config.num_updates, config.log_interval, layout=layout)
+def _without_evaluation(config):
+    return dataclasses.replace(config, eval_interval=0)
+
+
+def _train(learner, config, keys, layout):
+    runner = make_chunk_runner(learner, _without_evaluation(config), layout=layout)
     start = runner.init(keys)
     state, rows = runner.run(start, config.num_updates, 0)
     return start, state, rows
@@ -81,14 +87,14 @@ def _train(steps, config, keys, layout):
 def compare(algo: str) -> dict:
     """The sharded layouts against one device: initial states, metrics rows, final state."""
     config = TINY[algo]
-    steps = MODULES[algo].make_update_steps(config)
+    learner = MODULES[algo].make_learner(config)
     keys = jax.random.split(jax.random.key(3), NUM_SEEDS)
-    start, state, rows = _train(steps, config, keys, None)
+    start, state, rows = _train(learner, config, keys, None)
     result = train_result(state, rows)
     out = {}
     # The recurrent network's layouts cost the most to compile: the combined one covers both splits.
     for name, layout in LAYOUTS.items() if algo != "ppo_rnn" else [("both", LAYOUTS["both"])]:
-        their_start, their_state, their_rows = _train(steps, config, keys, layout)
+        their_start, their_state, their_rows = _train(learner, config, keys, layout)
         theirs = train_result(their_state, their_rows)
         env_leaf = jax.tree.leaves(their_state.env_state)[0]
         out[name] = {
@@ -131,9 +137,9 @@ def resume() -> dict:
     """A run on the `both` layout cut after its first chunk, checkpointed (gathered to the host,
     written, read back and laid out again), and resumed, against the same run uncut."""
     config = TINY["ppo_continuous"]  # normalisation statistics in the state
-    steps = ppo.make_update_steps(config)
+    learner = ppo.make_learner(config)
     keys = jax.random.split(jax.random.key(5), NUM_SEEDS)
-    runner = make_chunk_runner(steps, config.num_updates, config.log_interval, layout=LAYOUTS["both"])
+    runner = make_chunk_runner(learner, _without_evaluation(config), layout=LAYOUTS["both"])
     half = config.num_updates // 2
     state, first = runner.run(runner.init(keys), half, 0)
     uncut, second = runner.run(state, config.num_updates - half, first["loss"].shape[1])
@@ -144,7 +150,7 @@ def resume() -> dict:
         placed = runner.place(loaded)
     resumed, second_again = runner.run(placed, config.num_updates - half, first["loss"].shape[1])
     # The same checkpoint resumed on another layout: every seed on its own device.
-    other = make_chunk_runner(steps, config.num_updates, config.log_interval, layout=LAYOUTS["seeds"])
+    other = make_chunk_runner(learner, _without_evaluation(config), layout=LAYOUTS["seeds"])
     elsewhere, _ = other.run(other.place(loaded), config.num_updates - half, first["loss"].shape[1])
     return {
         "other_layout_params_max_difference": _difference(elsewhere.params, uncut.params),

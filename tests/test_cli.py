@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pureeqxrl import cli, dqn, heads, runs
+from pureeqxrl import cli, dqn, files, heads, runs
+from pureeqxrl.training.run import RunOptions
 
 TINY = [
     "--total-timesteps",
@@ -70,7 +71,7 @@ def test_train_writes_the_run_folder(run_dir):
     assert evaluated == [600, 1200, 1800, 2400, 3000] and "eval_return_sampled" not in rows[0]
     assert summary["final_eval_env_steps"] == 3000 and summary["final_eval_episodes"] == 16
     assert summary["final_eval_return_per_seed"] == [float(r["eval_return"]) for r in rows[4::5]]
-    metrics = runs.read_metrics_csv(run_dir / "metrics.csv")
+    metrics = files.read_metrics_csv(run_dir / "metrics.csv")
     np.testing.assert_allclose(
         np.mean(summary["final_return_per_seed"]), np.nanmean(metrics["episode_return"][:, -1]), rtol=1e-5
     )
@@ -154,7 +155,7 @@ def test_the_purejaxrl_preset_is_the_reference_dqn_and_flags_go_on_top():
     options, config = cli.parse_train_flags(
         ["--preset", "purejaxrl", "--tau", "0.5"],
         "dqn",
-        (cli.RunOptions(), cli.base_config(dqn.DQNConfig, ["--preset", "purejaxrl"])),
+        (RunOptions(), cli.base_config(dqn.DQNConfig, ["--preset", "purejaxrl"])),
     )
     assert options.preset == "purejaxrl"
     assert config == dqn.DQNConfig(learning_rate=2.5e-4, double_dqn=False, tau=0.5)
@@ -449,7 +450,7 @@ def test_a_signal_keeps_the_work_and_the_run_resumes_to_the_end(sig, code, tmp_p
     assert f"from update {stopped_at}" in capsys.readouterr().out
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["updates_done"] == 30_000
-    assert len(runs.read_metrics_csv(run_dir / "metrics.csv")["episode_return"][0]) == 300
+    assert len(files.read_metrics_csv(run_dir / "metrics.csv")["episode_return"][0]) == 300
 
 
 @pytest.mark.slow
@@ -465,7 +466,7 @@ def test_kill_9_loses_only_the_updates_since_the_last_checkpoint(tmp_path, capsy
     saved = runs.read_checkpoint_header(runs.latest_checkpoint(run_dir))["updates_done"]
     assert saved >= 400 and saved % 200 == 0
     # metrics.csv, written chunk by chunk, holds at least the checkpointed rows and reads back.
-    assert runs.read_metrics_csv(run_dir / "metrics.csv")["episode_return"].shape[1] >= saved // 100
+    assert files.read_metrics_csv(run_dir / "metrics.csv")["episode_return"].shape[1] >= saved // 100
     # As if saved by a process with other cores: the resume says it goes on to float rounding.
     config = json.loads((run_dir / "config.json").read_text())
     assert config["versions"] == runs.compiled_for() | {"pureeqxrl": config["versions"]["pureeqxrl"]}
@@ -478,7 +479,7 @@ def test_kill_9_loses_only_the_updates_since_the_last_checkpoint(tmp_path, capsy
         f"(it ran with 64 CPU cores, this process has {runs.compiled_for()['cpu_cores']}: the continuation"
         in out
     )
-    assert runs.read_metrics_csv(run_dir / "metrics.csv")["episode_return"].shape == (1, 200)
+    assert files.read_metrics_csv(run_dir / "metrics.csv")["episode_return"].shape == (1, 200)
 
 
 @pytest.mark.slow

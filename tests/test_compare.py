@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from pureeqxrl import cli, compare, dqn, runs
+from pureeqxrl import cli, compare, dqn, files, runs
 
 
 def _fake_run(run_dir, final_returns, greedy, rows=20):
@@ -17,8 +17,8 @@ def _fake_run(run_dir, final_returns, greedy, rows=20):
     eval_return = np.full_like(returns, np.nan)
     eval_return[:, -1] = greedy
     updates = np.arange(1, rows + 1) * 500
-    header, table = runs.metrics_table({"episode_return": returns, "eval_return": eval_return}, updates, 10)
-    runs.write_metrics_csv(run_dir / "metrics.csv", header, table)
+    header, table = files.metrics_table({"episode_return": returns, "eval_return": eval_return}, updates, 10)
+    files.write_metrics_csv(run_dir / "metrics.csv", header, table)
     return run_dir
 
 

@@ -10,7 +10,8 @@ import sys
 import jax
 import pytest
 
-from pureeqxrl import cli, cpu
+from pureeqxrl import cpu
+from pureeqxrl.training import run
 
 
 def _python(code: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -62,13 +63,13 @@ def test_the_command_trains_seeds_on_a_cpu_device_per_core(tmp_path):
 
 
 def test_a_resumed_run_keeps_the_devices_it_ran_on_unless_told_otherwise():
-    options = cli.RunOptions(num_seeds=4)
-    kept = cli.keep_saved_layout(options, [1, 1], [])
+    options = run.RunOptions(num_seeds=4)
+    kept = run.keep_saved_layout(options, [1, 1], devices_given=False)
     assert (kept.devices, kept.env_devices) == (1, 1)
-    assert cli.keep_saved_layout(options, [1, 1], ["--devices", "0"]) is options
-    assert cli.keep_saved_layout(options, None, []) is options  # saved before layouts were recorded
+    assert run.keep_saved_layout(options, [1, 1], devices_given=True) is options
+    assert run.keep_saved_layout(options, None, False) is options  # saved before layouts were recorded
     too_many = [jax.device_count() + 1, 1]  # this process has fewer devices than the run had
-    assert cli.keep_saved_layout(options, too_many, []) is options
+    assert run.keep_saved_layout(options, too_many, False) is options
 
 
 # THREEFRY WITHOUT LOOPS
@@ -144,7 +145,4 @@ def test_the_command_unrolls_threefry_for_the_algorithm_it_runs_unless_that_is_s
     (tmp_path / "run" / "config.json").write_text(json.dumps({"algorithm": "sac"}))
     assert entry.algorithm_of(["train", "--resume", str(tmp_path / "run")]) == "sac"
     assert entry.algorithm_of(["sweep", "--resume", str(tmp_path / "missing")]) is None
-    without = [
-        name for name, algorithm in registry.ALGORITHMS.items() if not algorithm.threefry_without_loops
-    ]
-    assert without == ["sac"]  # measured slower so (docs/speed.md)
+    assert cpu.KEEP_THREEFRY_LOOPS == {"sac"} <= set(registry.ALGORITHMS)  # measured slower so

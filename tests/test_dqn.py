@@ -162,10 +162,10 @@ def test_initial_draws_are_those_of_version_0_1(key):
 
 def test_annealed_learning_rate_reaches_zero_at_the_last_gradient_step():
     config = dataclasses.replace(PROBE, env="ObsReward-probe", total_timesteps=4_000, anneal_lr=True)
-    steps = dqn.make_update_steps(config)
+    learner = dqn.make_learner(config)
     state = jax.jit(
         lambda key: jax.lax.scan(
-            lambda s, _: (steps.update(s)[0], None), steps.init(key), None, config.num_updates
+            lambda s, _: (learner.update(s)[0], None), learner.init(key), None, config.num_updates
         )[0]
     )(jax.random.key(0))
     is_schedule = lambda part: isinstance(part, optax.ScaleByScheduleState)  # noqa: E731

@@ -1,4 +1,4 @@
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -8,15 +8,17 @@ import pytest
 
 from pureeqxrl.loop import (
     Evaluation,
-    UpdateSteps,
-    epoch_orders,
+    Learner,
+    counter_field,
+    counters,
+    environment_field,
+    environment_leaves,
+    environments,
     eval_rows,
     final_return,
-    make_chunk_runner,
+    make_train,
     rows_update_counts,
     scan_logged,
-    shuffled_epochs,
-    train_from_steps,
 )
 from pureeqxrl.normalize import NormalizedState, RunningStats
 
@@ -85,30 +87,34 @@ class _State(eqx.Module):
     env_state: Any
 
 
-def test_train_from_steps_runs_init_then_the_logged_updates():
+class _Config(NamedTuple):
+    """What `make_train` reads of a config."""
+
+    num_updates: int
+    log_interval: int
+    eval_every: int = 0
+    num_envs: int = 1
+
+
+def test_make_train_runs_init_then_the_logged_updates():
     def update(state):
         counter, stats = _counting_update(state.params)
         return _State(counter, state.env_state), stats
 
-    steps = UpdateSteps(
-        network=None, init=lambda key: _State(jnp.array(0), None), collect=None, learn=None, update=update
-    )
-    result = jax.jit(train_from_steps(steps, num_updates=10, log_interval=4))(jax.random.key(0))
+    learner = Learner(init=lambda key: _State(jnp.array(0), None), update=update)
+    result = jax.jit(make_train(learner, _Config(num_updates=10, log_interval=4)))(jax.random.key(0))
     assert int(result.params) == 10 and result.obs_stats is None
     np.testing.assert_allclose(result.metrics["index"], [1.5, 5.5, 8.5])
 
 
-def test_train_from_steps_returns_the_observation_statistics_it_normalised_with():
+def test_make_train_returns_the_observation_statistics_it_normalised_with():
     stats = RunningStats.empty((2,)).update(jnp.ones((3, 2)))
     env_state = NormalizedState(inner=None, obs_stats=stats, reward_stats=None, discounted_return=None)
-    steps = UpdateSteps(
-        network=None,
+    learner = Learner(
         init=lambda key: _State(jnp.array(0), env_state),
-        collect=None,
-        learn=None,
         update=lambda s: (s, {"x": (jnp.array(1.0), jnp.array(1.0))}),
     )
-    result = train_from_steps(steps, num_updates=2, log_interval=1)(jax.random.key(0))
+    result = make_train(learner, _Config(num_updates=2, log_interval=1))(jax.random.key(0))
     np.testing.assert_array_equal(result.obs_stats.mean, stats.mean)
 
 
@@ -137,57 +143,31 @@ def test_evaluations_run_at_their_rows_with_the_carry_of_the_row_end_in_chunks_t
     np.testing.assert_array_equal(np.concatenate(chunks), [np.nan, 4, np.nan, 8])
 
 
-def test_chunks_of_several_lengths_run_one_program_and_padded_rows_evaluate_nothing():
-    # 11 updates in rows of 2, chunks of 3 rows: 6, then 5 updates (a shorter last row too). The
-    # program compiled for 6 runs both: one trace of the update; the last chunk's third row runs
-    # 1 update, and the rows past it are cut off, the evaluation of row 5 (the run's last) kept.
-    traced = []
+class _Buffer(eqx.Module):
+    data: jax.Array
+    position: jax.Array = counter_field()
 
-    def update(state):
-        traced.append(state)
-        counter, stats = _counting_update(state.params)
-        return _State(counter, state.env_state), stats
 
-    steps = UpdateSteps(
-        network=None,
-        init=lambda key: _State(jnp.array(0), None),
-        collect=None,
-        learn=None,
-        update=update,
-        evaluate=lambda state: {"eval_counter": state.params.astype(jnp.float32)},
+class _MarkedState(eqx.Module):
+    params: jax.Array
+    buffer: _Buffer
+    env_state: Any = environment_field()
+    obs: jax.Array = environment_field()
+    steps: jax.Array = counter_field()
+
+
+def test_a_states_fields_say_which_leaves_are_environments_and_counters_nested_ones_too():
+    state = _MarkedState(
+        params=jnp.zeros(4),
+        buffer=_Buffer(data=jnp.zeros((10, 4)), position=jnp.array(3)),
+        env_state={"time": jnp.zeros(4, jnp.int32), "stats": jnp.zeros(2)},
+        obs=jnp.ones((4, 2)),
+        steps=jnp.array(7),
     )
-    runner = make_chunk_runner(steps, num_updates=11, log_interval=2, eval_interval=4)
-    state = runner.init(jax.random.split(jax.random.key(0), 2))
-    runner.compile(state, 6)
-    state, first = runner.run(state, 6, 0)
-    state, last = runner.run(state, 5, 3)
-    assert len(traced) == 1
-    np.testing.assert_array_equal(state.params, [11, 11])
-    np.testing.assert_allclose(first["index"][0], [0.5, 2.5, 4.5])
-    np.testing.assert_allclose(last["index"][0], [6.5, 8.5, 10.0])
-    # Rows end at 2, 4, ..., 10, 11: evaluations in rows 1, 3, 5 (the first to reach 4, 8; the last).
-    np.testing.assert_array_equal(
-        np.concatenate([first["eval_counter"][1], last["eval_counter"][1]]),
-        [np.nan, 4, np.nan, 8, np.nan, 11],
-    )
-
-
-def test_shuffled_epochs_visit_every_example_once_per_epoch_in_each_epochs_own_order():
-    key = jax.random.key(3)
-    batch = {"x": jnp.arange(12.0), "y": 10.0 * jnp.arange(12.0)[:, None]}
-
-    def gradient_step(count, minibatch):
-        return count + 1, minibatch
-
-    count, seen = shuffled_epochs(gradient_step, 0, batch, key, num_epochs=3, num_minibatches=4)
-    assert count == 12  # 3 epochs x 4 minibatches, in order
-    assert seen["x"].shape == (3, 4, 3) and seen["y"].shape == (3, 4, 3, 1)
-    orders = epoch_orders(key, 3, 12)
-    for epoch in range(3):
-        # epoch i's order is the permutation of the i-th split key, as a per-epoch draw would give
-        expected = jax.random.permutation(jax.random.split(key, 3)[epoch], 12)
-        np.testing.assert_array_equal(orders[epoch], expected)
-        np.testing.assert_array_equal(seen["x"][epoch].ravel(), expected)
-        # the fields stay paired
-        np.testing.assert_array_equal(seen["y"][epoch].ravel(), 10.0 * np.asarray(expected))
-    assert len({tuple(np.asarray(order)) for order in orders}) == 3  # a new order every epoch
+    assert environments(state) == (state.env_state, state.obs)
+    assert counters(state) == (state.buffer.position, state.steps)
+    # the split leaves: those with a leading axis of num_envs (4), not the statistics of shape (2,)
+    leaves = environment_leaves(state, num_envs=4)
+    assert {id(leaf) for leaf in leaves} == {id(state.env_state["time"]), id(state.obs)}
+    # a state without marked fields has none
+    assert environments(_State(jnp.zeros(1), None)) == () and counters(_State(jnp.zeros(1), None)) == ()

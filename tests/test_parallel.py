@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from pureeqxrl import __main__ as entry
-from pureeqxrl import parallel, runs
+from pureeqxrl import files, parallel, runs
 
 WORKER = Path(__file__).with_name("parallel_worker.py")
 
@@ -92,12 +92,6 @@ def test_layout_of_one_device_and_its_errors():
     assert parallel.Layout(1, 1).errors(num_runs=5, num_envs=3) == []
     with pytest.raises(ValueError, match=r"devices \(3\) is not a multiple of env_devices \(2\)"):
         parallel.choose_layout(4, devices=3, env_devices=2)
-
-
-def test_split_batch_and_hold_do_nothing_outside_a_mesh():
-    batch = np.arange(8.0)
-    assert parallel.split_batch(batch) is batch
-    assert parallel.hold_environments(batch, lambda state: state, 8) is batch
 
 
 def test_one_process_answers_its_own_flags_one_by_one():
@@ -239,8 +233,8 @@ def test_two_processes_train_one_agent_together_as_one_process_of_four_devices(t
     assert saved["processes"] == 2 and saved["layout"] == [1, 4]
     # Each agent's gradients are summed over both processes by gloo, in another order than within
     # one process: the same episodes, and losses equal to float rounding.
-    ours = runs.read_metrics_csv(tmp_path / "together_0" / "metrics.csv")
-    theirs = runs.read_metrics_csv(tmp_path / "alone" / "metrics.csv")
+    ours = files.read_metrics_csv(tmp_path / "together_0" / "metrics.csv")
+    theirs = files.read_metrics_csv(tmp_path / "alone" / "metrics.csv")
     for name in ours:
         if name in ("episodes", "episode_return", "episode_length", "eval_return", "eval_return_sampled"):
             np.testing.assert_array_equal(ours[name], theirs[name])

@@ -1,5 +1,4 @@
 import json
-import os
 
 import equinox as eqx
 import jax
@@ -11,17 +10,6 @@ from pureeqxrl import dqn, ppo, runs
 from pureeqxrl.envs import make_env
 from pureeqxrl.heads import gaussian_actor_critic
 from pureeqxrl.normalize import RunningStats
-
-
-def test_atomic_writes_replace_whole_files_and_leave_nothing_behind(tmp_path):
-    path = tmp_path / "summary.json"
-    runs.atomic_write_text(path, "first")
-    runs.atomic_write_text(path, "second")
-    assert path.read_text() == "second"
-    with pytest.raises(TypeError):
-        runs.atomic_write_bytes(path, "not bytes")  # fails while writing the temporary file
-    assert path.read_text() == "second"  # the old content is whole
-    assert os.listdir(tmp_path) == ["summary.json"]  # and no temporary file is left
 
 
 def test_run_folders_are_new_or_empty(tmp_path, monkeypatch):
@@ -62,22 +50,6 @@ def test_a_resume_names_what_it_compiles_for_otherwise():
     written = runs.compiled_for()
     assert written["jax"] == jax.__version__ and written["backend"] == jax.default_backend()
     assert ("cpu_cores" in written) == (jax.default_backend() == "cpu")
-
-
-def test_metrics_csv_round_trip(tmp_path):
-    metrics = {
-        "episode_return": np.array([[1.0, np.nan, 3.0], [4.0, 5.0, 6.0]]),
-        "loss": np.array([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]),
-    }
-    updates = np.array([10, 20, 25])
-    header, rows = runs.metrics_table(metrics, updates, steps_per_update=4)
-    assert header == ["seed", "row", "update", "env_steps", "episode_return", "loss"]
-    assert rows[2][:4] == [0, 2, 25, 100] and rows[3][:4] == [1, 0, 10, 40]
-    runs.write_metrics_csv(tmp_path / "metrics.csv", header, rows)
-    back = runs.read_metrics_csv(tmp_path / "metrics.csv")
-    np.testing.assert_array_equal(back["episode_return"], metrics["episode_return"])  # NaN kept
-    np.testing.assert_allclose(back["loss"], metrics["loss"])
-    np.testing.assert_array_equal(back["env_steps"], [[40, 80, 100]] * 2)
 
 
 def test_configs_come_back_from_json_with_renamed_fields_and_tuples():

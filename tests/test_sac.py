@@ -45,8 +45,7 @@ def test_tanh_gaussian_log_prob_is_the_change_of_variables_formula(key):
 
 def test_soft_td_target_by_hand_bootstraps_truncations_not_terminations(key):
     config = dataclasses.replace(PROBE, env="Pendulum-v1", hidden_sizes=(8,))
-    steps = sac.make_update_steps(config)
-    agent = steps.init(key).params
+    agent = sac.make_learner(config).init(key).params
     target = jax.tree.map(lambda x: x + 0.1, agent.critics)  # target critics differ from the online ones
     batch = Transition(
         obs=jnp.array([[1.0, 0.0, 0.5], [0.0, 1.0, -0.5]]),
@@ -76,23 +75,23 @@ def test_squashed_actions_map_onto_the_environments_bounds():
 
 def test_the_policy_acts_on_normalised_observations_within_the_bounds(key):
     config = dataclasses.replace(PROBE, env="Pendulum-v1", hidden_sizes=(8,), normalize_obs=True)
-    steps = sac.make_update_steps(config)
-    agent = steps.init(key).params
+    agent = sac.make_learner(config).init(key).params
     env = sac.make_env("Pendulum-v1", 5)
+    network = sac.equinox_agent(config, env)
     obs, _ = env.reset(key)
     stats = RunningStats(
         mean=jnp.array([0.5, -0.5, 2.0]), var=jnp.array([4.0, 0.25, 9.0]), count=jnp.array(10.0)
     )
-    greedy = sac.policy(steps.network, agent, env, stats, greedy=True)(key, obs)
+    greedy = sac.policy(network, agent, env, stats, greedy=True)(key, obs)
     mean, _ = jax.vmap(agent.actor)(stats.normalize(obs))
     np.testing.assert_allclose(greedy, 2.0 * jnp.tanh(mean), rtol=1e-5, atol=1e-6)  # Pendulum: [-2, 2]
-    assert not np.allclose(greedy, sac.policy(steps.network, agent, env, None, greedy=True)(key, obs))
-    sampled = sac.policy(steps.network, agent, env, stats, greedy=False)(key, obs)
+    assert not np.allclose(greedy, sac.policy(network, agent, env, None, greedy=True)(key, obs))
+    sampled = sac.policy(network, agent, env, stats, greedy=False)(key, obs)
     assert sampled.shape == (5, 1) and np.all(np.abs(sampled) <= 2.0) and not np.allclose(sampled, greedy)
 
 
 def test_the_two_critics_start_different_and_the_targets_equal_them(key):
-    state = sac.make_update_steps(dataclasses.replace(PROBE, hidden_sizes=(8,))).init(key)
+    state = sac.make_learner(dataclasses.replace(PROBE, hidden_sizes=(8,))).init(key)
     kernels = state.params.critics.q.layers[0].kernel
     assert kernels.shape == (2, 2, 8)  # two critics of (obs + action) -> 8
     assert not np.allclose(kernels[0], kernels[1])
@@ -172,10 +171,10 @@ def test_normalised_observations_are_stored_raw_and_statistics_saved(key):
     config = dataclasses.replace(
         PROBE, env="Pendulum-v1", total_timesteps=400, normalize_obs=True, hidden_sizes=(8,)
     )
-    steps = sac.make_update_steps(config)
-    state = steps.init(key)
+    learner = sac.make_learner(config)
+    state = learner.init(key)
     for _ in range(3):
-        state, _ = steps.update(state)
+        state, _ = learner.update(state)
     stored = state.buffer.data.obs[: int(state.buffer.size)]
     # Pendulum's raw observations: cos, sin in [-1, 1] and an angular velocity; stored unnormalised.
     np.testing.assert_allclose(np.hypot(stored[:, 0], stored[:, 1]), 1.0, rtol=1e-5)

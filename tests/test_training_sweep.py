@@ -6,9 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from pureeqxrl import cli, dqn, loggers, ppo, runs, sweep
-from pureeqxrl.loop import estimate_bytes
+from pureeqxrl import cli, dqn, ppo, runs
 from pureeqxrl.policy_gradient import PPOConfig
+from pureeqxrl.training import loggers, sweep
+from pureeqxrl.training.chunks import estimate_bytes
 
 PPO_TINY = PPOConfig(total_timesteps=4 * 128 * 12, log_interval=4, hidden_sizes=(16, 16))
 DQN_TINY = dqn.DQNConfig(total_timesteps=3000, learning_starts=500, log_interval=50, hidden_sizes=(16, 16))
@@ -49,7 +50,7 @@ def test_a_bad_value_anywhere_is_rejected_before_tracing(no_compile):
     configurations = sweep.grid({"learning_rate": [1e-3, -0.5], "gae_lambda": [0.9, 1.5]})
     with pytest.raises(ValueError) as error:
         sweep.train_configurations(
-            ppo.make_update_steps, PPO_TINY, configurations, jax.random.split(jax.random.key(0), 2)
+            ppo.make_learner, PPO_TINY, configurations, jax.random.split(jax.random.key(0), 2)
         )
     message = str(error.value)
     # The config's own messages, once per bad configuration (3 of the 4), naming it.
@@ -69,7 +70,7 @@ def test_a_bad_value_anywhere_is_rejected_before_tracing(no_compile):
 
 
 def _same_as_single_runs(module, config, configurations, keys, exact_metrics):
-    result = sweep.train_configurations(module.make_update_steps, config, configurations, keys)
+    result = sweep.train_configurations(module.make_learner, config, configurations, keys)
     assert result.metrics["episode_return"].shape[:2] == (len(configurations), len(keys))
     for index, values in enumerate(configurations):
         single = jax.jit(jax.vmap(module.make_train(dataclasses.replace(config, **values))))(keys)
@@ -249,17 +250,17 @@ def test_bad_sweeps_get_one_line_and_no_folder(args, message, tmp_path, capsys, 
 def test_a_sweep_that_does_not_fit_runs_in_groups_and_says_so(monkeypatch, capsys, no_compile):
     from rich.console import Console
 
-    steps = ppo.make_update_steps(PPO_TINY)
-    options = cli.SweepOptions(num_seeds=4)
-    per_configuration = sum(estimate_bytes(steps, 4).values())
+    learner = ppo.make_learner(PPO_TINY)
+    options = sweep.SweepOptions(num_seeds=4)
+    per_configuration = sum(estimate_bytes(learner, 4).values())
     # Room for 3 configurations in half the memory: 10 configurations run as 3 + 3 + 3 + 1 (one
     # configuration is still checked against the device's real memory, where it fits).
-    monkeypatch.setattr(cli, "memory_limit_bytes", lambda: 2 * 3 * per_configuration + 1)
-    groups = cli.sweep_groups(steps, PPO_TINY, options, 10, Console(soft_wrap=True))
+    monkeypatch.setattr(sweep, "memory_limit_bytes", lambda: 2 * 3 * per_configuration + 1)
+    groups = sweep.sweep_groups(learner, PPO_TINY, options, 10, Console(soft_wrap=True))
     assert groups == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
     assert "10 configurations x 4 seeds need about" in capsys.readouterr().out
     # --max-group-configs caps a group further.
-    capped = cli.sweep_groups(
-        steps, PPO_TINY, dataclasses.replace(options, max_group_configs=2), 5, Console()
+    capped = sweep.sweep_groups(
+        learner, PPO_TINY, dataclasses.replace(options, max_group_configs=2), 5, Console()
     )
     assert capped == [[0, 1], [2, 3], [4]]

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from pureeqxrl.runs import atomic_write_text, metrics_table
+from pureeqxrl.files import atomic_write_text, metrics_table
 
 LoggerName = Literal["csv", "tensorboard", "wandb"]
 EXTRAS = {"tensorboard": ("tensorboardX", "tensorboard"), "wandb": ("wandb", "wandb")}

@@ -1,5 +1,5 @@
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -8,15 +8,9 @@ import numpy as np
 import pytest
 
 from pureeqxrl import dqn, ppo, ppo_rnn, runs, sac
-from pureeqxrl.loop import (
-    UpdateSteps,
-    chunk_lengths,
-    estimate_bytes,
-    make_chunk_runner,
-    train_from_steps,
-    train_result,
-)
-from pureeqxrl.runner import CheckpointSchedule, StopSignals, check_memory, first_bad_row, run_chunks
+from pureeqxrl.loop import Learner, counter_field, make_train, train_result
+from pureeqxrl.training.chunks import check_memory, chunk_lengths, estimate_bytes, make_chunk_runner
+from pureeqxrl.training.run import CheckpointSchedule, StopSignals, first_bad_row, run_chunks
 
 TINY = {
     "dqn": dqn.DQNConfig(
@@ -58,9 +52,9 @@ MODULES = {"dqn": dqn, "ppo": ppo, "ppo_continuous": ppo, "ppo_rnn": ppo_rnn, "s
 HEADER = {"algorithm": "test", "config": {}, "num_seeds": 0, "seed": 0, "linen": False}
 
 
-def _run(steps, config, num_seeds, run_dir, schedule, stop_after_chunks=None, start=None):
+def _run(learner, config, num_seeds, run_dir, schedule, stop_after_chunks=None, start=None):
     """run_chunks from the start (or from a checkpoint path `start`), optionally 'interrupted'."""
-    chunks = make_chunk_runner(steps, config.num_updates, config.log_interval, config.eval_every)
+    chunks = make_chunk_runner(learner, config)
     state, metrics, done = chunks.init(jax.random.split(jax.random.key(7), num_seeds)), {}, 0
     if start is not None:
         header, state, metrics = runs.load_checkpoint(start, state)
@@ -104,15 +98,15 @@ def test_chunk_lengths():
 @pytest.mark.parametrize("algo", ["dqn", "ppo", "ppo_continuous", "ppo_rnn", "sac"])
 def test_interrupted_and_resumed_run_is_bit_identical_to_the_uninterrupted_one(algo, num_seeds, tmp_path):
     config = TINY[algo]
-    steps = MODULES[algo].make_update_steps(config)
+    learner = MODULES[algo].make_learner(config)
     schedule = CheckpointSchedule(chunk_rows=3)  # 3 or 4 chunks of 3 rows
-    whole = _run(steps, config, num_seeds, tmp_path / "whole", schedule)
+    whole = _run(learner, config, num_seeds, tmp_path / "whole", schedule)
     assert whole.status == "finished" and whole.updates_done == config.num_updates
 
-    first = _run(steps, config, num_seeds, tmp_path / "cut", schedule, stop_after_chunks=1)
+    first = _run(learner, config, num_seeds, tmp_path / "cut", schedule, stop_after_chunks=1)
     assert first.status == "interrupted" and 0 < first.updates_done < config.num_updates
     assert first.checkpoint == runs.latest_checkpoint(tmp_path / "cut")
-    second = _run(steps, config, num_seeds, tmp_path / "cut", schedule, start=first.checkpoint)
+    second = _run(learner, config, num_seeds, tmp_path / "cut", schedule, start=first.checkpoint)
     assert second.status == "finished"
     _assert_same(train_result(second.state, second.metrics), train_result(whole.state, whole.metrics))
     _assert_same(second.state, whole.state)  # keys, buffers, optimizer and normalisation states too
@@ -122,7 +116,7 @@ def test_chunks_compute_what_the_single_program_computes(tmp_path):
     config = TINY["ppo_continuous"]  # observation and reward normalisation
     keys = jax.random.split(jax.random.key(7), 2)
     single = jax.jit(jax.vmap(ppo.make_train(config)))(keys)
-    chunked = _run(ppo.make_update_steps(config), config, 2, tmp_path, CheckpointSchedule(chunk_rows=2))
+    chunked = _run(ppo.make_learner(config), config, 2, tmp_path, CheckpointSchedule(chunk_rows=2))
     ours = train_result(chunked.state, chunked.metrics)
     assert ours.metrics.keys() == single.metrics.keys()
     assert jax.tree.structure(ours.params) == jax.tree.structure(single.params)
@@ -135,10 +129,17 @@ def test_chunks_compute_what_the_single_program_computes(tmp_path):
 class _State(eqx.Module):
     params: jax.Array
     env_state: Any
-    count: jax.Array
+    count: jax.Array = counter_field()
 
 
-def test_shared_counters_decide_branches_in_chunks_as_in_the_single_program():
+class _Config(NamedTuple):
+    num_updates: int
+    log_interval: int
+    eval_every: int = 0
+    num_envs: int = 1
+
+
+def test_counters_decide_branches_in_chunks_as_in_the_single_program():
     # An update whose branch runs on every 5th update, decided by a counter that every seed shares.
     taken = []
 
@@ -153,26 +154,27 @@ def test_shared_counters_decide_branches_in_chunks_as_in_the_single_program():
     def init(key):
         return _State(jax.random.normal(key, (2,)), None, jnp.array(0))
 
-    steps = UpdateSteps(None, init, None, None, update, shared=lambda state: (state.count,))
-    chunks = make_chunk_runner(steps, num_updates=20, log_interval=5)
+    learner = Learner(init, update)
+    config = _Config(num_updates=20, log_interval=5)
+    chunks = make_chunk_runner(learner, config)
     state = chunks.init(jax.random.split(jax.random.key(0), 3))
     for first_row in (0, 2):
         state, _ = chunks.run(state, 10, first_row)
     jax.effects_barrier()
     assert len(taken) == 4  # a branch taken 4 times for all seeds at once, not computed on every update
     np.testing.assert_array_equal(state.count, [20, 20, 20])  # still one per seed on the host
-    single = jax.jit(jax.vmap(train_from_steps(steps, 20, 5)))(jax.random.split(jax.random.key(0), 3))
+    single = jax.jit(jax.vmap(make_train(learner, config)))(jax.random.split(jax.random.key(0), 3))
     np.testing.assert_array_equal(state.params, single.params)
 
 
-def _steps_that_diverge_at(update: int) -> UpdateSteps:
+def _steps_that_diverge_at(update: int) -> Learner:
     def step(state):
         count = state.count + 1
         loss = jnp.where(count >= update, jnp.nan, 1.0)
         stats = {"loss": (loss, jnp.array(1.0)), "episode_return": (jnp.array(0.0), jnp.array(0.0))}
         return _State(state.params + 1.0, None, count), stats
 
-    return UpdateSteps(None, lambda key: _State(jnp.zeros(2), None, jnp.array(0)), None, None, step)
+    return Learner(lambda key: _State(jnp.zeros(2), None, jnp.array(0)), step)
 
 
 def test_divergence_stops_at_its_chunk_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -224,7 +226,7 @@ def test_a_checkpoint_of_another_version_or_a_damaged_one_is_refused(tmp_path):
 
 def test_memory_estimate_counts_the_replay_buffer_and_the_evaluation_from_shapes(no_compile):
     def estimate(**changes):
-        return estimate_bytes(dqn.make_update_steps(dqn.DQNConfig(**changes)), num_seeds=3)
+        return estimate_bytes(dqn.make_learner(dqn.DQNConfig(**changes)), num_seeds=3)
 
     # A CartPole transition: obs and next obs (4 float32 each), action, reward (4 bytes), terminated.
     transition = 4 * 4 + 4 + 4 + 4 * 4 + 1
@@ -232,7 +234,7 @@ def test_memory_estimate_counts_the_replay_buffer_and_the_evaluation_from_shapes
     assert grown == 3 * 10_000 * transition
     evaluation = estimate(eval_episodes=32)["evaluation environments"]
     assert evaluation == 2 * estimate()["evaluation environments"] > 0
-    steps = dqn.make_update_steps(dqn.DQNConfig())
-    check_memory(steps, num_seeds=3, eval_on=True, limit=sum(estimate().values()))  # fits exactly
+    learner = dqn.make_learner(dqn.DQNConfig())
+    check_memory(learner, num_seeds=3, eval_on=True, limit=sum(estimate().values()))  # fits exactly
     with pytest.raises(ValueError, match=r"needs at least 1.7 MiB \(training state 1.7 MiB, .*has 1.0 MiB"):
-        check_memory(steps, num_seeds=3, eval_on=True, limit=2**20)
+        check_memory(learner, num_seeds=3, eval_on=True, limit=2**20)

@@ -6,7 +6,8 @@ import types
 import numpy as np
 import pytest
 
-from pureeqxrl import cli, loggers, runs
+from pureeqxrl import cli, files
+from pureeqxrl.training import loggers
 
 SAVED = {"algorithm": "dqn", "num_seeds": 2, "seed": 0, "config": {"env": "CartPole-v1"}}
 ROW_UPDATES = np.array([10, 20, 30, 35])  # a run of 35 updates, a row every 10
@@ -41,13 +42,13 @@ def test_csv_grows_chunk_by_chunk_and_reads_back_in_any_order(tmp_path):
     live = loggers.Loggers(("csv",), tmp_path, SAVED, ROW_UPDATES, steps_per_update=4)
     live.log(_rows(0, 2), first_row=0)
     live.log(_rows(2, 2), first_row=2)
-    metrics = runs.read_metrics_csv(tmp_path / "metrics.csv")
+    metrics = files.read_metrics_csv(tmp_path / "metrics.csv")
     np.testing.assert_array_equal(metrics["episode_return"], [[0, 1, 2, 3], [100, NAN, 102, 103]])
     np.testing.assert_array_equal(metrics["env_steps"][0], ROW_UPDATES * 4)
     # A resumed run rewrites what its checkpoint holds (rows 0-1), dropping rows appended after it.
     resumed = loggers.Loggers(("csv",), tmp_path, SAVED, ROW_UPDATES, 4, history=_rows(0, 2))
     resumed.log(_rows(2, 1), first_row=2)
-    metrics = runs.read_metrics_csv(tmp_path / "metrics.csv")
+    metrics = files.read_metrics_csv(tmp_path / "metrics.csv")
     np.testing.assert_array_equal(metrics["episode_return"], [[0, 1, 2], [100, NAN, 102]])
 
 
@@ -113,7 +114,7 @@ def test_cli_run_logs_to_tensorboard_and_to_wandb_offline(tmp_path):
     args = "--total-timesteps 3000 --learning-starts 500 --log-interval 60 --num-seeds 2".split()
     logger_args = ["--logger", "tensorboard", "wandb", "--wandb-mode", "offline"]
     assert cli.main(["train", "dqn", "--run-dir", str(run_dir), *args, *logger_args]) == 0
-    metrics = runs.read_metrics_csv(run_dir / "metrics.csv")
+    metrics = files.read_metrics_csv(run_dir / "metrics.csv")
     seed0 = _read_events(run_dir / "tensorboard" / "seed0")
     logged = [value for tag, step, value in seed0 if tag == "eval_return"]
     np.testing.assert_allclose(logged, metrics["eval_return"][0], rtol=1e-6)
