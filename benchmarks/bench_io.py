@@ -14,7 +14,7 @@ import equinox
 import flax
 import jax
 
-from pureeqxrl.runs import atomic_write_text
+from pureeqxrl.files import atomic_write_text
 
 
 def machine() -> dict:

@@ -9,8 +9,6 @@ compile per library). Compile time is tracing, lowering and XLA compilation of t
 
     python benchmarks/end_to_end.py --algo dqn --repeats 5 --seeds 1 8 --out benchmarks/results/dqn_cpu
     python benchmarks/end_to_end.py --algo ppo --repeats 5 --seeds 1 8 --out benchmarks/results/ppo_cpu
-
-(`benchmarks/suite.py` runs every benchmark with the settings the README's tables used.)
 """
 
 import argparse

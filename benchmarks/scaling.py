@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from pureeqxrl import dqn, parallel, ppo
-from pureeqxrl.loop import make_chunk_runner
+from pureeqxrl.training.chunks import make_chunk_runner
 
 from bench_io import machine, machine_line, write_results
 
@@ -54,9 +54,9 @@ def measure(args) -> list[dict]:
                 args.algo, mode, devices, args.seeds_per_device, args.envs_per_device
             )
             config = dataclasses.replace(config, total_timesteps=config.steps_per_update * args.updates * 4)
-            steps = module.make_update_steps(config)
+            config = dataclasses.replace(config, eval_interval=0)
             runner = make_chunk_runner(
-                steps, config.num_updates, config.log_interval, layout=layout if devices > 1 else None
+                module.make_learner(config), config, layout=layout if devices > 1 else None
             )
             keys = jax.random.split(jax.random.key(0), num_runs)
             state = runner.init(keys)

@@ -1,5 +1,5 @@
 """A sweep in one program against the same runs as separate programs: 8 learning rates x 4 seeds as
-one `jax.jit(vmap(vmap(train)))` (`pureeqxrl.sweep.make_sweep_train`), against 8 programs
+one `jax.jit(vmap(vmap(train)))` (`pureeqxrl.training.sweep.make_sweep_train`), against 8 programs
 `jax.jit(vmap(make_train(config)))` of 4 seeds each, one per learning rate, run one after another.
 
 Compile + train wall time of the whole sweep, per variant. Interleaved repeats, which variant goes
@@ -19,9 +19,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from pureeqxrl import sweep
 from pureeqxrl.loop import final_return
 from pureeqxrl.registry import ALGORITHMS
+from pureeqxrl.training import sweep
 
 import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 
@@ -30,7 +30,7 @@ VARIANTS = ("one_program", "separate_programs")
 
 def one_program(algorithm, config, configurations, keys) -> dict:
     start = time.perf_counter()
-    train = sweep.make_sweep_train(algorithm.make_update_steps, config)
+    train = sweep.make_sweep_train(algorithm.make_learner, config)
     batched = jax.vmap(jax.vmap(train, in_axes=(None, 0)), in_axes=(0, None))
     hyperparameters = sweep.stack(configurations)
     compiled = jax.jit(batched).lower(hyperparameters, keys).compile()

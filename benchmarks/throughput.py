@@ -26,7 +26,7 @@ import numpy as np
 
 from pureeqxrl import registry
 from pureeqxrl.config import typed_values
-from pureeqxrl.loop import make_chunk_runner
+from pureeqxrl.training.chunks import make_chunk_runner
 
 from bench_io import machine, machine_line, write_results
 
@@ -59,8 +59,7 @@ def prepare(spec: str, env: str, seeds: int, updates: int) -> dict:
     if hasattr(config, "learning_starts"):
         config = dataclasses.replace(config, learning_starts=0)
     config = dataclasses.replace(config, total_timesteps=config.steps_per_update * updates * 4)
-    steps = algorithm.make_update_steps(config, algorithm.network(False))
-    runner = make_chunk_runner(steps, config.num_updates, config.log_interval)
+    runner = make_chunk_runner(algorithm.make_learner(config, algorithm.network(False)), config)
     state = runner.init(jax.random.split(jax.random.key(0), seeds))
     start = time.perf_counter()
     runner.compile(state, updates)

@@ -29,7 +29,7 @@ from pureeqxrl.nets import ACTIVATIONS, MLP, Functional, NetworkKey, ParamKeys, 
 
 
 class ActorCriticSettings(Protocol):
-    """What the actor-critics read from a config (`pureeqxrl.policy_gradient.PPOConfig` has it)."""
+    """What the actor-critics read from a config (`pureeqxrl.ppo.PPOConfig` has it)."""
 
     hidden_sizes: tuple[int, ...]
     activation: str

@@ -3,7 +3,7 @@
 
 Read top to bottom: the config, the recurrent actor-critic (dense encoder -> GRU or S5 core ->
 separate actor and critic heads), then `make_train`. Training is PPO's recipe (the config, GAE,
-loss, optimizer and metrics of `pureeqxrl.policy_gradient`, which `pureeqxrl.ppo` uses too) with
+loss, optimizer and metrics of `pureeqxrl.ppo`) with
 what memory changes:
 
 - the rollout carries each environment's hidden state and a `reset` flag (the step starts a new
@@ -45,7 +45,7 @@ from pureeqxrl.loop import Learner, LogCallback, TrainResult, environment_field
 from pureeqxrl.minibatch import epoch_orders, split_batch
 from pureeqxrl.nets import ACTIVATIONS, MLP, NetworkKey, ParamKeys, orthogonal
 from pureeqxrl.normalize import Normalize, RunningStats
-from pureeqxrl.policy_gradient import (
+from pureeqxrl.ppo import (
     Batch,
     LossInfo,
     PPOConfig,
@@ -236,7 +236,7 @@ def equinox_recurrent_actor_critic(config: PPORNNConfig, env: VecEnv) -> Recurre
 
 
 class RecurrentTransition(Transition):
-    """`pureeqxrl.policy_gradient.Transition` plus what the recurrent update needs."""
+    """`pureeqxrl.ppo.Transition` plus what the recurrent update needs."""
 
     reset: Bool[Array, " num_envs"]
     """Whether this step started a new episode (the state was zeroed before it)."""
@@ -256,7 +256,7 @@ class SequenceBatch(eqx.Module):
 def sequence_loss(
     network: RecurrentFunctional, params: Any, minibatch: SequenceBatch, config: PPORNNConfig
 ) -> tuple[Float[Array, ""], LossInfo]:
-    """`pureeqxrl.policy_gradient.ppo_loss` on whole sequences: the network re-runs them from their stored
+    """`pureeqxrl.ppo.ppo_loss` on whole sequences: the network re-runs them from their stored
     hidden state (resetting where episodes start), then every step counts as one example."""
     policy, value = network.unroll(params, minibatch.hidden, minibatch.steps.obs, minibatch.reset)
     steps = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), minibatch.steps)

@@ -8,8 +8,7 @@ from distreqx.distributions import Categorical, Independent
 from pureeqxrl import heads
 from pureeqxrl.envs import make_env
 from pureeqxrl.nets import orthogonal
-from pureeqxrl.policy_gradient import PPOConfig
-from pureeqxrl.ppo import PPOContinuousConfig
+from pureeqxrl.ppo import PPOConfig, PPOContinuousConfig
 
 
 def test_the_action_space_picks_the_head(key):

@@ -1,11 +1,27 @@
-"""The package's shape: no import cycles, no algorithm module importing another, one test file per
-module. Read from the source with `ast` (nothing is imported), function-level imports included."""
+"""The package's shape: its layers, no import cycles, one test file per module. Read from the source
+with `ast` (nothing is imported), function-level imports included.
+
+The layers, bottom up: the files module; the building blocks (networks, environments, buffers, the
+training loop, minibatches, statistics); the algorithms; then what works from them: the device code,
+the engine (`pureeqxrl.training`), the run folders and the registry, the command line."""
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "pureeqxrl"
 ALGORITHMS = {"pureeqxrl.dqn", "pureeqxrl.pqn", "pureeqxrl.ppo", "pureeqxrl.ppo_rnn", "pureeqxrl.sac"}
+FILES = {"pureeqxrl.files"}
+BUILDING_BLOCKS = {
+    f"pureeqxrl.{name}"
+    for name in (
+        "adapters config envs evaluate flags heads loop minibatch nets normalize probes recurrent replay stats"
+    ).split()
+}
+DEVICES = {"pureeqxrl.parallel", "pureeqxrl.cpu"}
+TRAINING = "pureeqxrl.training"
+COMMAND_LINE = {"pureeqxrl.cli", "pureeqxrl.__main__"}
+RECURRENT_PPO_USES = {"pureeqxrl.ppo_rnn": {"pureeqxrl.ppo"}}
+"""Recurrent PPO is PPO's recipe (config, GAE, loss) with memory: the one algorithm that imports another."""
 
 
 def _module_name(path: Path) -> str:
@@ -59,15 +75,44 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycles():
     graph = _import_graph()
-    assert "pureeqxrl.policy_gradient" in graph["pureeqxrl.ppo"]  # the graph sees imports
+    assert "pureeqxrl.ppo" in graph["pureeqxrl.ppo_rnn"]  # the graph sees imports
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
 
 
-def test_no_algorithm_module_imports_another():
+def _package(graph: dict[str, set[str]], module: str) -> set[str]:
+    """What `module` imports of the package, its own package's `__init__` left out."""
+    return {other for other in graph[module] if other != "pureeqxrl"}
+
+
+def test_the_files_module_and_the_building_blocks_import_no_algorithm_and_nothing_above():
+    graph = _import_graph()
+    assert FILES | BUILDING_BLOCKS <= set(graph)
+    assert not _package(graph, "pureeqxrl.files")
+    for module in BUILDING_BLOCKS:
+        above = _package(graph, module) - FILES - BUILDING_BLOCKS
+        assert not above, (module, above)
+
+
+def test_algorithms_import_building_blocks_only_not_the_engine_the_devices_or_the_command_line():
     graph = _import_graph()
     assert ALGORITHMS <= set(graph)
     for algorithm in ALGORITHMS:
-        assert not graph[algorithm] & ALGORITHMS, (algorithm, graph[algorithm] & ALGORITHMS)
+        other = (
+            _package(graph, algorithm) - FILES - BUILDING_BLOCKS - RECURRENT_PPO_USES.get(algorithm, set())
+        )
+        assert not other, (algorithm, other)
+    assert "pureeqxrl.ppo" in graph["pureeqxrl.ppo_rnn"]  # the exception is real
+
+
+def test_the_device_code_and_the_engine_stay_below_the_command_line():
+    graph = _import_graph()
+    for module in DEVICES:
+        assert not _package(graph, module) - FILES - BUILDING_BLOCKS, module
+    engine = [module for module in graph if module.startswith(TRAINING)]
+    assert len(engine) >= 4  # chunks, run, sweep, loggers
+    for module in graph:
+        if module not in COMMAND_LINE:
+            assert not graph[module] & COMMAND_LINE, (module, graph[module] & COMMAND_LINE)
 
 
 def test_every_module_has_its_test_file():

@@ -6,14 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pureeqxrl import heads, policy_gradient, ppo
+from pureeqxrl import heads, ppo
 from pureeqxrl.envs import make_env
 from pureeqxrl.linen import ppo as linen_ppo
 
 
 def _minibatch(key, obs_shape, num_actions, size=128):
     keys = jax.random.split(key, 6)
-    return policy_gradient.Batch(
+    return ppo.Batch(
         obs=jax.random.normal(keys[0], (size, *obs_shape)),
         action=jax.random.randint(keys[1], (size,), 0, num_actions),
         log_prob=jnp.log(jax.random.uniform(keys[2], (size,), minval=0.2, maxval=0.8)),
@@ -24,7 +24,7 @@ def _minibatch(key, obs_shape, num_actions, size=128):
 
 
 def _loss_and_grads(network, params, batch, config):
-    loss = jax.value_and_grad(policy_gradient.ppo_loss, argnums=1, has_aux=True)
+    loss = jax.value_and_grad(ppo.ppo_loss, argnums=1, has_aux=True)
     return jax.jit(loss, static_argnums=(0, 3))(network.apply, params, batch, config)
 
 

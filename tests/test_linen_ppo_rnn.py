@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pureeqxrl import policy_gradient, ppo_rnn
+from pureeqxrl import ppo, ppo_rnn
 from pureeqxrl.envs import make_env
 from pureeqxrl.linen import ppo_rnn as linen_ppo_rnn
 from pureeqxrl.loop import final_return
@@ -18,7 +18,7 @@ def _sequences(key, obs_shape, num_actions, hidden_size, time=24, envs=3):
     return ppo_rnn.SequenceBatch(
         hidden=jax.random.normal(keys[6], (envs, hidden_size)),
         reset=resets,
-        steps=policy_gradient.Batch(
+        steps=ppo.Batch(
             obs=jax.random.normal(keys[0], (time, envs, *obs_shape)),
             action=jax.random.randint(keys[1], (time, envs), 0, num_actions),
             log_prob=jnp.log(jax.random.uniform(keys[2], (time, envs), minval=0.2, maxval=0.8)),

@@ -25,7 +25,7 @@ from pureeqxrl.normalize import NormalizedState, RunningStats
 pytestmark = pytest.mark.usefixtures("strict_promotion")
 
 
-def _counting_update(counter):
+def counting_update(counter):
     # Reports the update index as a stat, and an "episode" only on every third update.
     every_third = (counter % 3 == 0).astype(jnp.float32)
     stats = {
@@ -38,7 +38,7 @@ def _counting_update(counter):
 def test_scan_logged_rows_and_remainder():
     calls = []
     final, rows = jax.jit(
-        lambda c: scan_logged(_counting_update, c, 10, 4, on_log=lambda i, row: calls.append(int(i)))
+        lambda c: scan_logged(counting_update, c, 10, 4, on_log=lambda i, row: calls.append(int(i)))
     )(jnp.array(0))
     assert int(final) == 10
     # Rows cover updates [0..3], [4..7], [8, 9].
@@ -58,7 +58,7 @@ def test_a_shorter_last_row_runs_the_one_copy_of_the_update():
 
     def update(counter):
         traced.append(counter)
-        return _counting_update(counter)
+        return counting_update(counter)
 
     lowered = jax.jit(lambda c: scan_logged(update, c, 10, 4)).lower(jnp.array(0))
     assert len(traced) == 1
@@ -69,7 +69,7 @@ def test_a_shorter_last_row_runs_the_one_copy_of_the_update():
 
 
 def test_rows_without_episodes_are_nan_not_zero():
-    _, rows = scan_logged(_counting_update, jnp.array(1), 2, 1)  # updates 1, 2: no multiple of 3
+    _, rows = scan_logged(counting_update, jnp.array(1), 2, 1)  # updates 1, 2: no multiple of 3
     assert np.isnan(rows["episode_return"]).all()
     np.testing.assert_array_equal(rows["episodes"], [0, 0])
 
@@ -87,8 +87,8 @@ class _State(eqx.Module):
     env_state: Any
 
 
-class _Config(NamedTuple):
-    """What `make_train` reads of a config."""
+class LoopConfig(NamedTuple):
+    """What `make_train` and the engine's chunk runner read of a config."""
 
     num_updates: int
     log_interval: int
@@ -98,11 +98,11 @@ class _Config(NamedTuple):
 
 def test_make_train_runs_init_then_the_logged_updates():
     def update(state):
-        counter, stats = _counting_update(state.params)
+        counter, stats = counting_update(state.params)
         return _State(counter, state.env_state), stats
 
     learner = Learner(init=lambda key: _State(jnp.array(0), None), update=update)
-    result = jax.jit(make_train(learner, _Config(num_updates=10, log_interval=4)))(jax.random.key(0))
+    result = jax.jit(make_train(learner, LoopConfig(num_updates=10, log_interval=4)))(jax.random.key(0))
     assert int(result.params) == 10 and result.obs_stats is None
     np.testing.assert_allclose(result.metrics["index"], [1.5, 5.5, 8.5])
 
@@ -114,7 +114,7 @@ def test_make_train_returns_the_observation_statistics_it_normalised_with():
         init=lambda key: _State(jnp.array(0), env_state),
         update=lambda s: (s, {"x": (jnp.array(1.0), jnp.array(1.0))}),
     )
-    result = make_train(learner, _Config(num_updates=2, log_interval=1))(jax.random.key(0))
+    result = make_train(learner, LoopConfig(num_updates=2, log_interval=1))(jax.random.key(0))
     np.testing.assert_array_equal(result.obs_stats.mean, stats.mean)
 
 
@@ -130,12 +130,12 @@ def test_eval_rows_are_the_first_to_reach_each_multiple_and_the_last():
 def test_evaluations_run_at_their_rows_with_the_carry_of_the_row_end_in_chunks_too():
     due = eval_rows(10, 2, 4)  # rows end at 2, 4, ..., 10: evaluations in rows 1, 3 and 4
     evaluate = Evaluation(lambda counter: {"eval_counter": counter.astype(jnp.float32)}, due)
-    _, rows = jax.jit(lambda c: scan_logged(_counting_update, c, 10, 2, evaluate=evaluate))(jnp.array(0))
+    _, rows = jax.jit(lambda c: scan_logged(counting_update, c, 10, 2, evaluate=evaluate))(jnp.array(0))
     np.testing.assert_array_equal(rows["eval_counter"], [np.nan, 4, np.nan, 8, 10])
     # The same run as chunks of 2 rows: `first_row` says where each chunk's rows are.
     counter, chunks = jnp.array(0), []
     chunk = jax.jit(
-        lambda c, first: scan_logged(_counting_update, c, 4, 2, evaluate=evaluate, first_row=first)
+        lambda c, first: scan_logged(counting_update, c, 4, 2, evaluate=evaluate, first_row=first)
     )
     for first in (0, 2):
         counter, rows_of_chunk = chunk(counter, jnp.int32(first))

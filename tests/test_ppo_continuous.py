@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from pureeqxrl import heads, policy_gradient, ppo
+from pureeqxrl import heads, ppo
 from pureeqxrl.envs import make_env
 from pureeqxrl.evaluate import evaluate
 from pureeqxrl.loop import final_return
@@ -54,7 +54,7 @@ def test_dpo_actor_loss_on_a_minibatch():
     action = jnp.array([[0.3], [-0.2]])
     new_log_prob = heads.log_prob(policy, action)
     old_log_prob = new_log_prob - jnp.array([0.4, -0.5])  # ratios e^0.4 and e^-0.5
-    batch = policy_gradient.Batch(
+    batch = ppo.Batch(
         obs=obs,
         action=action,
         log_prob=old_log_prob,
@@ -62,7 +62,7 @@ def test_dpo_actor_loss_on_a_minibatch():
         advantage=jnp.array([1.0, -1.0]),
         target=value,
     )
-    loss, info = policy_gradient.ppo_loss(network.apply, params, batch, config)
+    loss, info = ppo.ppo_loss(network.apply, params, batch, config)
     adv = np.array([1.0, -1.0]) / (np.std([1.0, -1.0]) + 1e-8)
     ratio = np.exp([0.4, -0.5])
     drift = [

@@ -1,34 +1,18 @@
-from typing import Any, NamedTuple
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from test_loop import LoopConfig, counting_update
 
 from pureeqxrl.loop import Learner
 from pureeqxrl.training.chunks import make_chunk_runner
 
 
-def _counting_update(counter):
-    # Reports the update index as a stat, and an "episode" only on every third update.
-    every_third = (counter % 3 == 0).astype(jnp.float32)
-    stats = {
-        "index": (counter.astype(jnp.float32), jnp.array(1.0)),
-        "episode_return": (counter.astype(jnp.float32) * every_third, every_third),
-    }
-    return counter + 1, stats
-
-
 class _State(eqx.Module):
     params: jax.Array
     env_state: Any
-
-
-class _Config(NamedTuple):
-    num_updates: int
-    log_interval: int
-    eval_every: int
-    num_envs: int = 1
 
 
 def test_chunks_of_several_lengths_run_one_program_and_padded_rows_evaluate_nothing():
@@ -39,7 +23,7 @@ def test_chunks_of_several_lengths_run_one_program_and_padded_rows_evaluate_noth
 
     def update(state):
         traced.append(state)
-        counter, stats = _counting_update(state.params)
+        counter, stats = counting_update(state.params)
         return _State(counter, state.env_state), stats
 
     learner = Learner(
@@ -47,7 +31,7 @@ def test_chunks_of_several_lengths_run_one_program_and_padded_rows_evaluate_noth
         update=update,
         evaluate=lambda state: {"eval_counter": state.params.astype(jnp.float32)},
     )
-    runner = make_chunk_runner(learner, _Config(num_updates=11, log_interval=2, eval_every=4))
+    runner = make_chunk_runner(learner, LoopConfig(num_updates=11, log_interval=2, eval_every=4))
     state = runner.init(jax.random.split(jax.random.key(0), 2))
     runner.compile(state, 6)
     state, first = runner.run(state, 6, 0)

@@ -1,11 +1,12 @@
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_loop import LoopConfig
 
 from pureeqxrl import dqn, ppo, ppo_rnn, runs, sac
 from pureeqxrl.loop import Learner, counter_field, make_train, train_result
@@ -132,13 +133,6 @@ class _State(eqx.Module):
     count: jax.Array = counter_field()
 
 
-class _Config(NamedTuple):
-    num_updates: int
-    log_interval: int
-    eval_every: int = 0
-    num_envs: int = 1
-
-
 def test_counters_decide_branches_in_chunks_as_in_the_single_program():
     # An update whose branch runs on every 5th update, decided by a counter that every seed shares.
     taken = []
@@ -155,7 +149,7 @@ def test_counters_decide_branches_in_chunks_as_in_the_single_program():
         return _State(jax.random.normal(key, (2,)), None, jnp.array(0))
 
     learner = Learner(init, update)
-    config = _Config(num_updates=20, log_interval=5)
+    config = LoopConfig(num_updates=20, log_interval=5)
     chunks = make_chunk_runner(learner, config)
     state = chunks.init(jax.random.split(jax.random.key(0), 3))
     for first_row in (0, 2):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pureeqxrl import cli, dqn, ppo, runs
-from pureeqxrl.policy_gradient import PPOConfig
+from pureeqxrl.ppo import PPOConfig
 from pureeqxrl.training import loggers, sweep
 from pureeqxrl.training.chunks import estimate_bytes
 

@@ -22,7 +22,7 @@ from pureeqxrl.heads import ActorCritic, GaussianActorCritic, diagonal_gaussian
 from pureeqxrl.linen import mlp_params
 from pureeqxrl.loop import TrainResult
 from pureeqxrl.nets import ACTIVATIONS, Functional, orthogonal
-from pureeqxrl.policy_gradient import PPOConfig
+from pureeqxrl.ppo import PPOConfig
 
 
 class LinenActorCritic(nn.Module):
