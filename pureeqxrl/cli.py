@@ -248,6 +248,8 @@ class CompareOptions:
 
 def compare_command(argv: list[str], console: Console) -> None:
     options = tyro.cli(CompareOptions, args=argv, prog="pureeqxrl compare")
+    if not options.run_dirs:
+        raise ValueError("compare needs run folders: pureeqxrl compare RUN_DIR [RUN_DIR ...]")
     if options.labels and len(options.labels) != len(options.run_dirs):
         raise ValueError(f"{len(options.labels)} labels for {len(options.run_dirs)} runs")
     labels = options.labels or (None,) * len(options.run_dirs)

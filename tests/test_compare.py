@@ -61,3 +61,6 @@ def test_compare_bad_input_gets_one_line_and_writes_nothing(tmp_path, capsys):
     assert cli.main(["compare", str(run), "--labels", "a", "b", "--out", str(out)]) == 2
     assert "2 labels for 1 runs" in capsys.readouterr().out
     assert not out.exists()
+    assert cli.main(["compare", "--out", str(out)]) == 2
+    assert "compare needs run folders" in capsys.readouterr().out
+    assert not out.exists()
