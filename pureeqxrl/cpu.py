@@ -1,7 +1,7 @@
 """What the `pureeqxrl` command sets up for XLA:CPU before it compiles: a CPU device per core, and
 JAX's random-number hash compiled without loops (for every algorithm but SAC). They speed up
 training of several seeds and compilation on a CPU and change no random number; neither touches a
-GPU or TPU (docs/speed.md).
+GPU or TPU.
 
 The Python API leaves JAX as the user set it up; `prepare(algorithm)`, called before anything
 starts JAX's backend (importing the algorithms does: gymnax builds arrays at import), does for a

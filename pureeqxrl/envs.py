@@ -162,7 +162,7 @@ def run_rollout(
     The finished episodes' sums are carried per environment, as one array (return, length and count
     stacked), and summed over the environments once, at the end: a step adds to that array instead
     of summing over the environments and stacking each sum over the steps, which on a GPU, where
-    each small operation is a kernel, cost PPO a fifth of its training (docs/speed.md).
+    each small operation is a kernel, cost PPO a fifth of its training on an H100.
     """
 
     def one_step(carry, _):

@@ -104,7 +104,7 @@ def write_config(
 def compiled_for() -> dict[str, Any]:
     """What this process compiles a run's arithmetic for, beyond its program and layout: the jax
     version, the backend and, on a CPU, the cores it may use (XLA:CPU compiles and runs a program
-    for them: the same program rounds otherwise with another count, docs/speed.md)."""
+    for them: the same program rounds otherwise with another count)."""
     backend = jax.default_backend()
     return {
         "jax": jax.__version__,
