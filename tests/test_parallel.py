@@ -225,9 +225,7 @@ def test_two_processes_train_one_agent_together_as_one_process_of_four_devices(t
     assert [process.returncode for process in processes] == [0, 0], [err[-3000:] for _, err in outputs]
     assert "4 cpu devices of 2 processes" in outputs[0][0] and "final return" in outputs[0][0]
     # Process 1 trains, and shows and writes nothing (gloo, the CPU collectives, says it connected).
-    assert [
-        line for line in outputs[1][0].splitlines() if line.strip() and not line.startswith("[Gloo]")
-    ] == []
+    assert [line for line in outputs[1][0].splitlines() if line.strip() and not _is_gloo_log(line)] == []
     assert not (tmp_path / "together_1").exists()
     saved = json.loads((tmp_path / "together_0" / "config.json").read_text())
     assert saved["processes"] == 2 and saved["layout"] == [1, 4]
@@ -301,3 +299,9 @@ def test_a_signal_to_one_process_stops_both_and_they_resume_bit_for_bit(tmp_path
     assert f"from update {summary['updates_done']}" in outputs[0][0]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
     _same_run_folders(run_dir, tmp_path / "alone")
+
+
+def _is_gloo_log(line: str) -> bool:
+    """Whether a line of a process's output is gloo's own log: "[Gloo] Rank 3 is connected to 3 peer
+    ranks. ...", which gloo's threads may print split in two, the second part without the prefix."""
+    return line.startswith("[Gloo]") or "peer ranks" in line
