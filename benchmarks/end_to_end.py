@@ -28,7 +28,7 @@ LIBRARIES = ("equinox", "linen")
 
 
 def compile_train(algorithm: Algorithm, library: str, config, keys):
-    train = algorithm.make_train(config, network_fn=algorithm.network(linen=library == "linen"))
+    train = algorithm.make_train(config, make_network=algorithm.network(linen=library == "linen"))
     return jax.jit(jax.vmap(train)).lower(keys).compile()
 
 

@@ -45,13 +45,14 @@ import bench_io  # benchmarks/bench_io.py (a script's folder is on its path)
 
 ROOT = Path(__file__).resolve().parent.parent
 # Each algorithm's benchmark run: its default config (the reference's settings) with these fields.
-# Continuous PPO keeps its 64 envs x 64 steps over a quarter of its 1e6 steps, recurrent PPO and SAC
-# get shorter budgets so that a repeat stays within a minute on 2 CPU cores.
+# Continuous PPO keeps its 64 envs x 64 steps over a quarter of its 1e6 steps; recurrent PPO (GRU and
+# S5) and SAC get shorter budgets so that a repeat stays within a minute on 2 CPU cores.
 SETTINGS: dict[str, dict] = {
     "dqn": {"total_timesteps": 500_000},
     "ppo": {"total_timesteps": 500_000},
     "ppo_continuous": {"total_timesteps": 262_144},
     "ppo_rnn": {"total_timesteps": 32_768},
+    "ppo_s5": {"total_timesteps": 16_384},
     "pqn": {"total_timesteps": 500_000},
     "sac": {"total_timesteps": 10_000, "learning_starts": 1_000},
 }

@@ -15,9 +15,8 @@ Where this differs from PureJaxRL, on purpose:
 - "every N steps" triggers whenever N is crossed, so any `num_envs` works (same schedule as the
   reference whenever `num_envs` divides N).
 
-The network library is a parameter (`network_fn`, see `pureeqxrl.nets.Functional`):
-`pureeqxrl.linen.dqn` runs this same algorithm with a Flax Linen network, the control group of the
-benchmarks.
+`make_learner(config, make_network)` trains any Module mapping one observation to Q-values
+(`pureeqxrl.linen.dqn` passes the Flax Linen control group's).
 """
 
 import dataclasses
@@ -38,7 +37,7 @@ from pureeqxrl.envs import Step, VecEnv, episode_stats, make_env
 from pureeqxrl.evaluate import training_evaluator
 from pureeqxrl.heads import epsilon_greedy, q_policy
 from pureeqxrl.loop import Learner, LogCallback, TrainResult, counter_field, environment_field
-from pureeqxrl.nets import MLP, Functional
+from pureeqxrl.nets import MLP, NetworkBuilder
 from pureeqxrl.replay import ReplayBuffer, Transition, ready_to_learn, stored_after
 
 
@@ -114,14 +113,9 @@ class QNetwork(MLP):
         return super().__call__(obs.reshape(-1))
 
 
-def equinox_q_function(config: DQNConfig, env: VecEnv) -> Functional:
-    """The Equinox `QNetwork` as a `Functional` whose `apply` maps observations to Q-values."""
-    obs_size = int(np.prod(env.observation_shape))
-
-    def init(key: PRNGKeyArray) -> QNetwork:
-        return QNetwork(obs_size, env.num_actions, config.hidden_sizes, key=key)
-
-    return Functional(init=init, apply=lambda network, obs: jax.vmap(network)(obs))
+def q_network(config: DQNConfig, env: VecEnv, key: PRNGKeyArray) -> QNetwork:
+    """The `QNetwork` of the config's hidden sizes for the environment (`make_learner`'s default)."""
+    return QNetwork(int(np.prod(env.observation_shape)), env.num_actions, config.hidden_sizes, key=key)
 
 
 # LOSS
@@ -147,19 +141,18 @@ def td_target(
 
 
 def q_loss(
-    apply: Callable[[Any, Array], Array],
-    params: Any,
-    target_params: Any,
+    network: Callable[[Array], Array],
+    target_network: Callable[[Array], Array],
     batch: Transition,
     config: DQNConfig,
 ) -> tuple[Float[Array, ""], Float[Array, ""]]:
     """Mean TD loss of a batch: squared error (as the reference: no 1/2) or Huber (`config.loss`),
     against `td_target` (Double DQN's if `config.double_dqn`). Returns (loss, mean chosen Q)."""
-    next_q_online = apply(params, batch.next_obs) if config.double_dqn else None
+    next_q_online = jax.vmap(network)(batch.next_obs) if config.double_dqn else None
     target = td_target(
-        apply(target_params, batch.next_obs), batch.reward, batch.terminated, config.gamma, next_q_online
+        jax.vmap(target_network)(batch.next_obs), batch.reward, batch.terminated, config.gamma, next_q_online
     )
-    q = apply(params, batch.obs)
+    q = jax.vmap(network)(batch.obs)
     chosen_q = jnp.take_along_axis(q, batch.action[:, None], axis=-1)[:, 0]
     error = chosen_q - jax.lax.stop_gradient(target)
     loss = optax.huber_loss(error) if config.loss == "huber" else error**2
@@ -205,25 +198,23 @@ class DQNState(eqx.Module):
 
 def make_train(
     config: DQNConfig,
-    network_fn: Callable[[DQNConfig, VecEnv], Functional] | None = None,
+    make_network: NetworkBuilder = q_network,
     on_log: LogCallback | None = None,
 ) -> Callable[[PRNGKeyArray], TrainResult]:
     """Validate `config` and return `train(key) -> TrainResult`, pure and jittable.
 
     **Arguments:**
 
-    - `network_fn`: builds the Q-network's `Functional` for the config and environment; defaults
-      to the Equinox `QNetwork` (`equinox_q_function`).
+    - `make_network`: `(config, env, key) -> network`, a Module mapping one observation to its
+      Q-values; defaults to `q_network`.
     - `on_log`: host function `(row_index, row)` called after each metrics row (see `scan_logged`).
 
     `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
     """
-    return loop.make_train(make_learner(config, network_fn), config, on_log)
+    return loop.make_train(make_learner(config, make_network), config, on_log)
 
 
-def make_learner(
-    config: DQNConfig, network_fn: Callable[[DQNConfig, VecEnv], Functional] | None = None
-) -> Learner:
+def make_learner(config: DQNConfig, make_network: NetworkBuilder = q_network) -> Learner:
     """Validate `config` and build its `pureeqxrl.loop.Learner`: `init(key)`, and `update(state)`,
     which takes one epsilon-greedy step in every environment, stores it, takes a gradient step on a
     sampled batch when it is time, and updates the target network when it is time."""
@@ -231,7 +222,6 @@ def make_learner(
     env = make_env(config.env, config.num_envs, config.max_episode_steps)
     if not env.discrete:  # a Q-value per action needs a finite set of actions
         raise ValueError(f"DQN needs discrete actions; {config.env} has continuous actions (a Box)")
-    network = (network_fn or equinox_q_function)(config, env)
     learning_rate = config.learning_rate
     if config.anneal_lr:  # the schedule counts gradient steps: zero at the run's last one
         learning_rate = optax.linear_schedule(config.learning_rate, 0.0, num_gradient_steps(config))
@@ -241,8 +231,8 @@ def make_learner(
 
     def learn(state: DQNState, key: PRNGKeyArray) -> tuple[DQNState, Array, Array]:
         batch = state.buffer.sample(key, config.batch_size)
-        (loss, q_value), grads = jax.value_and_grad(q_loss, argnums=1, has_aux=True)(
-            network.apply, state.params, state.target_params, batch, config
+        (loss, q_value), grads = jax.value_and_grad(q_loss, has_aux=True)(
+            state.params, state.target_params, batch, config
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -250,7 +240,7 @@ def make_learner(
 
     def step_environments(state: DQNState, key, act_key, step_key) -> tuple[DQNState, Step, Array]:
         epsilon = epsilon_at(config, state.timesteps)
-        action = epsilon_greedy(act_key, network.apply(state.params, state.obs), epsilon)
+        action = epsilon_greedy(act_key, jax.vmap(state.params)(state.obs), epsilon)
         obs, env_state, step = env.step(step_key, state.env_state, action)
         buffer = state.buffer.add(
             Transition(
@@ -310,11 +300,11 @@ def make_learner(
     def init(key: PRNGKeyArray) -> DQNState:
         env_key, init_key, loop_key = jax.random.split(key, 3)
         obs, env_state = env.reset(env_key)
-        params = network.init(init_key)
+        network = make_network(config, env, init_key)
         return DQNState(
-            params=params,
-            target_params=params,
-            opt_state=optimizer.init(params),
+            params=network,
+            target_params=network,
+            opt_state=optimizer.init(network),
             buffer=ReplayBuffer.for_steps(obs, jnp.array(0, jnp.int32), config.buffer_size),
             env_state=env_state,
             obs=obs,
@@ -323,7 +313,7 @@ def make_learner(
         )
 
     # EVALUATION: the greedy policy on fresh episodes (`config.eval_interval`)
-    evaluate = training_evaluator(config, network, policy, stochastic=False)
+    evaluate = training_evaluator(config, policy, stochastic=False)
     return Learner(init, update, evaluate)
 
 
@@ -335,5 +325,5 @@ def greedy_action(network: QNetwork, obs: Float[Array, "..."]) -> Int[Array, ""]
     return network(obs).argmax()
 
 
-# `policy(network, params, env, obs_stats, greedy)`: the argmax of Q, what `pureeqxrl eval` runs.
+# `policy(network, env, obs_stats, greedy)`: the argmax of Q, what `pureeqxrl eval` runs.
 policy = q_policy

@@ -87,9 +87,9 @@ def make_evaluator(
     and `key`): the mean return of the greedy policy over `env.num_envs` fresh episodes and, if
     `stochastic`, of the sampled policy on the same episodes (`"eval_return_sampled"`).
 
-    `policy(params, obs_stats, greedy) -> act` (`greedy` a bool, or a traced one for a stochastic
-    policy), where `obs_stats` are the observation statistics of a normalising environment
-    (`state.env_state.obs_stats`), or None.
+    `policy(network, obs_stats, greedy) -> act` (`greedy` a bool, or a traced one for a stochastic
+    policy), where `network` is the state's `params` and `obs_stats` the observation statistics of a
+    normalising environment (`state.env_state.obs_stats`), or None.
     """
 
     def run(state: Any) -> dict[str, Array]:
@@ -108,11 +108,10 @@ def make_evaluator(
     return Evaluator(env, run)
 
 
-def training_evaluator(config: Any, network: Any, policy: Callable[..., Any], stochastic: bool) -> Evaluator:
+def training_evaluator(config: Any, policy: Callable[..., Any], stochastic: bool) -> Evaluator:
     """The evaluation during training of an algorithm (`config.eval_interval`): its `policy(network,
-    params, env, obs_stats, greedy)` on `config.eval_episodes` fresh episodes of the config's
-    environment."""
+    env, obs_stats, greedy)` on `config.eval_episodes` fresh episodes of the config's environment."""
     env = make_env(config.env, config.eval_episodes, config.max_episode_steps)
     return make_evaluator(
-        env, lambda params, obs_stats, greedy: policy(network, params, env, obs_stats, greedy), stochastic
+        env, lambda network, obs_stats, greedy: policy(network, env, obs_stats, greedy), stochastic
     )

@@ -1,10 +1,10 @@
 """Policy heads: the actor-critics of the PPO family, chosen by the environment's action space;
 SAC's tanh-squashed Gaussian; the Q-value heads of DQN and PQN.
 
-A policy is a batch of distreqx distributions (a `Categorical` for discrete actions, a diagonal
-Gaussian for continuous ones), each describing one example and vmapped over the batch, so the
-training code samples, scores and measures entropy the same way whatever the action space
-(`sample`, `log_prob`, `entropy`, `mode`).
+An actor-critic maps one observation to a policy and a value: the policy is a distreqx
+distribution (a `Categorical` for discrete actions, a diagonal Gaussian for continuous ones).
+`jax.vmap(network)(obs_batch)` gives a batch of them, so the training code samples, scores and
+measures entropy the same way whatever the action space (`sample`, `log_prob`, `entropy`, `mode`).
 
 The actor-critics are PureJaxRL's: separate actor and critic MLPs on the flattened observation,
 hidden kernels orthogonal(sqrt 2), actor head orthogonal(0.01) (a near-uniform / near-zero-mean
@@ -14,7 +14,7 @@ per action dimension that starts at 0.
 
 import math
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import equinox as eqx
 import jax
@@ -25,7 +25,7 @@ from distreqx.distributions import AbstractDistribution, Categorical, Independen
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from pureeqxrl.envs import VecEnv
-from pureeqxrl.nets import ACTIVATIONS, MLP, Functional, NetworkKey, ParamKeys, orthogonal, zeros
+from pureeqxrl.nets import ACTIVATIONS, MLP, NetworkKey, ParamKeys, orthogonal, zeros
 
 
 class ActorCriticSettings(Protocol):
@@ -55,11 +55,9 @@ def mode(policy: AbstractDistribution) -> Array:
     return jax.vmap(lambda p: p.mode())(policy)
 
 
-def diagonal_gaussian(
-    mean: Float[Array, "batch action_dim"], log_std: Float[Array, " action_dim"]
-) -> Independent:
-    """A batch of diagonal Gaussians (one distreqx `Independent(Normal)` per example)."""
-    return Independent(Normal(mean, jnp.broadcast_to(jnp.exp(log_std), mean.shape)))
+def diagonal_gaussian(mean: Float[Array, " action_dim"], log_std: Float[Array, " action_dim"]) -> Independent:
+    """A diagonal Gaussian (a distreqx `Independent(Normal)`) of one example."""
+    return Independent(Normal(mean, jnp.exp(log_std)))
 
 
 def tanh_gaussian(mean: Float[Array, " action_dim"], log_std: Float[Array, " action_dim"]) -> Transformed:
@@ -108,7 +106,8 @@ def actor_and_critic_mlps(
 
 
 class ActorCritic(eqx.Module):
-    """Action logits and state value of one observation, from separate actor and critic MLPs."""
+    """The policy (a `Categorical` over the actor's logits) and the state value of one observation,
+    from separate actor and critic MLPs."""
 
     actor: MLP
     critic: MLP
@@ -126,17 +125,14 @@ class ActorCritic(eqx.Module):
             obs_size, num_actions, hidden_sizes, activation, key=key
         )
 
-    def __call__(self, obs: Float[Array, "..."]) -> tuple[Float[Array, " num_actions"], Float[Array, ""]]:
+    def __call__(self, obs: Float[Array, "..."]) -> tuple[Categorical, Float[Array, ""]]:
         x = obs.reshape(-1)
-        return self.actor(x), self.critic(x)[0]
+        return Categorical(logits=self.actor(x)), self.critic(x)[0]
 
 
 class GaussianActorCritic(eqx.Module):
-    """Action mean and state value of one observation, and a free log-std per action dimension.
-
-    `log_std` is the last field, where the Linen twin's sorted parameter names put it, so that both
-    training loops carry their buffers in one order (see `pureeqxrl.nets.Dense`).
-    """
+    """The policy (a diagonal Gaussian: the actor's mean, a free log-std per action dimension) and
+    the state value of one observation."""
 
     actor_mean: MLP
     critic: MLP
@@ -157,51 +153,26 @@ class GaussianActorCritic(eqx.Module):
         )
         self.log_std = zeros(keys(), (action_dim,), jnp.float32)  # a unit standard deviation
 
-    def __call__(self, obs: Float[Array, "..."]) -> tuple[Float[Array, " action_dim"], Float[Array, ""]]:
+    def __call__(self, obs: Float[Array, "..."]) -> tuple[Independent, Float[Array, ""]]:
         x = obs.reshape(-1)
-        return self.actor_mean(x), self.critic(x)[0]
+        return diagonal_gaussian(self.actor_mean(x), self.log_std), self.critic(x)[0]
 
 
-def categorical_actor_critic(config: ActorCriticSettings, env: VecEnv) -> Functional:
-    """`ActorCritic` as a `Functional`: `apply(network, obs_batch) -> (Categorical policies, values)`."""
+def actor_critic(
+    config: ActorCriticSettings, env: VecEnv, key: PRNGKeyArray
+) -> ActorCritic | GaussianActorCritic:
+    """The actor-critic for the environment's action space (`ppo.make_learner`'s default network)."""
     obs_size = int(np.prod(env.observation_shape))
     activation = ACTIVATIONS[config.activation]
-
-    def init(key: PRNGKeyArray) -> ActorCritic:
+    if env.discrete:
         return ActorCritic(obs_size, env.num_actions, config.hidden_sizes, activation, key=key)
-
-    def apply(network: ActorCritic, obs: Array) -> tuple[Categorical, Float[Array, " batch"]]:
-        logits, value = jax.vmap(network)(obs)
-        return Categorical(logits=logits), value
-
-    return Functional(init=init, apply=apply)
-
-
-def gaussian_actor_critic(config: ActorCriticSettings, env: VecEnv) -> Functional:
-    """`GaussianActorCritic` as a `Functional`: `apply -> (diagonal Gaussian policies, values)`."""
-    obs_size = int(np.prod(env.observation_shape))
     (action_dim,) = env.action_shape
-    activation = ACTIVATIONS[config.activation]
-
-    def init(key: PRNGKeyArray) -> GaussianActorCritic:
-        return GaussianActorCritic(obs_size, action_dim, config.hidden_sizes, activation, key=key)
-
-    def apply(network: GaussianActorCritic, obs: Array) -> tuple[Independent, Float[Array, " batch"]]:
-        mean, value = jax.vmap(network)(obs)
-        return diagonal_gaussian(mean, network.log_std), value
-
-    return Functional(init=init, apply=apply)
-
-
-def actor_critic(config: ActorCriticSettings, env: VecEnv) -> Functional:
-    """The Equinox actor-critic for the environment's action space."""
-    return categorical_actor_critic(config, env) if env.discrete else gaussian_actor_critic(config, env)
+    return GaussianActorCritic(obs_size, action_dim, config.hidden_sizes, activation, key=key)
 
 
 def greedy_action(network: ActorCritic, obs: Float[Array, "..."]) -> Int[Array, ""]:
     """Most likely action of a trained `ActorCritic` for one observation."""
-    logits, _ = network(obs)
-    return logits.argmax()
+    return network.actor(obs.reshape(-1)).argmax()
 
 
 # Q-VALUE HEADS (DQN, PQN): one value per discrete action
@@ -218,10 +189,10 @@ def epsilon_greedy(
 
 
 def q_policy(
-    network: Functional, params: Any, env: VecEnv, obs_stats: None = None, greedy: bool = True
+    network: Callable[[Array], Array], env: VecEnv, obs_stats: None = None, greedy: bool = True
 ) -> Callable[[PRNGKeyArray, Array], Array]:
     """`act(key, obs_batch)` taking the argmax of a Q-network's values, no exploration (what
     `pureeqxrl eval` runs for DQN and PQN)."""
     if not greedy:
         raise ValueError("a Q-network has no stochastic policy to sample from (its exploration is epsilon)")
-    return lambda key, obs: network.apply(params, obs).argmax(-1)
+    return lambda key, obs: jax.vmap(network)(obs).argmax(-1)

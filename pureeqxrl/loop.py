@@ -169,16 +169,42 @@ def make_train(
     their statistics are returned with the params, since the trained policy must see observations
     normalised by them.
     """
-    learner = held(learner, config.num_envs)
-    evaluate = evaluation(learner, eval_rows(config.num_updates, config.log_interval, config.eval_every))
+    init = held(learner, config.num_envs).init
+    updates = run_updates(learner, config, on_log)
 
     def train(key: PRNGKeyArray) -> TrainResult:
-        state, metrics = scan_logged(
-            learner.update, learner.init(key), config.num_updates, config.log_interval, on_log, evaluate
-        )
+        state, metrics = updates(init(key), 0, config.num_updates)
         return train_result(state, metrics)
 
     return train
+
+
+def run_updates(
+    learner: Learner, config: Any, on_log: LogCallback | None = None, num_rows: int | None = None
+) -> Callable[[Any, Array | int, Array | int], tuple[Any, dict[str, Array]]]:
+    """`updates(state, first_row, num_updates) -> (state, rows)`: `num_updates` of
+    `learner.update` from metrics row `first_row` of the run on, logged every `config.log_interval`
+    updates and evaluated by `learner.evaluate` where `config.eval_every` says (`scan_logged`).
+
+    Every way of running a learner is this: `make_train` runs all the updates in one call, and the
+    engine's chunks (`pureeqxrl.training.chunks`) run them a chunk of `num_rows` rows at a time.
+    """
+    learner = held(learner, config.num_envs)
+    evaluate = evaluation(learner, eval_rows(config.num_updates, config.log_interval, config.eval_every))
+
+    def updates(state: Any, first_row: Array | int, num_updates: Array | int) -> tuple[Any, dict[str, Array]]:
+        return scan_logged(
+            learner.update,
+            state,
+            num_updates,
+            config.log_interval,
+            on_log,
+            evaluate,
+            first_row=first_row,
+            num_rows=num_rows,
+        )
+
+    return updates
 
 
 def train_result(state: Any, metrics: dict[str, Array]) -> TrainResult:

@@ -1,15 +1,14 @@
 """Network building blocks shared by every algorithm: activations, the hang-free orthogonal
 initializer, the parameter-key rule (`ParamKeys`), `Dense`, `MLP`, `Conv` and `CNNTorso` (for grid
-observations), and `Functional` (a network as the training loops see it).
+observations).
 
-Modules here hold arrays only (activations are static fields), so they cross `jax.jit`, sit in
-`lax.scan` carries and go through optax without `eqx.filter`-ing. Kernels are stored `(in, out)` and
-applied as `x @ kernel + bias`, exactly like `flax.linen.Dense`, so that a Linen twin given the same
-numbers computes the same program.
+Modules here act on one example (vmap them over a batch) and hold arrays only (activations are
+static fields), so they cross `jax.jit`, sit in `lax.scan` carries and go through optax without
+`eqx.filter`-ing. Kernels are stored `(in, out)` and applied as `x @ kernel + bias`.
 """
 
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -19,23 +18,15 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 Initializer = Callable[[PRNGKeyArray, tuple[int, ...], jnp.dtype], Array]
 
+NetworkBuilder = Callable[[Any, Any, PRNGKeyArray], eqx.Module]
+"""`make_network(config, env, key) -> network`: what an algorithm's `make_learner` takes to build the
+Module it trains (by default its own network; `pureeqxrl.linen` passes the Flax Linen twins)."""
+
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "tanh": jax.nn.tanh,
     "relu": jax.nn.relu,
     "leaky_relu": jax.nn.leaky_relu,
 }
-
-
-class Functional(NamedTuple):
-    """A network as an algorithm sees it, whatever library it comes from.
-
-    `init(key) -> params` and `apply(params, obs_batch) -> outputs`. For Equinox the params *are*
-    the Module; for Flax Linen they are its variables dict. Algorithms take a builder
-    `network_fn(config, env) -> Functional`, so that a Linen twin runs the very same training code.
-    """
-
-    init: Callable[[PRNGKeyArray], Any]
-    apply: Callable[[Any, Array], Any]
 
 
 @jax.custom_batching.custom_vmap
@@ -91,8 +82,8 @@ class ParamKeys:
     A Module takes `key=` either a key (it is then a whole network) or the `ParamKeys` of the
     network it is part of, and draws its parameters' keys by calling it. So a network's parts
     never derive keys of their own: under `jax.vmap` (seeds) every `fold_in` is a threefry loop that
-    XLA compiles, and a key per part would cost a loop more each (8 for PPO's actor-critic, where
-    Linen, which folds each parameter's name in once, has 6). Splitting keys costs more still (a
+    XLA compiles, and a key per part would cost a loop more each (8 more for PPO's actor-critic).
+    Splitting keys costs more still (a
     split key array must be sliced apart under `vmap`, and each split compiles even when its key
     goes unused). A zero initializer takes a key too, which is dead code for XLA, so that changing
     it never shifts the keys of the parameters after it.
@@ -124,11 +115,10 @@ class Dense(eqx.Module):
     `eqx.nn.Linear`'s uniform one: the reference algorithms were tuned with it. The kernel draws
     its key before the bias.
 
-    `bias` is declared before `kernel` because that is the order of a Linen `Dense`'s leaves (its
-    dict's keys are sorted): the order of the leaves is the order of the training loop's carried
-    buffers, and from it XLA schedules and fuses the step. In (kernel, bias) order the vmapped DQN
-    compiled to a different program that ran 1-3% slower than Linen's; in this order it is Linen's
-    program, op for op (`docs/benchmarks.md`, cause 5).
+    `bias` is declared before `kernel` for speed: the order of the leaves is the order of the
+    training loop's carried buffers, from which XLA schedules and fuses the step, and in (kernel,
+    bias) order the vmapped DQN step ran 1-3% slower on CPU. It is also the
+    order agent files and checkpoints store them in.
     """
 
     bias: Float[Array, " out_features"]

@@ -19,15 +19,15 @@ Where this differs from PureJaxRL, on purpose:
 - observations of any shape are flattened into the MLP (MinAtar grids and navix's symbolic grids
   included); `pureeqxrl.envs` also runs navix environments, which replaces `ppo_minigrid.py`.
 
-The policy is a batch of distreqx distributions (a `Categorical`, or a diagonal Gaussian for
-continuous actions), so nothing below depends on the action space, except that continuous actions
+The actor-critic maps an observation to a distreqx distribution (a `Categorical`, or a diagonal
+Gaussian for continuous actions) and a value, so nothing below depends on the action space, except
+that continuous actions
 are clipped to the environment's bounds when stepping (the stored action and its log-probability
 stay unclipped, as the reference). `objective="dpo"` swaps the clipped surrogate for DPO's drift
 objective, and `normalize_obs`/`normalize_reward` wrap the environment in
 `pureeqxrl.normalize.Normalize`, whose observation statistics leave training with the agent.
-
-The network library is a parameter (`network_fn`, see `pureeqxrl.nets.Functional`): the same
-`make_train` runs the Flax Linen control version of `pureeqxrl.linen.ppo`.
+`make_learner(config, make_network)` trains any Module with the actor-critic's call
+(`pureeqxrl.linen.ppo` passes the Flax Linen control group's).
 """
 
 import dataclasses
@@ -49,7 +49,7 @@ from pureeqxrl.evaluate import training_evaluator
 from pureeqxrl.heads import actor_critic, entropy, log_prob, mode, sample
 from pureeqxrl.loop import Learner, LogCallback, TrainResult, environment_field
 from pureeqxrl.minibatch import shuffled_epochs
-from pureeqxrl.nets import ACTIVATIONS, Functional
+from pureeqxrl.nets import ACTIVATIONS, NetworkBuilder
 from pureeqxrl.normalize import Normalize, RunningStats
 
 __all__ = [
@@ -269,8 +269,7 @@ class LossInfo(eqx.Module):
 
 
 def ppo_loss(
-    apply: Callable[[Any, Array], tuple[AbstractDistribution, Array]],
-    params: Any,
+    network: Callable[[Array], tuple[AbstractDistribution, Array]],
     batch: Batch,
     config: PPOConfig,
 ) -> tuple[Float[Array, ""], LossInfo]:
@@ -280,7 +279,7 @@ def ppo_loss(
     ratio minus DPO's drift (`dpo_drift`). Advantages are normalised over the minibatch, as in the
     reference.
     """
-    policy, value = apply(params, batch.obs)
+    policy, value = jax.vmap(network)(batch.obs)
     return loss_terms(policy, value, batch, config)
 
 
@@ -354,6 +353,7 @@ def update_stats(episodes: dict, loss: Float[Array, "..."], info: LossInfo) -> d
 
 class PPOState(eqx.Module):
     params: Any
+    """The network (an `ActorCritic` or a `GaussianActorCritic` unless `make_network` says otherwise)."""
     opt_state: Any
     env_state: Any = environment_field()
     obs: Array = environment_field()
@@ -362,59 +362,53 @@ class PPOState(eqx.Module):
 
 def make_train(
     config: PPOConfig,
-    network_fn: Callable[[PPOConfig, VecEnv | Normalize], Functional] | None = None,
+    make_network: NetworkBuilder = actor_critic,
     on_log: LogCallback | None = None,
 ) -> Callable[[PRNGKeyArray], TrainResult]:
     """Validate `config` and return `train(key) -> TrainResult`, pure and jittable.
 
     **Arguments:**
 
-    - `network_fn`: builds the actor-critic's `Functional` (`apply(params, obs_batch) ->
-      (batch of policy distributions, values)`); defaults to `pureeqxrl.heads.actor_critic`, the
-      Equinox actor-critic for the environment's action space.
+    - `make_network`: `(config, env, key) -> network`, a Module mapping one observation to
+      `(policy distribution, value)`; defaults to `pureeqxrl.heads.actor_critic`, the actor-critic
+      for the environment's action space.
     - `on_log`: host function `(row_index, row)` called after each metrics row (see `scan_logged`).
 
     `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
     If observations are normalised, `train(key).obs_stats` holds the statistics to act with.
     """
-    return loop.make_train(make_learner(config, network_fn), config, on_log)
+    return loop.make_train(make_learner(config, make_network), config, on_log)
 
 
-def make_learner(
-    config: PPOConfig,
-    network_fn: Callable[[PPOConfig, VecEnv | Normalize], Functional] | None = None,
-) -> Learner:
+def make_learner(config: PPOConfig, make_network: NetworkBuilder = actor_critic) -> Learner:
     """Validate `config` and build its `pureeqxrl.loop.Learner`: `init(key)`, and `update(state)`,
     which steps every environment `num_steps` times, computes the rollout's values and advantages
     and runs `update_epochs` epochs of `num_minibatches` gradient steps."""
     config.validate()
     env = make_environment(config)
-    network = (network_fn or actor_critic)(config, env)
     optimizer = make_optimizer(config)
 
     def env_step(state: PPOState) -> tuple[PPOState, Transition, Step]:
         key, action_key, step_key = jax.random.split(state.key, 3)
-        policy, _ = network.apply(state.params, state.obs)  # values: after the rollout, in one batch
+        policy, _ = jax.vmap(state.params)(state.obs)  # values: after the rollout, in one batch
         action = sample(policy, action_key)
         obs, env_state, step = env.step(step_key, state.env_state, env.to_env_action(action))
         transition = Transition.of_step(state.obs, action, policy, None, step)
         state = dataclasses.replace(state, env_state=env_state, obs=obs, key=key)
         return state, transition, step
 
-    def gradient_step(params_and_opt, minibatch: Batch):
-        params, opt_state = params_and_opt
-        (loss, info), grads = jax.value_and_grad(ppo_loss, argnums=1, has_aux=True)(
-            network.apply, params, minibatch, config
-        )
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), (loss, info)
+    def gradient_step(network_and_opt, minibatch: Batch):
+        network, opt_state = network_and_opt
+        (loss, info), grads = jax.value_and_grad(ppo_loss, has_aux=True)(network, minibatch, config)
+        updates, opt_state = optimizer.update(grads, opt_state, network)
+        return (optax.apply_updates(network, updates), opt_state), (loss, info)
 
     def collect(state: PPOState) -> tuple[PPOState, Transition, dict]:
         return run_rollout(env_step, state, config.num_steps, config.num_envs)
 
     def learn(state: PPOState, rollout: Transition) -> tuple[PPOState, Array, LossInfo]:
         # VALUES: the critic's, with the parameters that collected the rollout
-        value, next_value = rollout_values(network, state.params, rollout)
+        value, next_value = rollout_values(state.params, rollout)
         rollout = dataclasses.replace(rollout, value=value)
 
         # ADVANTAGES: bootstrap from the pre-reset next observation, cut at episode ends
@@ -450,18 +444,18 @@ def make_learner(
     def init(key: PRNGKeyArray) -> PPOState:
         env_key, init_key, loop_key = jax.random.split(key, 3)
         obs, env_state = env.reset(env_key)
-        params = network.init(init_key)
+        network = make_network(config, env, init_key)
         return PPOState(
-            params=params, opt_state=optimizer.init(params), env_state=env_state, obs=obs, key=loop_key
+            params=network, opt_state=optimizer.init(network), env_state=env_state, obs=obs, key=loop_key
         )
 
     # EVALUATION: the greedy and the sampled policy on fresh episodes (`config.eval_interval`)
-    evaluate = training_evaluator(config, network, policy, stochastic=True)
+    evaluate = training_evaluator(config, policy, stochastic=True)
     return Learner(init, update, evaluate)
 
 
 def rollout_values(
-    network: Functional, params: Any, rollout: Transition
+    network: Callable[[Array], tuple[AbstractDistribution, Array]], rollout: Transition
 ) -> tuple[Float[Array, "num_steps num_envs"], Float[Array, "num_steps num_envs"]]:
     """`V(obs)` and `V(next_obs)` (the pre-reset next observation) of every step of a stacked
     rollout, in one batch.
@@ -472,7 +466,7 @@ def rollout_values(
     """
     num_steps, num_envs = rollout.reward.shape
     flat = lambda x: x.reshape(num_steps * num_envs, *x.shape[2:])  # noqa: E731
-    _, values = network.apply(params, jnp.concatenate([flat(rollout.obs), flat(rollout.next_obs)]))
+    _, values = jax.vmap(network)(jnp.concatenate([flat(rollout.obs), flat(rollout.next_obs)]))
     value, next_value = values.reshape(2, num_steps, num_envs)
     return value, next_value
 
@@ -481,13 +475,12 @@ def rollout_values(
 
 
 def policy(
-    network: Functional,
-    params: Any,
+    network: Callable[[Array], tuple[AbstractDistribution, Array]],
     env: VecEnv,
     obs_stats: RunningStats | None = None,
     greedy: bool = True,
 ) -> Callable[[PRNGKeyArray, Array], Array]:
-    """`act(key, obs_batch)` of trained params, as `pureeqxrl eval` runs it.
+    """`act(key, obs_batch)` of a trained actor-critic, as `pureeqxrl eval` runs it.
 
     Observations are normalised with the frozen training statistics `obs_stats` (if any); actions
     are the policy's most likely ones (`greedy`) or sampled as in training, continuous ones clipped
@@ -498,7 +491,7 @@ def policy(
     def act(key: PRNGKeyArray, obs: Array) -> Array:
         if obs_stats is not None:
             obs = obs_stats.normalize(obs)
-        distribution, _ = network.apply(params, obs)
+        distribution, _ = jax.vmap(network)(obs)
         return env.to_env_action(jnp.where(greedy, mode(distribution), sample(distribution, key)))
 
     return act

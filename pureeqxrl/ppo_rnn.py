@@ -17,23 +17,23 @@ what memory changes:
 - the GRU projects a sequence's inputs for all steps before its loop (`pureeqxrl.recurrent.GRU`),
   and S5 runs its sequences as a parallel scan; acting uses their one-step modes.
 
-The network library is a parameter (`network_fn` builds a `RecurrentFunctional`), so the Flax Linen
-twin of `pureeqxrl.linen.ppo_rnn` runs this very training loop. `PPOS5Config` holds the S5 run's
-settings (`pureeqxrl train ppo_s5`).
+`make_learner(config, make_network)` trains any Module with `RecurrentActorCritic`'s methods
+(`pureeqxrl.linen.ppo_rnn` passes the Flax Linen control group's). `PPOS5Config` holds the S5
+run's settings (`pureeqxrl train ppo_s5`).
 """
 
 import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from distreqx.distributions import AbstractDistribution, Categorical
+from distreqx.distributions import Categorical
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 from pureeqxrl import loop
@@ -43,8 +43,8 @@ from pureeqxrl.evaluate import RecurrentPolicy, training_evaluator
 from pureeqxrl.heads import mode, sample
 from pureeqxrl.loop import Learner, LogCallback, TrainResult, environment_field
 from pureeqxrl.minibatch import epoch_orders, split_batch
-from pureeqxrl.nets import ACTIVATIONS, MLP, NetworkKey, ParamKeys, orthogonal
-from pureeqxrl.normalize import Normalize, RunningStats
+from pureeqxrl.nets import ACTIVATIONS, MLP, NetworkBuilder, NetworkKey, ParamKeys, orthogonal
+from pureeqxrl.normalize import RunningStats
 from pureeqxrl.ppo import (
     Batch,
     LossInfo,
@@ -172,64 +172,34 @@ class RecurrentActorCritic(eqx.Module):
     def _embed(self, obs: Float[Array, "..."]) -> Float[Array, " width"]:
         return self.activation(self.encoder(obs.reshape(-1)))
 
-    def _heads(self, x: Float[Array, " width"]) -> tuple[Float[Array, " num_actions"], Float[Array, ""]]:
-        return self.actor(x), self.critic(x)[0]
+    def _heads(self, x: Float[Array, " width"]) -> tuple[Categorical, Float[Array, ""]]:
+        return Categorical(logits=self.actor(x)), self.critic(x)[0]
 
     def step(
         self, hidden: Array, obs: Float[Array, "..."], reset: Bool[Array, ""]
-    ) -> tuple[Array, Float[Array, " num_actions"], Float[Array, ""]]:
-        """One time step: `(hidden, logits, value)`; `reset` zeroes the state first."""
+    ) -> tuple[Array, Categorical, Float[Array, ""]]:
+        """One time step: `(hidden, policy, value)`; `reset` zeroes the state first."""
         hidden, x = self.core.step(hidden, self._embed(obs), reset)
         return hidden, *self._heads(x)
 
     def __call__(
         self, hidden: Array, obs: Float[Array, "time ..."], resets: Bool[Array, " time"]
-    ) -> tuple[Array, Float[Array, "time num_actions"], Float[Array, " time"]]:
-        """A whole sequence from `hidden`: `(final hidden, logits, values)`."""
+    ) -> tuple[Array, Categorical, Float[Array, " time"]]:
+        """A whole sequence from `hidden`: `(final hidden, policies, values)`, a step each."""
         hidden, xs = self.core(hidden, jax.vmap(self._embed)(obs), resets)
-        logits, values = jax.vmap(self._heads)(xs)
-        return hidden, logits, values
+        policies, values = jax.vmap(self._heads)(xs)
+        return hidden, policies, values
 
 
-class RecurrentFunctional(NamedTuple):
-    """A recurrent network as the training loop sees it, whatever library it comes from (the
-    recurrent counterpart of `pureeqxrl.nets.Functional`). Batches are of environments.
-
-    - `init(key) -> params`; `initial_hidden(num_envs) -> hidden`;
-    - `step(params, hidden, obs, reset) -> (hidden, policy, value)`: one time step;
-    - `unroll(params, hidden, obs, resets) -> (policy, value)`: sequences, time-major `(time,
-      envs, ...)` inputs, outputs flattened to `time * envs` in the same order.
-    """
-
-    init: Callable[[PRNGKeyArray], Any]
-    initial_hidden: Callable[[int], Array]
-    step: Callable[[Any, Array, Array, Array], tuple[Array, AbstractDistribution, Array]]
-    unroll: Callable[[Any, Array, Array, Array], tuple[AbstractDistribution, Array]]
+def recurrent_actor_critic(config: PPORNNConfig, env: VecEnv, key: PRNGKeyArray) -> RecurrentActorCritic:
+    """The `RecurrentActorCritic` of the config for the environment (`make_learner`'s default)."""
+    return RecurrentActorCritic(int(np.prod(env.observation_shape)), env.num_actions, config, key=key)
 
 
-def equinox_recurrent_actor_critic(config: PPORNNConfig, env: VecEnv) -> RecurrentFunctional:
-    """The Equinox `RecurrentActorCritic` as a `RecurrentFunctional` (discrete actions)."""
-    obs_size = int(np.prod(env.observation_shape))
-
-    def init(key: PRNGKeyArray) -> RecurrentActorCritic:
-        return RecurrentActorCritic(obs_size, env.num_actions, config, key=key)
-
-    hidden = eqx.filter_eval_shape(init, jax.random.key(0)).initial_hidden()
-
-    def step(network: RecurrentActorCritic, hidden, obs, reset):
-        hidden, logits, value = jax.vmap(network.step)(hidden, obs, reset)
-        return hidden, Categorical(logits=logits), value
-
-    def unroll(network: RecurrentActorCritic, hidden, obs, resets):
-        _, logits, values = jax.vmap(network, in_axes=(0, 1, 1), out_axes=(0, 1, 1))(hidden, obs, resets)
-        return Categorical(logits=logits.reshape(-1, logits.shape[-1])), values.reshape(-1)
-
-    return RecurrentFunctional(
-        init=init,
-        initial_hidden=lambda num_envs: jnp.zeros((num_envs, *hidden.shape), hidden.dtype),
-        step=step,
-        unroll=unroll,
-    )
+def initial_hidden(network: RecurrentActorCritic, num_envs: int) -> Array:
+    """The hidden state of `num_envs` environments before their first step."""
+    hidden = network.initial_hidden()
+    return jnp.broadcast_to(hidden, (num_envs, *hidden.shape))
 
 
 # TRAINING
@@ -254,12 +224,17 @@ class SequenceBatch(eqx.Module):
 
 
 def sequence_loss(
-    network: RecurrentFunctional, params: Any, minibatch: SequenceBatch, config: PPORNNConfig
+    network: RecurrentActorCritic, minibatch: SequenceBatch, config: PPORNNConfig
 ) -> tuple[Float[Array, ""], LossInfo]:
     """`pureeqxrl.ppo.ppo_loss` on whole sequences: the network re-runs them from their stored
     hidden state (resetting where episodes start), then every step counts as one example."""
-    policy, value = network.unroll(params, minibatch.hidden, minibatch.steps.obs, minibatch.reset)
-    steps = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), minibatch.steps)
+    # time-major (time, envs, ...) sequences, one environment's per vmapped call
+    _, policy, value = jax.vmap(network, in_axes=(0, 1, 1), out_axes=(0, 1, 1))(
+        minibatch.hidden, minibatch.steps.obs, minibatch.reset
+    )
+    policy, value, steps = jax.tree.map(
+        lambda x: x.reshape(-1, *x.shape[2:]), (policy, value, minibatch.steps)
+    )
     return loss_terms(policy, value, steps, config)
 
 
@@ -275,26 +250,23 @@ class RecurrentPPOState(eqx.Module):
 
 def make_train(
     config: PPORNNConfig,
-    network_fn: Callable[[PPORNNConfig, VecEnv | Normalize], RecurrentFunctional] | None = None,
+    make_network: NetworkBuilder = recurrent_actor_critic,
     on_log: LogCallback | None = None,
 ) -> Callable[[PRNGKeyArray], TrainResult]:
     """Validate `config` and return `train(key) -> TrainResult`, pure and jittable.
 
     **Arguments:**
 
-    - `network_fn`: builds the `RecurrentFunctional`; defaults to the Equinox
-      `RecurrentActorCritic` (`equinox_recurrent_actor_critic`).
+    - `make_network`: `(config, env, key) -> network`, a Module with `RecurrentActorCritic`'s
+      `initial_hidden`, `step` and call; defaults to `recurrent_actor_critic`.
     - `on_log`: host function `(row_index, row)` called after each metrics row (see `scan_logged`).
 
     `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
     """
-    return loop.make_train(make_learner(config, network_fn), config, on_log)
+    return loop.make_train(make_learner(config, make_network), config, on_log)
 
 
-def make_learner(
-    config: PPORNNConfig,
-    network_fn: Callable[[PPORNNConfig, VecEnv | Normalize], RecurrentFunctional] | None = None,
-) -> Learner:
+def make_learner(config: PPORNNConfig, make_network: NetworkBuilder = recurrent_actor_critic) -> Learner:
     """Validate `config` and build its `pureeqxrl.loop.Learner`: `init(key)`, and `update(state)`,
     which steps every environment `num_steps` times from the hidden state it had, computes
     advantages and runs the epochs over whole sequences."""
@@ -302,13 +274,12 @@ def make_learner(
     env = make_environment(config)
     if not env.discrete:  # whatever the network library: the heads are categorical
         raise ValueError(f"ppo_rnn supports discrete actions only; {config.env} has continuous ones")
-    network = (network_fn or equinox_recurrent_actor_critic)(config, env)
     optimizer = make_optimizer(config)
     num_steps, num_envs = config.num_steps, config.num_envs
 
     def env_step(state: RecurrentPPOState) -> tuple[RecurrentPPOState, RecurrentTransition, Step]:
         key, action_key, step_key = jax.random.split(state.key, 3)
-        hidden, policy, value = network.step(state.params, state.hidden, state.obs, state.reset)
+        hidden, policy, value = jax.vmap(state.params.step)(state.hidden, state.obs, state.reset)
         action = sample(policy, action_key)
         obs, env_state, step = env.step(step_key, state.env_state, env.to_env_action(action))
         transition = RecurrentTransition.of_step(
@@ -319,21 +290,19 @@ def make_learner(
         )
         return state, transition, step
 
-    def gradient_step(params_and_opt, minibatch: SequenceBatch):
-        params, opt_state = params_and_opt
+    def gradient_step(network_and_opt, minibatch: SequenceBatch):
+        network, opt_state = network_and_opt
         # data parallel: each device's share of the sequences (axis 1 of the steps), gradients summed
         minibatch = SequenceBatch(
             hidden=split_batch(minibatch.hidden),
             reset=split_batch(minibatch.reset, axis=1),
             steps=split_batch(minibatch.steps, axis=1),
         )
-        (total, info), grads = jax.value_and_grad(sequence_loss, argnums=1, has_aux=True)(
-            network, params, minibatch, config
-        )
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), (total, info)
+        (total, info), grads = jax.value_and_grad(sequence_loss, has_aux=True)(network, minibatch, config)
+        updates, opt_state = optimizer.update(grads, opt_state, network)
+        return (optax.apply_updates(network, updates), opt_state), (total, info)
 
-    def epoch(params_and_opt, order: Array, batch: SequenceBatch):
+    def epoch(network_and_opt, order: Array, batch: SequenceBatch):
         def by_environment(x: Array, axis: int) -> Array:
             # (..., envs, ...) -> (minibatches, ..., envs per minibatch, ...)
             x = jnp.take(x, order, axis=axis)
@@ -345,7 +314,7 @@ def make_learner(
             reset=by_environment(batch.reset, 1),
             steps=jax.tree.map(lambda x: by_environment(x, 1), batch.steps),
         )
-        return jax.lax.scan(gradient_step, params_and_opt, minibatches)
+        return jax.lax.scan(gradient_step, network_and_opt, minibatches)
 
     def collect(state: RecurrentPPOState):
         initial_hidden = state.hidden  # stored: the update re-runs the sequences from it
@@ -357,8 +326,7 @@ def make_learner(
 
         # ADVANTAGES: V(pre-reset next obs) with the hidden state it follows, one batched core step
         flat = lambda x: x.reshape(num_steps * num_envs, *x.shape[2:])  # noqa: E731
-        _, _, next_value = network.step(
-            state.params,
+        _, _, next_value = jax.vmap(state.params.step)(
             flat(rollout.hidden),
             flat(rollout.next_obs),
             jnp.zeros(num_steps * num_envs, bool),
@@ -380,7 +348,7 @@ def make_learner(
         )
         key, epochs_key = jax.random.split(state.key)
         (params, opt_state), (total, info) = jax.lax.scan(
-            lambda params_and_opt, order: epoch(params_and_opt, order, batch),
+            lambda network_and_opt, order: epoch(network_and_opt, order, batch),
             (state.params, state.opt_state),
             epoch_orders(epochs_key, config.update_epochs, num_envs),  # whole environments' sequences
         )
@@ -395,19 +363,19 @@ def make_learner(
     def init(key: PRNGKeyArray) -> RecurrentPPOState:
         env_key, init_key, loop_key = jax.random.split(key, 3)
         obs, env_state = env.reset(env_key)
-        params = network.init(init_key)
+        network = make_network(config, env, init_key)
         return RecurrentPPOState(
-            params=params,
-            opt_state=optimizer.init(params),
+            params=network,
+            opt_state=optimizer.init(network),
             env_state=env_state,
             obs=obs,
             reset=jnp.ones(num_envs, bool),
-            hidden=network.initial_hidden(num_envs),
+            hidden=initial_hidden(network, num_envs),
             key=loop_key,
         )
 
     # EVALUATION: the greedy and the sampled policy on fresh episodes (`config.eval_interval`)
-    evaluate = training_evaluator(config, network, policy, stochastic=True)
+    evaluate = training_evaluator(config, policy, stochastic=True)
     return Learner(init, update, evaluate)
 
 
@@ -415,8 +383,7 @@ def make_learner(
 
 
 def policy(
-    network: RecurrentFunctional,
-    params: Any,
+    network: RecurrentActorCritic,
     env: VecEnv,
     obs_stats: RunningStats | None = None,
     greedy: bool = True,
@@ -428,8 +395,8 @@ def policy(
     def act(key: PRNGKeyArray, obs: Array, hidden: Array, reset: Array):
         if obs_stats is not None:
             obs = obs_stats.normalize(obs)
-        hidden, distribution, _ = network.step(params, hidden, obs, reset)
+        hidden, distribution, _ = jax.vmap(network.step)(hidden, obs, reset)
         action = jnp.where(greedy, mode(distribution), sample(distribution, key))
         return action.astype(jnp.int32), hidden
 
-    return RecurrentPolicy(initial_hidden=network.initial_hidden, act=act)
+    return RecurrentPolicy(initial_hidden=lambda num_envs: initial_hidden(network, num_envs), act=act)

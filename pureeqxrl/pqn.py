@@ -36,7 +36,7 @@ from pureeqxrl.evaluate import training_evaluator
 from pureeqxrl.heads import epsilon_greedy, q_policy
 from pureeqxrl.loop import Learner, LogCallback, TrainResult, counter_field, environment_field
 from pureeqxrl.minibatch import shuffled_epochs
-from pureeqxrl.nets import CNNTorso, Dense, Functional, NetworkKey, ParamKeys
+from pureeqxrl.nets import CNNTorso, Dense, NetworkBuilder, NetworkKey, ParamKeys
 
 __all__ = ["PQNConfig", "make_learner", "make_train", "policy", "q_lambda_returns"]
 
@@ -166,19 +166,15 @@ class CNNQNetwork(eqx.Module):
         return self.head(self.torso(obs))
 
 
-def equinox_q_network(config: PQNConfig, env: VecEnv) -> Functional:
-    """The Equinox Q-network of `config.torso` (`QNetwork` or `CNNQNetwork`) as a `Functional`
-    whose `apply` maps observations to Q-values."""
+def q_network(config: PQNConfig, env: VecEnv, key: PRNGKeyArray) -> QNetwork | CNNQNetwork:
+    """The Q-network of `config.torso` (a `QNetwork` or a `CNNQNetwork`) for the environment
+    (`make_learner`'s default)."""
+    if config.torso == "cnn":
+        return CNNQNetwork(env.observation_shape, env.num_actions, config, key=key)
     obs_size = int(np.prod(env.observation_shape))
-
-    def init(key: PRNGKeyArray) -> QNetwork | CNNQNetwork:
-        if config.torso == "cnn":
-            return CNNQNetwork(env.observation_shape, env.num_actions, config, key=key)
-        return QNetwork(
-            obs_size, env.num_actions, config.hidden_sizes, config.layer_norm, key=key, scale=config.obs_scale
-        )
-
-    return Functional(init=init, apply=lambda network, obs: jax.vmap(network)(obs))
+    return QNetwork(
+        obs_size, env.num_actions, config.hidden_sizes, config.layer_norm, key=key, scale=config.obs_scale
+    )
 
 
 # Q(LAMBDA) RETURNS
@@ -243,21 +239,19 @@ class Batch(eqx.Module):
 
 def make_train(
     config: PQNConfig,
-    network_fn: Callable[[PQNConfig, VecEnv], Functional] | None = None,
+    make_network: NetworkBuilder = q_network,
     on_log: LogCallback | None = None,
 ) -> Callable[[PRNGKeyArray], TrainResult]:
     """Validate `config` and return `train(key) -> TrainResult`, pure and jittable.
 
-    `network_fn` builds the Q-network's `Functional` (default: the Equinox `QNetwork`); `on_log` is
+    `make_network(config, env, key)` builds the Q-network (default `q_network`); `on_log` is
     called with each metrics row (see `pureeqxrl.loop.scan_logged`).
     `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
     """
-    return loop.make_train(make_learner(config, network_fn), config, on_log)
+    return loop.make_train(make_learner(config, make_network), config, on_log)
 
 
-def make_learner(
-    config: PQNConfig, network_fn: Callable[[PQNConfig, VecEnv], Functional] | None = None
-) -> Learner:
+def make_learner(config: PQNConfig, make_network: NetworkBuilder = q_network) -> Learner:
     """Validate `config` and build its `pureeqxrl.loop.Learner`: `init(key)`, and `update(state)`,
     which steps every environment `num_steps` times with epsilon-greedy actions, computes the
     Q(lambda) returns and runs `update_epochs` epochs of `num_minibatches` gradient steps."""
@@ -270,7 +264,6 @@ def make_learner(
             f"torso 'cnn' needs (height, width, channels) observations; {config.env}'s have shape "
             f"{env.observation_shape} (use torso 'mlp')"
         )
-    network = (network_fn or equinox_q_network)(config, env)
     learning_rate = config.learning_rate
     if config.anneal_lr:
         learning_rate = optax.linear_schedule(config.learning_rate, 0.0, config.num_gradient_steps)
@@ -283,7 +276,7 @@ def make_learner(
 
     def env_step(state: PQNState) -> tuple[PQNState, Rollout, Step]:
         key, act_key, step_key = jax.random.split(state.key, 3)
-        q = network.apply(state.params, state.obs)
+        q = jax.vmap(state.params)(state.obs)
         action = epsilon_greedy(act_key, q, epsilon_at(state.updates))
         obs, env_state, step = env.step(step_key, state.env_state, action)
         transition = Rollout(
@@ -297,16 +290,16 @@ def make_learner(
         state = dataclasses.replace(state, env_state=env_state, obs=obs, key=key)
         return state, transition, step
 
-    def loss_fn(params, minibatch: Batch) -> tuple[Float[Array, ""], Float[Array, ""]]:
-        q = network.apply(params, minibatch.obs)
+    def loss_fn(network, minibatch: Batch) -> tuple[Float[Array, ""], Float[Array, ""]]:
+        q = jax.vmap(network)(minibatch.obs)
         chosen = jnp.take_along_axis(q, minibatch.action[:, None], axis=-1)[:, 0]
         return 0.5 * ((chosen - minibatch.target) ** 2).mean(), chosen.mean()
 
-    def gradient_step(params_and_opt, minibatch: Batch):
-        params, opt_state = params_and_opt
-        (loss, q_value), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, minibatch)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), (loss, q_value)
+    def gradient_step(network_and_opt, minibatch: Batch):
+        network, opt_state = network_and_opt
+        (loss, q_value), grads = jax.value_and_grad(loss_fn, has_aux=True)(network, minibatch)
+        updates, opt_state = optimizer.update(grads, opt_state, network)
+        return (optax.apply_updates(network, updates), opt_state), (loss, q_value)
 
     def collect(state: PQNState) -> tuple[PQNState, Rollout, dict]:
         return run_rollout(env_step, state, config.num_steps, config.num_envs)
@@ -314,7 +307,7 @@ def make_learner(
     def learn(state: PQNState, rollout: Rollout) -> tuple[PQNState, Array, Array]:
         # Q(LAMBDA) RETURNS: max Q of every pre-reset next observation, with the acting params
         flat = lambda x: x.reshape(config.steps_per_update, *x.shape[2:])  # noqa: E731
-        next_value = network.apply(state.params, flat(rollout.next_obs)).max(-1).reshape(rollout.reward.shape)
+        next_value = jax.vmap(state.params)(flat(rollout.next_obs)).max(-1).reshape(rollout.reward.shape)
         returns = q_lambda_returns(
             rollout.reward, next_value, rollout.terminated, rollout.done, config.gamma, config.q_lambda
         )
@@ -350,10 +343,10 @@ def make_learner(
     def init(key: PRNGKeyArray) -> PQNState:
         env_key, init_key, loop_key = jax.random.split(key, 3)
         obs, env_state = env.reset(env_key)
-        params = network.init(init_key)
+        network = make_network(config, env, init_key)
         return PQNState(
-            params=params,
-            opt_state=optimizer.init(params),
+            params=network,
+            opt_state=optimizer.init(network),
             env_state=env_state,
             obs=obs,
             updates=jnp.array(0),
@@ -361,11 +354,11 @@ def make_learner(
         )
 
     # EVALUATION: the greedy policy on fresh episodes (`config.eval_interval`)
-    evaluate = training_evaluator(config, network, policy, stochastic=False)
+    evaluate = training_evaluator(config, policy, stochastic=False)
     return Learner(init, update, evaluate)
 
 
 # USING A TRAINED AGENT
 
-# `policy(network, params, env, obs_stats, greedy)`: the argmax of Q, what `pureeqxrl eval` runs.
+# `policy(network, env, obs_stats, greedy)`: the argmax of Q, what `pureeqxrl eval` runs.
 policy = q_policy

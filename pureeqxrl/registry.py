@@ -15,26 +15,27 @@ class Algorithm:
     config_cls: type
     make_train: Callable[..., Callable]
     make_learner: Callable[..., Any]
-    """`(config, network_fn) -> pureeqxrl.loop.Learner`: what `make_train` scans, and what the
+    """`(config, make_network) -> pureeqxrl.loop.Learner`: what `make_train` scans, and what the
     engine runs in chunks, sweeps and lays out on devices (`pureeqxrl.training`)."""
-    network_fn: Callable[[Any, Any], Any]
-    linen_network_fn: Callable[[], Callable[[Any, Any], Any]]
+    make_network: Callable[[Any, Any, Any], Any]
+    """`(config, env, key) -> network`: the algorithm's own network."""
+    linen_make_network: Callable[[], Callable[[Any, Any, Any], Any]]
     """Imported lazily: flax is only needed for Linen runs."""
     policy: Callable[..., Callable[[Any, Any], Any]]
-    """`(network, params, env, obs_stats, greedy) -> act(key, obs_batch)` (or a
+    """`(network, env, obs_stats, greedy) -> act(key, obs_batch)` (or a
     `pureeqxrl.evaluate.RecurrentPolicy`): the evaluation policy."""
     stochastic: bool = True
     """Whether `policy(..., greedy=False)` samples a stochastic policy (not for DQN)."""
 
-    def network(self, linen: bool) -> Callable[[Any, Any], Any]:
+    def network(self, linen: bool) -> Callable[[Any, Any, Any], Any]:
         """The network builder of the Equinox version, or of the Linen control version."""
-        return self.linen_network_fn() if linen else self.network_fn
+        return self.linen_make_network() if linen else self.make_network
 
 
 def _linen_dqn():
-    from pureeqxrl.linen.dqn import linen_q_function
+    from pureeqxrl.linen.dqn import linen_q_network
 
-    return linen_q_function
+    return linen_q_network
 
 
 def _linen_ppo():
@@ -43,7 +44,7 @@ def _linen_ppo():
     return linen_network
 
 
-def _no_linen(name: str) -> Callable[[], Callable[[Any, Any], Any]]:
+def _no_linen(name: str) -> Callable[[], Callable[[Any, Any, Any], Any]]:
     def refuse():
         raise ValueError(
             f"{name} has no Flax Linen version (the Linen twins are the control group of PureJaxRL's algorithms)"
@@ -63,8 +64,8 @@ ALGORITHMS: dict[str, Algorithm] = {
         config_cls=dqn.DQNConfig,
         make_train=dqn.make_train,
         make_learner=dqn.make_learner,
-        network_fn=dqn.equinox_q_function,
-        linen_network_fn=_linen_dqn,
+        make_network=dqn.q_network,
+        linen_make_network=_linen_dqn,
         policy=dqn.policy,
         stochastic=False,
     ),
@@ -73,8 +74,8 @@ ALGORITHMS: dict[str, Algorithm] = {
         config_cls=pqn.PQNConfig,
         make_train=pqn.make_train,
         make_learner=pqn.make_learner,
-        network_fn=pqn.equinox_q_network,
-        linen_network_fn=_no_linen("pqn"),
+        make_network=pqn.q_network,
+        linen_make_network=_no_linen("pqn"),
         policy=pqn.policy,
         stochastic=False,
     ),
@@ -83,8 +84,8 @@ ALGORITHMS: dict[str, Algorithm] = {
         config_cls=sac.SACConfig,
         make_train=sac.make_train,
         make_learner=sac.make_learner,
-        network_fn=sac.equinox_agent,
-        linen_network_fn=_no_linen("sac"),
+        make_network=sac.actor_and_critics,
+        linen_make_network=_no_linen("sac"),
         policy=sac.policy,
     ),
     # Both PPO entries pick the actor-critic from the environment's action space; they differ in
@@ -94,8 +95,8 @@ ALGORITHMS: dict[str, Algorithm] = {
             config_cls=config_cls,
             make_train=ppo.make_train,
             make_learner=ppo.make_learner,
-            network_fn=heads.actor_critic,
-            linen_network_fn=_linen_ppo,
+            make_network=heads.actor_critic,
+            linen_make_network=_linen_ppo,
             policy=ppo.policy,
         )
         for name, config_cls in (("ppo", ppo.PPOConfig), ("ppo_continuous", ppo.PPOContinuousConfig))
@@ -106,8 +107,8 @@ ALGORITHMS: dict[str, Algorithm] = {
             config_cls=config_cls,
             make_train=ppo_rnn.make_train,
             make_learner=ppo_rnn.make_learner,
-            network_fn=ppo_rnn.equinox_recurrent_actor_critic,
-            linen_network_fn=_linen_ppo_rnn,
+            make_network=ppo_rnn.recurrent_actor_critic,
+            linen_make_network=_linen_ppo_rnn,
             policy=ppo_rnn.policy,
         )
         for name, config_cls in (("ppo_rnn", ppo_rnn.PPORNNConfig), ("ppo_s5", ppo_rnn.PPOS5Config))

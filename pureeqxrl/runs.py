@@ -141,9 +141,11 @@ def write_results(
     status: str = "finished",
     updates_done: int | None = None,
     trained_updates: int | None = None,
+    metrics_csv: bool = True,
 ) -> dict[str, Any]:
-    """Write what a run of `num_seeds` vmapped seeds produced so far (`metrics.csv`,
-    `learning_curve.png`, `agent_seed{i}.eqx`, `summary.json`) and return the summary.
+    """Write what a run of `num_seeds` vmapped seeds produced so far (`metrics.csv` unless
+    `metrics_csv` is False, `learning_curve.png`, `agent_seed{i}.eqx`, `summary.json`) and return
+    the summary.
 
     `status` is "finished", "interrupted" or "diverged"; `updates_done` the updates in
     `result.params` (default: all of them); `trained_updates` those that `train_seconds` timed
@@ -153,8 +155,9 @@ def write_results(
     metrics = {name: np.asarray(value) for name, value in result.metrics.items()}
     num_seeds, num_rows = metrics["episode_return"].shape
     updates = rows_update_counts(config.num_updates, config.log_interval)[:num_rows]  # at each row's end
-    header, rows = metrics_table(metrics, updates, config.steps_per_update)
-    write_metrics_csv(run_dir / "metrics.csv", header, rows)
+    if metrics_csv:
+        header, rows = metrics_table(metrics, updates, config.steps_per_update)
+        write_metrics_csv(run_dir / "metrics.csv", header, rows)
     evaluations = {name: metrics[name] for name in EVAL_COLUMNS if name in metrics}
     plot_learning_curve(
         run_dir / "learning_curve.png",
@@ -364,8 +367,8 @@ def load_agent(run_dir: Path | str, seed: int = 0) -> Any:
     For an Equinox run this is the Module itself (a `pureeqxrl.dqn.QNetwork`, a
     `pureeqxrl.heads.ActorCritic` or a `pureeqxrl.heads.GaussianActorCritic`: call it on one
     observation; a `pureeqxrl.ppo_rnn.RecurrentActorCritic`: `step` it with a hidden state); for a
-    `--linen` run it is the Linen variables dict. If the run normalised
-    observations, use `load_agent_and_obs_stats` and normalise with the statistics too.
+    `--linen` run it is a `pureeqxrl.linen.LinenNetwork` holding the Linen variables, called the
+    same way. If the run normalised observations, use `load_agent_and_obs_stats` and normalise with the statistics too.
 
         network = pureeqxrl.runs.load_agent("runs/dqn-CartPole-v1-...", seed=0)
         action = pureeqxrl.dqn.greedy_action(network, obs)
@@ -376,9 +379,9 @@ def load_agent(run_dir: Path | str, seed: int = 0) -> Any:
 def load_agent_and_obs_stats(run_dir: Path | str, seed: int = 0) -> tuple[Any, RunningStats | None]:
     """The trained network of one seed and its observation statistics (None if not normalised)."""
     run_dir = Path(run_dir)
-    saved, config, network_fn = read_run(run_dir)
+    saved, config, make_network = read_run(run_dir)
     env = make_env(config.env, 1, config.max_episode_steps)
-    params = eqx.filter_eval_shape(network_fn(config, env).init, jax.random.key(0))
+    params = eqx.filter_eval_shape(lambda key: make_network(config, env, key), jax.random.key(0))
     obs_stats = None
     if getattr(config, "normalize_obs", False):
         obs_stats = eqx.filter_eval_shape(RunningStats.empty, env.observation_shape)
@@ -410,16 +413,15 @@ def evaluate_run(run_dir: Path | str, episodes: int, sample: bool = False, seed:
     needs the registry, which imports the algorithms."""
     if episodes < 1:
         raise ValueError(f"episodes must be positive, got {episodes}")
-    saved, config, network_fn = read_run(Path(run_dir))
+    saved, config, _ = read_run(Path(run_dir))
     algorithm = registry.get(saved["algorithm"])
     if sample and not algorithm.stochastic:
         raise ValueError(f"{saved['algorithm']} has no stochastic policy to sample from")
     env = make_env(config.env, episodes, config.max_episode_steps)
-    network = network_fn(config, env)
 
     @jax.jit
-    def mean_return(params, obs_stats, key):
-        act = algorithm.policy(network, params, env, obs_stats, not sample)
+    def mean_return(network, obs_stats, key):
+        act = algorithm.policy(network, env, obs_stats, not sample)
         return jnp.nanmean(evaluate(env, act, key))
 
     return [
@@ -428,7 +430,7 @@ def evaluate_run(run_dir: Path | str, episodes: int, sample: bool = False, seed:
     ]
 
 
-def read_run(run_dir: Path) -> tuple[dict, Any, Callable[[Any, Any], Any]]:
+def read_run(run_dir: Path) -> tuple[dict, Any, Callable[[Any, Any, Any], Any]]:
     """A run folder's saved `config.json`, its config object, and its network builder. A file that
     is not one (hand-edited, truncated, another program's) is a `ValueError` that says so."""
     path = Path(run_dir) / "config.json"

@@ -44,7 +44,7 @@ from pureeqxrl.envs import VecEnv, episode_stats, make_env
 from pureeqxrl.evaluate import training_evaluator
 from pureeqxrl.heads import tanh_gaussian
 from pureeqxrl.loop import Learner, LogCallback, TrainResult, counter_field, environment_field
-from pureeqxrl.nets import MLP, Functional, NetworkKey, ParamKeys
+from pureeqxrl.nets import MLP, NetworkBuilder, NetworkKey, ParamKeys
 from pureeqxrl.normalize import Normalize, RunningStats
 from pureeqxrl.replay import ReplayBuffer, Transition, ready_to_learn, stored_after
 
@@ -149,17 +149,13 @@ class Agent(eqx.Module):
     critics: Critics
 
 
-def equinox_agent(config: SACConfig, env: VecEnv | Normalize) -> Functional:
-    """`Agent` as a `Functional`: `apply(agent, obs_batch) -> (means, log_stds)` of the actor."""
+def actor_and_critics(config: SACConfig, env: VecEnv | Normalize, key: PRNGKeyArray) -> Agent:
+    """The `Agent` of the config's hidden sizes for the environment (`make_learner`'s default)."""
     obs_size = int(np.prod(env.observation_shape))
     (action_dim,) = env.action_shape
-
-    def init(key: PRNGKeyArray) -> Agent:
-        keys = ParamKeys(key)
-        actor = Actor(obs_size, action_dim, config.hidden_sizes, key=keys)
-        return Agent(actor=actor, critics=Critics(obs_size, action_dim, config.hidden_sizes, key=keys))
-
-    return Functional(init=init, apply=lambda agent, obs: jax.vmap(agent.actor)(obs))
+    keys = ParamKeys(key)
+    actor = Actor(obs_size, action_dim, config.hidden_sizes, key=keys)
+    return Agent(actor=actor, critics=Critics(obs_size, action_dim, config.hidden_sizes, key=keys))
 
 
 def sample_actions(
@@ -243,21 +239,19 @@ class SACState(eqx.Module):
 
 def make_train(
     config: SACConfig,
-    network_fn: Callable[[SACConfig, VecEnv | Normalize], Functional] | None = None,
+    make_network: NetworkBuilder = actor_and_critics,
     on_log: LogCallback | None = None,
 ) -> Callable[[PRNGKeyArray], TrainResult]:
     """Validate `config` and return `train(key) -> TrainResult`, pure and jittable.
 
-    `network_fn` builds the `Agent`'s `Functional` (default `equinox_agent`); `on_log` is called with
+    `make_network(config, env, key)` builds the `Agent` (default `actor_and_critics`); `on_log` is called with
     each metrics row (see `pureeqxrl.loop.scan_logged`).
     `jax.jit(jax.vmap(train))(jax.random.split(key, n))` trains `n` independent seeds at once.
     """
-    return loop.make_train(make_learner(config, network_fn), config, on_log)
+    return loop.make_train(make_learner(config, make_network), config, on_log)
 
 
-def make_learner(
-    config: SACConfig, network_fn: Callable[[SACConfig, VecEnv | Normalize], Functional] | None = None
-) -> Learner:
+def make_learner(config: SACConfig, make_network: NetworkBuilder = actor_and_critics) -> Learner:
     """Validate `config` and build its `pureeqxrl.loop.Learner`: `init(key)`, and `update(state)`,
     which steps every environment once, stores the transitions and, once `learning_starts` is
     past, takes `gradient_steps` gradient steps on sampled batches."""
@@ -272,7 +266,6 @@ def make_learner(
         )
     if config.normalize_obs:
         env = Normalize(env, observations=True, statistics_only=True)
-    network = (network_fn or equinox_agent)(config, env)
     (action_dim,) = env.action_shape
     target_entropy = -float(action_dim) if config.target_entropy is None else config.target_entropy
     learning_rate = config.learning_rate
@@ -383,7 +376,7 @@ def make_learner(
     def init(key: PRNGKeyArray) -> SACState:
         env_key, init_key, loop_key = jax.random.split(key, 3)
         obs, env_state = env.reset(env_key)
-        agent = network.init(init_key)
+        agent = make_network(config, env, init_key)
         log_alpha = jnp.log(jnp.asarray(config.initial_alpha, jnp.float32))
         return SACState(
             params=agent,
@@ -398,7 +391,7 @@ def make_learner(
         )
 
     # EVALUATION: the deterministic (tanh of the mean) and the sampled policy on fresh episodes
-    evaluate = training_evaluator(config, network, policy, stochastic=True)
+    evaluate = training_evaluator(config, policy, stochastic=True)
     return Learner(init, update, evaluate)
 
 
@@ -411,8 +404,7 @@ def to_bounds(action: Float[Array, "... a"], low: Array, high: Array) -> Float[A
 
 
 def policy(
-    network: Functional,
-    params: Agent,
+    agent: Agent,
     env: VecEnv,
     obs_stats: RunningStats | None = None,
     greedy: bool | Array = True,
@@ -425,7 +417,7 @@ def policy(
     def act(key: PRNGKeyArray, obs: Array) -> Array:
         if obs_stats is not None:
             obs = obs_stats.normalize(obs)
-        mean, log_std = network.apply(params, obs)
+        mean, log_std = jax.vmap(agent.actor)(obs)
         sampled, _ = squashed_samples(mean, log_std, key)
         return to_bounds(jnp.where(greedy, jnp.tanh(mean), sampled), low, high)
 

@@ -293,8 +293,8 @@ def test_recurrent_ppo_trains_and_evaluates_with_its_memory(tmp_path, capsys):
     assert cli.main(["train", "ppo_rnn", "--num-seeds", "2", "--run-dir", str(run_dir), *RNN_TINY]) == 0
     network = runs.load_agent(run_dir, seed=1)
     assert isinstance(network, ppo_rnn.RecurrentActorCritic)
-    hidden, logits, value = network.step(network.initial_hidden(), jnp.zeros(3), jnp.array(True))
-    assert hidden.shape == (16,) and logits.shape == (2,)
+    hidden, policy, value = network.step(network.initial_hidden(), jnp.zeros(3), jnp.array(True))
+    assert hidden.shape == (16,) and policy.logits.shape == (2,) and value.shape == ()
     capsys.readouterr()
     assert cli.main(["eval", str(run_dir), "--episodes", "2", "--sample"]) == 0
     assert "seed 1: sampled-policy return" in capsys.readouterr().out

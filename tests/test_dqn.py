@@ -102,8 +102,8 @@ def test_double_dqn_target_and_huber_loss_by_hand():
 
     # The losses on a batch whose chosen Q-values sit 0.5 and 3 from their targets (terminated,
     # so the target is the reward): squared 0.25 and 9; Huber 0.125 and 2.5 (0.5 x^2, then linear).
-    def apply(params, obs):
-        return jnp.stack([obs[:, 0] * params, obs[:, 0] * params], axis=-1)
+    def network(obs):  # Q-values (x, x) of an observation (x,)
+        return jnp.stack([obs[0], obs[0]])
 
     batch = dqn.Transition(
         obs=jnp.array([[1.5], [5.0]]),
@@ -114,7 +114,7 @@ def test_double_dqn_target_and_huber_loss_by_hand():
     )
     for loss, expected in (("mse", (0.25 + 9) / 2), ("huber", (0.125 + 2.5) / 2)):
         config = dqn.DQNConfig(loss=loss, double_dqn=loss == "huber")
-        value, _ = dqn.q_loss(apply, jnp.array(1.0), jnp.array(1.0), batch, config)
+        value, _ = dqn.q_loss(network, network, batch, config)
         np.testing.assert_allclose(value, expected, rtol=1e-6)
 
 
@@ -124,18 +124,13 @@ def test_double_dqn_target_and_huber_loss_by_hand():
 def test_seeds_are_independent_and_runs_reproducible():
     inits = []
 
-    def recording_network(config, env):
-        q_function = dqn.equinox_q_function(config, env)
-
-        def init(key):
-            network = q_function.init(key)
-            jax.debug.callback(lambda kernel: inits.append(np.asarray(kernel)), network.layers[0].kernel)
-            return network
-
-        return q_function._replace(init=init)
+    def recording_network(config, env, key):
+        network = dqn.q_network(config, env, key)
+        jax.debug.callback(lambda kernel: inits.append(np.asarray(kernel)), network.layers[0].kernel)
+        return network
 
     config = dataclasses.replace(PROBE, env="CartPole-v1", total_timesteps=4_000, log_interval=100)
-    train = jax.jit(jax.vmap(dqn.make_train(config, network_fn=recording_network)))
+    train = jax.jit(jax.vmap(dqn.make_train(config, make_network=recording_network)))
     keys = jax.random.split(jax.random.key(3), 2)
     first, second = train(keys), train(keys)
     assert len(inits) == 4
@@ -148,7 +143,7 @@ def test_seeds_are_independent_and_runs_reproducible():
 
 def test_initial_draws_are_those_of_version_0_1(key):
     # Recorded with pureeqxrl 0.1.0 (commit 681fd9e) for key(0): the re-layout kept every draw.
-    network = dqn.equinox_q_function(dqn.DQNConfig(), make_env("CartPole-v1", 1)).init(key)
+    network = dqn.q_network(dqn.DQNConfig(), make_env("CartPole-v1", 1), key)
     leaves = [np.asarray(leaf, np.float64) for leaf in jax.tree.leaves(network)]
     np.testing.assert_allclose(sum(np.abs(leaf).sum() for leaf in leaves), 980.9319741161949, rtol=1e-6)
     firsts = [leaf.ravel()[0] for leaf in leaves if leaf.ndim == 2]

@@ -23,32 +23,31 @@ def _batch(key, size=128):
 def test_loss_and_gradients_match_linen(key, assert_same_gradients):
     config = dqn.DQNConfig()
     env = make_env("CartPole-v1", 1)
-    eqx_q = dqn.equinox_q_function(config, env)
-    linen_q = linen_dqn.linen_q_function(config, env)
     online_key, target_key, batch_key = jax.random.split(key, 3)
-    online, target = eqx_q.init(online_key), eqx_q.init(target_key)
+    online, target = dqn.q_network(config, env, online_key), dqn.q_network(config, env, target_key)
+    module = linen_dqn.linen_q_network(config, env, key).module
     batch = _batch(batch_key)
 
-    def loss_and_grads(q_function, params, target_params):
-        return jax.jit(jax.value_and_grad(dqn.q_loss, argnums=1, has_aux=True), static_argnums=(0, 4))(
-            q_function.apply, params, target_params, batch, config
-        )
+    @jax.jit
+    def loss_and_grads(network, target_network):
+        return jax.value_and_grad(dqn.q_loss, has_aux=True)(network, target_network, batch, config)
 
-    (eqx_loss, eqx_q_mean), eqx_grads = loss_and_grads(eqx_q, online, target)
+    (eqx_loss, eqx_q_mean), eqx_grads = loss_and_grads(online, target)
     (linen_loss, linen_q_mean), linen_grads = loss_and_grads(
-        linen_q, linen_dqn.params_from_equinox(online), linen_dqn.params_from_equinox(target)
+        linen_dqn.LinenQ(linen_dqn.params_from_equinox(online), module),
+        linen_dqn.LinenQ(linen_dqn.params_from_equinox(target), module),
     )
     assert float(eqx_loss) > 0.01
     np.testing.assert_allclose(eqx_loss, linen_loss, rtol=1e-6)
     np.testing.assert_allclose(eqx_q_mean, linen_q_mean, rtol=1e-6)
-    assert_same_gradients(linen_dqn.params_from_equinox(eqx_grads), linen_grads)
+    assert_same_gradients(linen_dqn.params_from_equinox(eqx_grads), linen_grads.variables)
 
 
 def test_linen_param_layout_matches_its_own_init(key):
     config = dqn.DQNConfig()
     env = make_env("CartPole-v1", 1)
-    own = linen_dqn.linen_q_function(config, env).init(key)
-    converted = linen_dqn.params_from_equinox(dqn.equinox_q_function(config, env).init(key))
+    own = linen_dqn.linen_q_network(config, env, key).variables
+    converted = linen_dqn.params_from_equinox(dqn.q_network(config, env, key))
     assert jax.tree.structure(own) == jax.tree.structure(converted)
     assert [x.shape for x in jax.tree.leaves(own)] == [x.shape for x in jax.tree.leaves(converted)]
     # Same init distribution: zero biases, kernels with lecun-normal scale (std ~ 1/sqrt(fan_in)).
@@ -59,15 +58,6 @@ def test_linen_param_layout_matches_its_own_init(key):
         for kernel in (theirs["kernel"], ours["kernel"]):
             if kernel.size >= 200:
                 np.testing.assert_allclose(np.std(kernel), expected_std, rtol=0.15)
-
-
-def test_equinox_leaves_come_in_linens_order(key):
-    # The order of the leaves is the order of the training loop's buffers, from which XLA schedules
-    # the step: in this order the two libraries' vmapped DQN compile to the same program.
-    network = dqn.equinox_q_function(dqn.DQNConfig(), make_env("CartPole-v1", 1)).init(key)
-    ours, linens = jax.tree.leaves(network), jax.tree.leaves(linen_dqn.params_from_equinox(network))
-    assert len(ours) == len(linens) == 6
-    assert all(a is b for a, b in zip(ours, linens, strict=True))
 
 
 def test_linen_twin_learns_the_probe_too():
@@ -86,8 +76,7 @@ def test_linen_twin_learns_the_probe_too():
         hidden_sizes=(32, 32),
         log_interval=1_000,
     )
-    env = make_env(config.env, 1)
-    q_function = linen_dqn.linen_q_function(config, env)
     result = jax.jit(linen_dqn.make_train(config))(jax.random.key(0))
-    q = q_function.apply(result.params, jnp.array([[1.0], [-1.0]]))
+    assert isinstance(result.params, linen_dqn.LinenQ)
+    q = jax.vmap(result.params)(jnp.array([[1.0], [-1.0]]))
     np.testing.assert_allclose(q[:, 0], [1.0, -1.0], atol=0.05)

@@ -29,9 +29,9 @@ def _sequences(key, obs_shape, num_actions, hidden_size, time=24, envs=3):
     )
 
 
-def _loss_and_grads(network, params, batch, config):
-    loss = jax.value_and_grad(ppo_rnn.sequence_loss, argnums=1, has_aux=True)
-    return jax.jit(loss, static_argnums=(0, 3))(network, params, batch, config)
+def _loss_and_grads(network, batch, config):
+    loss = jax.value_and_grad(ppo_rnn.sequence_loss, has_aux=True)
+    return jax.jit(loss, static_argnums=2)(network, batch, config)
 
 
 def test_gru_matches_flax_gru_cell(key):
@@ -54,26 +54,24 @@ def test_gru_matches_flax_gru_cell(key):
 def test_sequence_loss_and_gradients_match_linen(objective, key, strict_promotion, assert_same_gradients):
     config = ppo_rnn.PPORNNConfig(objective=objective, encoder_sizes=(32, 16), hidden_sizes=(24,))
     env = make_env("CartPole-v1", 1)
-    eqx_net = ppo_rnn.equinox_recurrent_actor_critic(config, env)
-    linen_net = linen_ppo_rnn.linen_recurrent_actor_critic(config, env)
     params_key, batch_key = jax.random.split(key)
-    params = eqx_net.init(params_key)
+    params = ppo_rnn.recurrent_actor_critic(config, env, params_key)
+    twin = linen_ppo_rnn.linen_recurrent_actor_critic(config, env, params_key)
+    twin = eqx.tree_at(lambda n: n.variables, twin, linen_ppo_rnn.params_from_equinox(params))
     batch = _sequences(batch_key, env.observation_shape, env.num_actions, 16)
 
-    (eqx_loss, eqx_info), eqx_grads = _loss_and_grads(eqx_net, params, batch, config)
-    (linen_loss, linen_info), linen_grads = _loss_and_grads(
-        linen_net, linen_ppo_rnn.params_from_equinox(params), batch, config
-    )
+    (eqx_loss, eqx_info), eqx_grads = _loss_and_grads(params, batch, config)
+    (linen_loss, linen_info), linen_grads = _loss_and_grads(twin, batch, config)
     assert abs(float(eqx_loss)) > 0.01
     np.testing.assert_allclose(eqx_loss, linen_loss, rtol=1e-6)
     for ours, theirs in zip(jax.tree.leaves(eqx_info), jax.tree.leaves(linen_info), strict=True):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-7)
-    assert_same_gradients(linen_ppo_rnn.params_from_equinox(eqx_grads), linen_grads)
+    assert_same_gradients(linen_ppo_rnn.params_from_equinox(eqx_grads), linen_grads.variables)
 
     # The acting step agrees too (the first step of each sequence, from the stored hidden state).
-    first = lambda net, p: net.step(p, batch.hidden, batch.steps.obs[0], batch.reset[0])  # noqa: E731
-    eqx_hidden, eqx_policy, eqx_value = first(eqx_net, params)
-    linen_hidden, linen_policy, linen_value = first(linen_net, linen_ppo_rnn.params_from_equinox(params))
+    first = lambda net: jax.vmap(net.step)(batch.hidden, batch.steps.obs[0], batch.reset[0])  # noqa: E731
+    eqx_hidden, eqx_policy, eqx_value = first(params)
+    linen_hidden, linen_policy, linen_value = first(twin)
     np.testing.assert_allclose(eqx_hidden, linen_hidden, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(eqx_policy.logits, linen_policy.logits, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(eqx_value, linen_value, rtol=1e-5, atol=1e-6)
@@ -82,10 +80,8 @@ def test_sequence_loss_and_gradients_match_linen(objective, key, strict_promotio
 def test_linen_init_has_the_equinox_layout_and_scales(key):
     config = ppo_rnn.PPORNNConfig()
     env = make_env("CartPole-v1", 1)
-    own = linen_ppo_rnn.linen_recurrent_actor_critic(config, env).init(key)
-    converted = linen_ppo_rnn.params_from_equinox(
-        ppo_rnn.equinox_recurrent_actor_critic(config, env).init(key)
-    )
+    own = linen_ppo_rnn.linen_recurrent_actor_critic(config, env, key).variables
+    converted = linen_ppo_rnn.params_from_equinox(ppo_rnn.recurrent_actor_critic(config, env, key))
     assert jax.tree.map(jnp.shape, own) == jax.tree.map(jnp.shape, converted)
     params = own["params"]
     for name, scale in (
@@ -117,8 +113,8 @@ def test_vmapped_init_has_no_batched_qr():
     config = ppo_rnn.PPORNNConfig()
     env = make_env(config.env, 1)
     keys = jax.random.split(jax.random.key(0), 8)
-    for build in (ppo_rnn.equinox_recurrent_actor_critic, linen_ppo_rnn.linen_recurrent_actor_critic):
-        jaxpr = str(jax.make_jaxpr(jax.vmap(build(config, env).init))(keys))
+    for build in (ppo_rnn.recurrent_actor_critic, linen_ppo_rnn.linen_recurrent_actor_critic):
+        jaxpr = str(jax.make_jaxpr(jax.vmap(lambda k: build(config, env, k)))(keys))  # noqa: B023
         qr_outputs = re.findall(r"(\w+:f32\[[\d,]+\]) \w+:f32\[[\d,]+\] = qr\[", jaxpr)
         assert qr_outputs, "expected the orthogonal init's QR"
         assert all(output.count(",") == 1 for output in qr_outputs), qr_outputs  # matrices only

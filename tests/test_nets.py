@@ -31,7 +31,7 @@ def test_orthogonal_under_vmap_matches_unbatched(key):
     np.testing.assert_allclose(gram, 4.0 * jnp.broadcast_to(jnp.eye(16), gram.shape), atol=1e-4)
 
 
-def test_dense_defaults_to_flax_dense_init_and_linen_leaf_order(key):
+def test_dense_defaults_to_flax_dense_init_and_keeps_its_saved_leaf_order(key):
     layer = Dense(5, 7, key=key)
     kernel_key = jax.random.fold_in(key, 0)  # the kernel draws first, the bias second
     np.testing.assert_array_equal(
@@ -40,7 +40,7 @@ def test_dense_defaults_to_flax_dense_init_and_linen_leaf_order(key):
     np.testing.assert_array_equal(layer.bias, jnp.zeros(7))
     x = jnp.arange(5.0)
     np.testing.assert_allclose(layer(x), x @ layer.kernel, rtol=1e-6)
-    # Leaves in a Linen Dense's order (sorted names): bias, then kernel.
+    # Bias, then kernel: the order agent files and checkpoints of every release store them in.
     assert [leaf.shape for leaf in jax.tree.leaves(layer)] == [(7,), (5, 7)]
 
 

@@ -30,8 +30,8 @@ def _train(config, seeds=2, key=0):
 
 def _policy_and_value(result, obs):
     """Action probabilities and values of each seed's trained network at one observation."""
-    logits, value = jax.vmap(lambda net: net(jnp.asarray(obs, jnp.float32)))(result.params)
-    return jax.nn.softmax(logits), value
+    policy, value = jax.vmap(lambda net: net(jnp.asarray(obs, jnp.float32)))(result.params)
+    return policy.probs, value
 
 
 # PROBES: values known in closed form
@@ -88,16 +88,15 @@ def test_rollout_values_are_the_critics_values_of_each_step(env_name):
     and of its pre-reset next observation, in the rollout's (steps, envs) order."""
     config = dataclasses.replace(PROBE, env=env_name)
     env = ppo.make_environment(config)
-    network = heads.actor_critic(config, env)
-    params = network.init(jax.random.key(0))
+    network = heads.actor_critic(config, env, jax.random.key(0))
     obs, next_obs = jax.random.normal(jax.random.key(1), (2, 5, 3, *env.observation_shape))
     zeros = jnp.zeros((5, 3))
     rollout = ppo.Transition(
         obs=obs, action=zeros, log_prob=zeros, value=None, reward=zeros,
         terminated=zeros.astype(bool), done=zeros.astype(bool), next_obs=next_obs,
     )  # fmt: skip
-    value, next_value = ppo.rollout_values(network, params, rollout)
-    per_step = jax.vmap(lambda o: network.apply(params, o)[1])  # the critic in each step, as before
+    value, next_value = ppo.rollout_values(network, rollout)
+    per_step = jax.vmap(jax.vmap(lambda o: network(o)[1]))  # the critic in each step, as before
     np.testing.assert_allclose(value, per_step(obs), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(next_value, per_step(next_obs), rtol=1e-5, atol=1e-6)
     assert not np.allclose(value, next_value)
@@ -152,10 +151,9 @@ def test_cartpole_reaches_475_with_default_config():
     finals = final_return(np.asarray(result.metrics["episode_return"]))
     assert finals.mean() >= 475, finals  # last 5% of training, mean over both seeds
     env = make_env("CartPole-v1", 16)
-    network = heads.categorical_actor_critic(ppo.PPOConfig(), env)
 
-    def greedy(params, key):
-        return evaluate(env, ppo.policy(network, params, env), key)
+    def greedy(network, key):
+        return evaluate(env, ppo.policy(network, env), key)
 
     returns = jax.jit(jax.vmap(greedy))(result.params, jax.random.split(jax.random.key(1), 2))
     assert float(returns.mean()) >= 475, returns

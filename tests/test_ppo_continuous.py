@@ -37,7 +37,8 @@ def test_gaussian_policy_learns_the_probe(objective):
     std = np.exp(np.asarray(result.params.log_std[:, 0]))
     assert (std < 0.5).all(), std  # it became more certain than the initial std of 1
     for obs in (1.0, -1.0):
-        mean, value = jax.vmap(lambda net: net(jnp.array([obs])))(result.params)
+        policy, value = jax.vmap(lambda net: net(jnp.array([obs])))(result.params)
+        mean = heads.mode(policy)
         np.testing.assert_allclose(mean[:, 0], obs / 2, atol=0.1)
         expected_value = -((np.asarray(mean[:, 0]) - obs / 2) ** 2 + std**2)
         np.testing.assert_allclose(value, expected_value, atol=0.05)
@@ -47,10 +48,9 @@ def test_dpo_actor_loss_on_a_minibatch():
     # One-example minibatches are normalised to advantage 0; use two examples with advantages +-1.
     env = make_env("Pendulum-v1", 1)
     config = ppo.PPOContinuousConfig(objective="dpo", vf_coef=0.0)
-    network = heads.gaussian_actor_critic(config, env)
-    params = network.init(jax.random.key(0))
+    network = heads.actor_critic(config, env, jax.random.key(0))
     obs = jnp.ones((2, 3))
-    policy, value = network.apply(params, obs)
+    policy, value = jax.vmap(network)(obs)
     action = jnp.array([[0.3], [-0.2]])
     new_log_prob = heads.log_prob(policy, action)
     old_log_prob = new_log_prob - jnp.array([0.4, -0.5])  # ratios e^0.4 and e^-0.5
@@ -62,7 +62,7 @@ def test_dpo_actor_loss_on_a_minibatch():
         advantage=jnp.array([1.0, -1.0]),
         target=value,
     )
-    loss, info = ppo.ppo_loss(network.apply, params, batch, config)
+    loss, info = ppo.ppo_loss(network, batch, config)
     adv = np.array([1.0, -1.0]) / (np.std([1.0, -1.0]) + 1e-8)
     ratio = np.exp([0.4, -0.5])
     drift = [
@@ -80,10 +80,9 @@ def test_pendulum_beats_minus_250_and_statistics_are_used_at_evaluation():
     assert finals.mean() > -250, finals
     assert result.obs_stats.mean.shape == (2, 3)  # per seed, one observation's shape
     env = make_env("Pendulum-v1", 8)
-    network = heads.gaussian_actor_critic(ppo.PPOContinuousConfig(), env)
 
-    def evaluate_seed(params, obs_stats, key, normalise):
-        act = ppo.policy(network, params, env, obs_stats if normalise else None)
+    def evaluate_seed(network, obs_stats, key, normalise):
+        act = ppo.policy(network, env, obs_stats if normalise else None)
         return evaluate(env, act, key)
 
     keys = jax.random.split(jax.random.key(1), 2)

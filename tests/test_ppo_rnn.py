@@ -23,11 +23,9 @@ def _train(config, train_fn=ppo_rnn.make_train, seeds=2, key=0):
 
 def _values_along_an_episode(config, params, observations):
     """Each seed's values at the successive steps of one episode with the given observations."""
-    env = make_env(config.env, 1)
-    network = ppo_rnn.equinox_recurrent_actor_critic(config, env)
-    obs = jnp.asarray(observations, jnp.float32)[:, None]  # (time, 1 env, obs)
-    resets = jnp.zeros((len(observations), 1), bool).at[0].set(True)
-    unroll = lambda p: network.unroll(p, network.initial_hidden(1), obs, resets)[1]  # noqa: E731
+    obs = jnp.asarray(observations, jnp.float32)
+    resets = jnp.zeros(len(observations), bool).at[0].set(True)
+    unroll = lambda network: network(network.initial_hidden(), obs, resets)[2]  # noqa: E731
     return jax.vmap(unroll)(params)
 
 
@@ -97,17 +95,16 @@ def test_s5_learns_the_memory_task_and_its_greedy_policy_remembers():
     assert final_return(np.asarray(result.metrics["episode_return"])).min() >= 0.9
 
     env = make_env(config.env, 32)
-    network = ppo_rnn.equinox_recurrent_actor_critic(config, env)
     for seed in range(2):
-        params = jax.tree.map(lambda x: x[seed], result.params)
+        network = jax.tree.map(lambda x: x[seed], result.params)
         returns = jax.jit(evaluate, static_argnums=(0, 1))(
-            env, ppo_rnn.policy(network, params, env), jax.random.key(seed)
+            env, ppo_rnn.policy(network, env), jax.random.key(seed)
         )
         assert float(returns.mean()) >= 0.9, returns
 
         # The same network without its memory (hidden state zeroed every step) is at chance.
-        forgetful = ppo_rnn.policy(network, params, env)._replace(
-            act=lambda k, obs, hidden, reset, act=ppo_rnn.policy(network, params, env).act: act(
+        forgetful = ppo_rnn.policy(network, env)._replace(
+            act=lambda k, obs, hidden, reset, act=ppo_rnn.policy(network, env).act: act(
                 k, obs, hidden, jnp.ones_like(reset)
             )
         )

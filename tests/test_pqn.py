@@ -173,7 +173,7 @@ def test_minatar_preset_is_purejaxqls_pqn_minatar(tmp_path, capsys):
         (128,),
         1 / 255,
     )
-    network = pqn.equinox_q_network(preset, pqn.make_env(preset.env, 1)).init(jax.random.key(0))
+    network = pqn.q_network(preset, pqn.make_env(preset.env, 1), jax.random.key(0))
     assert isinstance(network, pqn.CNNQNetwork)
     assert network(jnp.zeros((10, 10, 4))).shape == (3,)  # Breakout-MinAtar: 10x10x4 grid, 3 actions
     # The command line takes the preset, and its fields can still be overridden.
@@ -196,7 +196,7 @@ def test_cnn_torso_takes_navix_grids(key):
     pytest.importorskip("navix", reason="needs the navix extra")
     config = dataclasses.replace(PROBE, env="Navix-Empty-5x5-v0", torso="cnn", hidden_sizes=(32,))
     env = pqn.make_env(config.env, 2)
-    network = pqn.equinox_q_network(config, env).init(key)
+    network = pqn.q_network(config, env, key)
     obs, _ = env.reset(key)  # navix's symbolic 5x5x3 grids
     assert jax.vmap(network)(obs).shape == (2, env.num_actions)
     assert network.torso.dense[0].kernel.shape == (3 * 3 * 16, 32)

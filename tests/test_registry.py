@@ -13,9 +13,8 @@ def test_every_algorithm_builds_its_network_and_acts(name, key):
     algorithm = registry.get(name)
     config = algorithm.config_cls()
     env = make_env(config.env, 3, config.max_episode_steps)
-    network = algorithm.network(linen=False)(config, env)
-    params = network.init(key)
-    act = algorithm.policy(network, params, env, None, True)
+    network = algorithm.network(linen=False)(config, env, key)
+    act = algorithm.policy(network, env, None, True)
     obs, _ = env.reset(key)
     if isinstance(act, RecurrentPolicy):
         action, hidden = act.act(key, obs, act.initial_hidden(3), jnp.ones(3, bool))
@@ -25,7 +24,7 @@ def test_every_algorithm_builds_its_network_and_acts(name, key):
     assert action.shape == (3, *env.action_shape)
     if not algorithm.stochastic:
         with pytest.raises(ValueError, match="no stochastic policy"):
-            algorithm.policy(network, params, env, None, False)
+            algorithm.policy(network, env, None, False)
 
 
 @pytest.mark.parametrize("name", ["dqn", "ppo", "ppo_continuous", "ppo_rnn"])
@@ -34,8 +33,10 @@ def test_linen_twins_have_the_equinox_parameters(name, key):
     algorithm = registry.get(name)
     config = algorithm.config_cls()
     env = make_env(config.env, 1)
-    ours = jax.tree.leaves(eqx.filter_eval_shape(algorithm.network(linen=False)(config, env).init, key))
-    theirs = jax.tree.leaves(jax.eval_shape(algorithm.network(linen=True)(config, env).init, key))
+    ours, theirs = (
+        jax.tree.leaves(eqx.filter_eval_shape(lambda k: algorithm.network(linen)(config, env, k), key))  # noqa: B023
+        for linen in (False, True)
+    )
     assert sum(leaf.size for leaf in ours) == sum(leaf.size for leaf in theirs)
     if name != "ppo_rnn":  # the Equinox GRU stores its three gates' kernels side by side
         assert sorted(leaf.shape for leaf in ours) == sorted(leaf.shape for leaf in theirs)

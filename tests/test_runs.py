@@ -8,7 +8,7 @@ import pytest
 
 from pureeqxrl import dqn, ppo, runs
 from pureeqxrl.envs import make_env
-from pureeqxrl.heads import gaussian_actor_critic
+from pureeqxrl.heads import actor_critic
 from pureeqxrl.normalize import RunningStats
 
 
@@ -64,7 +64,7 @@ def test_agent_and_its_observation_statistics_round_trip(tmp_path, key):
     runs.write_config(tmp_path, "ppo_continuous", config, linen=False, num_seeds=1, seed=0)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["versions"]["pureeqxrl"] and saved["config"]["hidden_sizes"] == [8, 8]
-    network = gaussian_actor_critic(config, make_env(config.env, 1)).init(key)
+    network = actor_critic(config, make_env(config.env, 1), key)
     stats = RunningStats.empty((3,)).update(jax.random.normal(key, (16, 3)))
     runs.save_agent(tmp_path / "agent_seed0.eqx", network, stats)
     loaded, loaded_stats = runs.load_agent_and_obs_stats(tmp_path, seed=0)
@@ -90,7 +90,7 @@ def test_a_run_written_by_version_0_1_loads(tmp_path, key):
             }
         )
     )
-    network = dqn.equinox_q_function(dqn.DQNConfig(), make_env("CartPole-v1", 1)).init(key)
+    network = dqn.q_network(dqn.DQNConfig(), make_env("CartPole-v1", 1), key)
     as_tuples = tuple((layer.bias, layer.kernel) for layer in network.layers)
     eqx.tree_serialise_leaves(tmp_path / "agent_seed0.eqx", (as_tuples, None))
     loaded = runs.load_agent(tmp_path)

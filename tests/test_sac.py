@@ -77,16 +77,15 @@ def test_the_policy_acts_on_normalised_observations_within_the_bounds(key):
     config = dataclasses.replace(PROBE, env="Pendulum-v1", hidden_sizes=(8,), normalize_obs=True)
     agent = sac.make_learner(config).init(key).params
     env = sac.make_env("Pendulum-v1", 5)
-    network = sac.equinox_agent(config, env)
     obs, _ = env.reset(key)
     stats = RunningStats(
         mean=jnp.array([0.5, -0.5, 2.0]), var=jnp.array([4.0, 0.25, 9.0]), count=jnp.array(10.0)
     )
-    greedy = sac.policy(network, agent, env, stats, greedy=True)(key, obs)
+    greedy = sac.policy(agent, env, stats, greedy=True)(key, obs)
     mean, _ = jax.vmap(agent.actor)(stats.normalize(obs))
     np.testing.assert_allclose(greedy, 2.0 * jnp.tanh(mean), rtol=1e-5, atol=1e-6)  # Pendulum: [-2, 2]
-    assert not np.allclose(greedy, sac.policy(network, agent, env, None, greedy=True)(key, obs))
-    sampled = sac.policy(network, agent, env, stats, greedy=False)(key, obs)
+    assert not np.allclose(greedy, sac.policy(agent, env, None, greedy=True)(key, obs))
+    sampled = sac.policy(agent, env, stats, greedy=False)(key, obs)
     assert sampled.shape == (5, 1) and np.all(np.abs(sampled) <= 2.0) and not np.allclose(sampled, greedy)
 
 

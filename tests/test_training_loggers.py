@@ -52,6 +52,24 @@ def test_csv_grows_chunk_by_chunk_and_reads_back_in_any_order(tmp_path):
     np.testing.assert_array_equal(metrics["episode_return"], [[0, 1, 2], [100, NAN, 102]])
 
 
+def test_finish_leaves_a_complete_csv_alone_and_completes_any_other(tmp_path):
+    path = tmp_path / "metrics.csv"
+    live = loggers.Loggers(("csv",), tmp_path, SAVED, ROW_UPDATES, steps_per_update=4)
+    live.log(_rows(0, 2), first_row=0)
+    live.log(_rows(2, 1), first_row=2)
+    path.write_text(path.read_text() + "# untouched\n")  # a mark: finish must not rewrite the file
+    live.finish(_rows(0, 3))
+    assert path.read_text().endswith("# untouched\n")
+    # A diverged chunk's rows (not logged live) are written with the others.
+    live.finish(_rows(0, 4))
+    metrics = files.read_metrics_csv(path)
+    np.testing.assert_array_equal(metrics["episode_return"], [[0, 1, 2, 3], [100, NAN, 102, 103]])
+    # A resumed run stopped before its first chunk: the file holds its checkpoint's rows, no more.
+    resumed = loggers.Loggers(("csv",), tmp_path, SAVED, ROW_UPDATES, 4, history=_rows(0, 2))
+    resumed.finish(_rows(0, 2))
+    np.testing.assert_array_equal(files.read_metrics_csv(path)["episode_return"], [[0, 1], [100, NAN]])
+
+
 def test_tensorboard_logs_each_seed_and_the_mean_at_their_env_steps(tmp_path):
     live = loggers.Loggers(("csv", "tensorboard"), tmp_path, SAVED, ROW_UPDATES, steps_per_update=4)
     live.log(_rows(0, 2), first_row=0)

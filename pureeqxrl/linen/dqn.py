@@ -1,6 +1,6 @@
 """DQN with a Flax Linen Q-network: the control group for `pureeqxrl.dqn`.
 
-Everything but the network is `pureeqxrl.dqn` itself (passed a Linen network as a `Functional`), so a speed or
+Everything but the network is `pureeqxrl.dqn` itself (`make_network=linen_q_network`), so a speed or
 return difference between the two can only come from the network library.
 """
 
@@ -9,13 +9,12 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import PRNGKeyArray
+from jaxtyping import Array, PRNGKeyArray
 
 from pureeqxrl import dqn
 from pureeqxrl.envs import VecEnv
-from pureeqxrl.linen import dense_params
+from pureeqxrl.linen import LinenNetwork, dense_params
 from pureeqxrl.loop import TrainResult
-from pureeqxrl.nets import Functional
 
 
 class LinenQNetwork(nn.Module):
@@ -32,15 +31,23 @@ class LinenQNetwork(nn.Module):
         return nn.Dense(self.num_actions)(x)
 
 
-def linen_q_function(config: dqn.DQNConfig, env: VecEnv) -> Functional:
+class LinenQ(LinenNetwork):
+    """`LinenQNetwork` as DQN calls its network: one observation to its Q-values."""
+
+    def __call__(self, obs: Array) -> Array:
+        return self.apply(obs)
+
+
+def linen_q_network(config: dqn.DQNConfig, env: VecEnv, key: PRNGKeyArray) -> LinenQ:
+    """The Linen twin of `pureeqxrl.dqn.q_network`."""
     module = LinenQNetwork(tuple(config.hidden_sizes), env.num_actions)
     dummy_obs = jnp.zeros((1, int(np.prod(env.observation_shape))), jnp.float32)
-    return Functional(init=lambda key: module.init(key, dummy_obs), apply=module.apply)
+    return LinenQ(module.init(key, dummy_obs), module)
 
 
 def make_train(config: dqn.DQNConfig, on_log=None) -> Callable[[PRNGKeyArray], TrainResult]:
     """`pureeqxrl.dqn.make_train` with the Linen network."""
-    return dqn.make_train(config, network_fn=linen_q_function, on_log=on_log)
+    return dqn.make_train(config, make_network=linen_q_network, on_log=on_log)
 
 
 def params_from_equinox(network: dqn.QNetwork) -> dict:

@@ -1,8 +1,8 @@
 """PPO with Flax Linen actor-critics: the control group for `pureeqxrl.ppo` (discrete and
 continuous actions).
 
-Everything but the network is `pureeqxrl.ppo` itself (passed a Linen network as a `Functional`), so
-a speed or return difference between the two can only come from the network library. The layers
+Everything but the network is `pureeqxrl.ppo` itself (`make_network=linen_network`), so a speed or
+return difference between the two can only come from the network library. The layers
 get the same initialisation as the Equinox `ActorCritic` and `GaussianActorCritic` (orthogonal
 sqrt 2 / 0.01 / 1.0, zero bias, log-std 0).
 """
@@ -14,14 +14,14 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 from distreqx.distributions import Categorical
-from jaxtyping import PRNGKeyArray
+from jaxtyping import Array, PRNGKeyArray
 
 from pureeqxrl import ppo
 from pureeqxrl.envs import VecEnv
 from pureeqxrl.heads import ActorCritic, GaussianActorCritic, diagonal_gaussian
-from pureeqxrl.linen import mlp_params
+from pureeqxrl.linen import LinenNetwork, mlp_params
 from pureeqxrl.loop import TrainResult
-from pureeqxrl.nets import ACTIVATIONS, Functional, orthogonal
+from pureeqxrl.nets import ACTIVATIONS, orthogonal
 from pureeqxrl.ppo import PPOConfig
 
 
@@ -29,7 +29,7 @@ class LinenActorCritic(nn.Module):
     """PureJaxRL's ActorCritic: separate actor and critic Dense stacks on the flattened observation.
 
     With `free_log_std`, the actor's output is a Gaussian mean and a `log_std` parameter (zeros) is
-    returned too (PureJaxRL's continuous ActorCritic).
+    returned too, one row per observation (PureJaxRL's continuous ActorCritic).
     """
 
     hidden_sizes: tuple[int, ...]
@@ -50,45 +50,42 @@ class LinenActorCritic(nn.Module):
         actor_out, value = outputs
         if self.free_log_std:
             log_std = self.param("log_std", nn.initializers.zeros, (self.num_outputs,))
-            return actor_out, log_std, value[:, 0]
+            return actor_out, jnp.broadcast_to(log_std, actor_out.shape), value[:, 0]
         return actor_out, value[:, 0]
 
 
-def linen_actor_critic(config: PPOConfig, env: VecEnv) -> Functional:
-    module = LinenActorCritic(tuple(config.hidden_sizes), env.num_actions, ACTIVATIONS[config.activation])
-    dummy_obs = jnp.zeros((1, int(np.prod(env.observation_shape))), jnp.float32)
+class LinenCategorical(LinenNetwork):
+    """`LinenActorCritic` as PPO calls its network: one observation to `(Categorical, value)`."""
 
-    def apply(params, obs):
-        logits, value = module.apply(params, obs)
+    def __call__(self, obs: Array):
+        logits, value = self.apply(obs)
         return Categorical(logits=logits), value
 
-    return Functional(init=lambda key: module.init(key, dummy_obs), apply=apply)
 
+class LinenGaussian(LinenNetwork):
+    """`LinenActorCritic(free_log_std=True)` as PPO calls its network: one observation to
+    `(diagonal Gaussian, value)`."""
 
-def linen_gaussian_actor_critic(config: PPOConfig, env: VecEnv) -> Functional:
-    (action_dim,) = env.action_shape
-    module = LinenActorCritic(
-        tuple(config.hidden_sizes), action_dim, ACTIVATIONS[config.activation], free_log_std=True
-    )
-    dummy_obs = jnp.zeros((1, int(np.prod(env.observation_shape))), jnp.float32)
-
-    def apply(params, obs):
-        mean, log_std, value = module.apply(params, obs)
+    def __call__(self, obs: Array):
+        mean, log_std, value = self.apply(obs)
         return diagonal_gaussian(mean, log_std), value
 
-    return Functional(init=lambda key: module.init(key, dummy_obs), apply=apply)
 
-
-def linen_network(config: PPOConfig, env: VecEnv) -> Functional:
+def linen_network(config: PPOConfig, env: VecEnv, key: PRNGKeyArray) -> LinenCategorical | LinenGaussian:
     """The Linen twin of `pureeqxrl.heads.actor_critic`: the actor-critic for the env's action space."""
+    activation = ACTIVATIONS[config.activation]
+    dummy_obs = jnp.zeros((1, int(np.prod(env.observation_shape))), jnp.float32)
     if env.discrete:
-        return linen_actor_critic(config, env)
-    return linen_gaussian_actor_critic(config, env)
+        module = LinenActorCritic(tuple(config.hidden_sizes), env.num_actions, activation)
+        return LinenCategorical(module.init(key, dummy_obs), module)
+    (action_dim,) = env.action_shape
+    module = LinenActorCritic(tuple(config.hidden_sizes), action_dim, activation, free_log_std=True)
+    return LinenGaussian(module.init(key, dummy_obs), module)
 
 
 def make_train(config: PPOConfig, on_log=None) -> Callable[[PRNGKeyArray], TrainResult]:
     """`pureeqxrl.ppo.make_train` with the Linen networks."""
-    return ppo.make_train(config, network_fn=linen_network, on_log=on_log)
+    return ppo.make_train(config, make_network=linen_network, on_log=on_log)
 
 
 def params_from_equinox(network: ActorCritic | GaussianActorCritic) -> dict:

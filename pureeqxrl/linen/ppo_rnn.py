@@ -1,6 +1,7 @@
 """Recurrent PPO with a Flax Linen GRU actor-critic: the control group for `pureeqxrl.ppo_rnn`.
 
-Everything but the network is `pureeqxrl.ppo_rnn.make_train` itself. The network is written the
+Everything but the network is `pureeqxrl.ppo_rnn.make_train` itself (`make_network=
+linen_recurrent_actor_critic`). The network is written the
 way Linen users write it (PureJaxRL's `ppo_rnn.py` does the same): Flax's own `nn.GRUCell`, scanned
 over time with `nn.scan`, the hidden state zeroed where an episode starts. Initialisation matches
 the Equinox `RecurrentActorCritic` (encoder orthogonal sqrt 2, GRU lecun-normal / orthogonal, heads
@@ -10,17 +11,18 @@ orthogonal 2 / 0.01 / 1.0, zero biases). Only the GRU core has a twin; S5 is Equ
 import math
 from collections.abc import Callable
 
+import equinox as eqx
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 from distreqx.distributions import Categorical
-from jaxtyping import PRNGKeyArray
+from jaxtyping import Array, PRNGKeyArray
 
 from pureeqxrl.envs import VecEnv
-from pureeqxrl.linen import dense_params, mlp_params
+from pureeqxrl.linen import LinenNetwork, dense_params, mlp_params
 from pureeqxrl.loop import TrainResult
 from pureeqxrl.nets import ACTIVATIONS, orthogonal
-from pureeqxrl.ppo_rnn import PPORNNConfig, RecurrentActorCritic, RecurrentFunctional
+from pureeqxrl.ppo_rnn import PPORNNConfig, RecurrentActorCritic
 from pureeqxrl.ppo_rnn import make_train as _make_train
 from pureeqxrl.recurrent import GRU
 
@@ -65,7 +67,32 @@ class LinenRecurrentActorCritic(nn.Module):
         return hidden, logits, value[..., 0]
 
 
-def linen_recurrent_actor_critic(config: PPORNNConfig, env: VecEnv) -> RecurrentFunctional:
+class LinenRecurrent(LinenNetwork):
+    """`LinenRecurrentActorCritic` as recurrent PPO calls its network, for one environment: the
+    methods of `pureeqxrl.ppo_rnn.RecurrentActorCritic`."""
+
+    width: int = eqx.field(static=True)
+
+    def initial_hidden(self) -> Array:
+        return jnp.zeros(self.width)
+
+    def step(self, hidden: Array, obs: Array, reset: Array):
+        """One time step: `(hidden, policy, value)` (a sequence of one)."""
+        hidden, logits, value = self.module.apply(
+            self.variables, hidden[None], obs[None, None], reset[None, None]
+        )
+        return hidden[0], Categorical(logits=logits[0, 0]), value[0, 0]
+
+    def __call__(self, hidden: Array, obs: Array, resets: Array):
+        """A whole sequence from `hidden`: `(final hidden, policies, values)`."""
+        hidden, logits, values = self.module.apply(
+            self.variables, hidden[None], obs[:, None], resets[:, None]
+        )
+        return hidden[0], Categorical(logits=logits[:, 0]), values[:, 0]
+
+
+def linen_recurrent_actor_critic(config: PPORNNConfig, env: VecEnv, key: PRNGKeyArray) -> LinenRecurrent:
+    """The Linen twin of `pureeqxrl.ppo_rnn.recurrent_actor_critic` (a GRU core only)."""
     if config.cell != "gru":
         raise ValueError(f"the Linen twin has a GRU core only, got cell={config.cell!r}")
     module = LinenRecurrentActorCritic(
@@ -75,29 +102,14 @@ def linen_recurrent_actor_critic(config: PPORNNConfig, env: VecEnv) -> Recurrent
         ACTIVATIONS[config.activation],
     )
     width = config.encoder_sizes[-1]
-    obs_size = int(np.prod(env.observation_shape))
-
-    def initial_hidden(num_envs: int):
-        return jnp.zeros((num_envs, width))
-
-    def init(key: PRNGKeyArray):
-        dummy_obs = jnp.zeros((1, 1, obs_size))
-        return module.init(key, initial_hidden(1), dummy_obs, jnp.zeros((1, 1), bool))
-
-    def step(params, hidden, obs, reset):
-        hidden, logits, value = module.apply(params, hidden, obs[None], reset[None])
-        return hidden, Categorical(logits=logits[0]), value[0]
-
-    def unroll(params, hidden, obs, resets):
-        _, logits, value = module.apply(params, hidden, obs, resets)
-        return Categorical(logits=logits.reshape(-1, logits.shape[-1])), value.reshape(-1)
-
-    return RecurrentFunctional(init=init, initial_hidden=initial_hidden, step=step, unroll=unroll)
+    dummy_obs = jnp.zeros((1, 1, int(np.prod(env.observation_shape))))
+    variables = module.init(key, jnp.zeros((1, width)), dummy_obs, jnp.zeros((1, 1), bool))
+    return LinenRecurrent(variables, module, width)
 
 
 def make_train(config: PPORNNConfig, on_log=None) -> Callable[[PRNGKeyArray], TrainResult]:
     """`pureeqxrl.ppo_rnn.make_train` with the Linen network."""
-    return _make_train(config, network_fn=linen_recurrent_actor_critic, on_log=on_log)
+    return _make_train(config, make_network=linen_recurrent_actor_critic, on_log=on_log)
 
 
 def params_from_equinox_gru(gru: GRU) -> dict:

@@ -18,11 +18,9 @@ from pureeqxrl.loop import (
     Learner,
     counters,
     environment_specs,
-    eval_rows,
-    evaluation,
     held,
     num_rows_of,
-    scan_logged,
+    run_updates,
 )
 
 
@@ -58,8 +56,7 @@ def make_chunk_runner(learner: Learner, config: Any, layout: parallel.Layout | N
     """
     programs: dict[int, Callable] = {}
     log_interval, num_envs = config.log_interval, config.num_envs
-    learner = held(learner, num_envs)
-    evaluate = evaluation(learner, eval_rows(config.num_updates, log_interval, config.eval_every))
+    init_one = held(learner, num_envs).init
     mesh = layout.mesh() if layout is not None else None
 
     def on_devices(fn: Callable, num_args: int) -> Callable:
@@ -71,7 +68,7 @@ def make_chunk_runner(learner: Learner, config: Any, layout: parallel.Layout | N
         return parallel.batched_shardings(mesh, environment_specs(one_run, num_envs))
 
     def init(starts: Any) -> Any:
-        vmapped = on_devices(jax.vmap(learner.init), 1)
+        vmapped = on_devices(jax.vmap(init_one), 1)
         if mesh is None:
             return jax.jit(vmapped)(starts)
         start_shardings = jax.tree.map(lambda _: NamedSharding(mesh, PartitionSpec(parallel.SEEDS)), starts)
@@ -88,16 +85,10 @@ def make_chunk_runner(learner: Learner, config: Any, layout: parallel.Layout | N
         if num_rows in programs:
             return
 
+        updates = run_updates(learner, config, num_rows=num_rows)
+
         def chunk(state, where):  # where: this chunk's first row in the run, its number of updates
-            return scan_logged(
-                learner.update,
-                state,
-                where[1],
-                log_interval,
-                evaluate=evaluate,
-                first_row=where[0],
-                num_rows=num_rows,
-            )
+            return updates(state, where[0], where[1])
 
         # The row number is the same for every seed, and so are the state's counters: they enter
         # the vmapped chunk once, so that what they decide is a branch taken or not.

@@ -86,6 +86,11 @@ class Loggers:
             for logger in self.others:
                 logger.log(int(step), per_seed, {k: v for k, v in mean.items() if np.isfinite(v)})
 
+    def finish(self, metrics: dict[str, np.ndarray]) -> None:
+        """The run's rows are `metrics` (all of them, from row 0): `metrics.csv` is made to hold
+        exactly those (see `_CSV.finish`)."""
+        self.csv.finish(metrics)
+
     def close(self) -> None:
         for logger in self.others:
             logger.close()
@@ -98,6 +103,7 @@ class _CSV:
     def __init__(self, path: Path, history, steps_per_update: int, row_updates: np.ndarray):
         self.path, self.history, self.started = path, history or {}, False
         self.steps_per_update, self.row_updates = steps_per_update, row_updates
+        self.rows_written = 0
 
     def _table(self, rows: dict[str, np.ndarray], first_row: int) -> tuple[list[str], list[list]]:
         num_rows = next(iter(rows.values())).shape[1]
@@ -107,10 +113,12 @@ class _CSV:
     def log(self, rows: dict[str, np.ndarray], first_row: int) -> None:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
+        num_rows = next(iter(rows.values())).shape[1]
         if self.started:
             writer.writerows(self._table(rows, first_row)[1])
             with open(self.path, "a", newline="") as f:
                 f.write(buffer.getvalue())
+            self.rows_written = first_row + num_rows
             return
         if self.history:  # rows 0 to first_row - 1, from the checkpoint
             rows = {name: np.concatenate([self.history[name], rows[name]], axis=1) for name in rows}
@@ -119,7 +127,17 @@ class _CSV:
         writer.writerow(header)
         writer.writerows(table)
         atomic_write_text(self.path, buffer.getvalue())
-        self.started = True
+        self.started, self.rows_written = True, first_row + len(table)
+
+    def finish(self, metrics: dict[str, np.ndarray]) -> None:
+        """Make the file hold exactly the rows of `metrics` (the run's, from row 0), rewriting it
+        at once unless the chunks logged are all of them: a diverged chunk's rows are not logged
+        live, and a resumed run stopped before its first chunk keeps its checkpoint's rows."""
+        num_rows = next(iter(metrics.values())).shape[1]
+        if self.started and self.rows_written == num_rows:
+            return
+        self.started, self.history = False, {}
+        self.log(metrics, 0)
 
 
 class _TensorBoard:

@@ -632,7 +632,7 @@ def _run_with_progress(run: Run, chunks, state, metrics, updates_done) -> Outcom
     }
     try:
         with progress:
-            return run_chunks(
+            outcome = run_chunks(
                 chunks,
                 state,
                 metrics,
@@ -648,6 +648,9 @@ def _run_with_progress(run: Run, chunks, state, metrics, updates_done) -> Outcom
                 ),
                 on_chunk=on_chunk,
             )
+        if live is not None and outcome.metrics and next(iter(outcome.metrics.values())).shape[1]:
+            live.finish(outcome.metrics)  # metrics.csv has one writer: the csv logger
+        return outcome
     finally:
         if live is not None:
             live.close()
@@ -670,4 +673,5 @@ def write_run_results(run: Run, outcome: Outcome, updates_done: int) -> dict | N
         status=outcome.status,
         updates_done=outcome.updates_done,
         trained_updates=outcome.updates_done - updates_done,
+        metrics_csv=False,  # the csv logger wrote it
     )

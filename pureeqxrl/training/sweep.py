@@ -188,16 +188,18 @@ class SweptState(eqx.Module):
 
 
 def swept_learner(
-    make_learner: Callable[..., Learner], config: Any, network_fn: Callable | None = None
+    make_learner: Callable[..., Learner], config: Any, make_network: Callable | None = None
 ) -> Learner:
     """A `Learner` whose `init` takes a `Start` and whose state is a `SweptState`: each piece
     calls `make_learner` with `config` and the state's hyperparameters in place of its fields.
     `config` itself (with any values in the swept fields) is checked here; the configurations are
-    checked by `check_configurations`."""
-    base = make_learner(config, network_fn)
+    checked by `check_configurations`. `make_network` is passed on to `make_learner` (None: the
+    algorithm's own network)."""
+    network = () if make_network is None else (make_network,)
+    base = make_learner(config, *network)
 
     def learner_of(hyperparameters: dict[str, Array]) -> Learner:
-        return make_learner(dataclasses.replace(config, **hyperparameters), network_fn)
+        return make_learner(dataclasses.replace(config, **hyperparameters), *network)
 
     def init(start: Start) -> SweptState:
         return SweptState(start.hyperparameters, learner_of(start.hyperparameters).init(start.key))
@@ -215,7 +217,7 @@ def swept_learner(
 def make_sweep_train(
     make_learner: Callable[..., Learner],
     config: Any,
-    network_fn: Callable | None = None,
+    make_network: Callable | None = None,
     on_log: LogCallback | None = None,
 ) -> Callable[[dict[str, Array], PRNGKeyArray], TrainResult]:
     """`train(hyperparameters, key) -> TrainResult`: `make_train(config)` with the swept fields
@@ -223,7 +225,7 @@ def make_sweep_train(
 
     `jax.vmap(jax.vmap(train, in_axes=(None, 0)), in_axes=(0, None))(stack(configurations), keys)`
     trains every configuration on every key (`train_configurations` does this, checked)."""
-    train = make_train(swept_learner(make_learner, config, network_fn), config, on_log)
+    train = make_train(swept_learner(make_learner, config, make_network), config, on_log)
     return lambda hyperparameters, key: train(Start(key, hyperparameters))
 
 
@@ -232,12 +234,12 @@ def train_configurations(
     config: Any,
     configurations: Sequence[Configuration],
     keys: PRNGKeyArray,
-    network_fn: Callable | None = None,
+    make_network: Callable | None = None,
 ) -> TrainResult:
     """Check every configuration, then train all of them on every key in one compiled program;
     the result's leaves have leading axes `(num_configurations, num_keys)`."""
     check_configurations(config, configurations)
-    train = make_sweep_train(make_learner, config, network_fn)
+    train = make_sweep_train(make_learner, config, make_network)
     batched = jax.vmap(jax.vmap(train, in_axes=(None, 0)), in_axes=(0, None))
     return jax.jit(batched)(stack(configurations), keys)
 
@@ -561,8 +563,7 @@ def run_sweep(sweep_dir: Path, saved: dict, console: Console) -> Ending:
     algorithm = registry.get(algo_name)
     config = runs.config_from_dict(algorithm.config_cls, saved["config"])
     configurations, num_seeds = saved["configurations"], options.num_seeds
-    network_fn = algorithm.network(options.linen)
-    learner = swept_learner(algorithm.make_learner, config, network_fn)
+    learner = swept_learner(algorithm.make_learner, config, algorithm.network(options.linen))
     keys = jax.random.split(jax.random.key(options.seed), num_seeds)
     use_compile_cache(options.compile_cache)
     stop = StopSignals()
