@@ -174,8 +174,9 @@ def test_usage_errors(capsys):
 def test_linen_run_saves_a_loadable_agent(tmp_path):
     run_dir = tmp_path / "linen"
     assert cli.main(["train", "dqn", "--linen", "--run-dir", str(run_dir), *TINY]) == 0
-    params = runs.load_agent(run_dir)
-    assert set(params["params"]) == {"Dense_0", "Dense_1", "Dense_2"}
+    network = runs.load_agent(run_dir)  # a LinenNetwork, called like the Equinox QNetwork
+    assert set(network.variables["params"]) == {"Dense_0", "Dense_1", "Dense_2"}
+    assert network(jnp.zeros(4)).shape == (2,)
     assert json.loads((run_dir / "config.json").read_text())["linen"] is True
 
 
@@ -214,7 +215,7 @@ def test_ppo_trains_saves_loads_and_evaluates(tmp_path, capsys):
 def test_ppo_linen_run_saves_a_loadable_agent(tmp_path):
     run_dir = tmp_path / "ppo-linen"
     assert cli.main(["train", "ppo", "--linen", "--run-dir", str(run_dir), *PPO_TINY]) == 0
-    assert set(runs.load_agent(run_dir)["params"]) == {
+    assert set(runs.load_agent(run_dir).variables["params"]) == {
         "actor_0",
         "actor_1",
         "actor_head",
@@ -321,7 +322,8 @@ def test_recurrent_ppo_trains_and_evaluates_with_its_memory(tmp_path, capsys):
 
     linen_dir = tmp_path / "rnn-linen"
     assert cli.main(["train", "ppo_rnn", "--linen", "--run-dir", str(linen_dir), *RNN_TINY]) == 0
-    assert set(runs.load_agent(linen_dir)["params"]["gru"]["cell"]) == {"ir", "iz", "in", "hr", "hz", "hn"}
+    cell = runs.load_agent(linen_dir).variables["params"]["gru"]["cell"]
+    assert set(cell) == {"ir", "iz", "in", "hr", "hz", "hn"}
     assert cli.main(["eval", str(linen_dir), "--episodes", "2"]) == 0
 
 

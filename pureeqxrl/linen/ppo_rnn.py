@@ -76,25 +76,27 @@ class LinenRecurrent(LinenNetwork):
     def initial_hidden(self) -> Array:
         return jnp.zeros(self.width)
 
-    def step(self, hidden: Array, obs: Array, reset: Array):
-        """One time step: `(hidden, policy, value)` (a sequence of one)."""
-        hidden, logits, value = self.module.apply(
-            self.variables, hidden[None], obs[None, None], reset[None, None]
-        )
-        return hidden[0], Categorical(logits=logits[0, 0]), value[0, 0]
-
-    def __call__(self, hidden: Array, obs: Array, resets: Array):
-        """A whole sequence from `hidden`: `(final hidden, policies, values)`."""
+    def _sequence(self, hidden: Array, obs: Array, resets: Array) -> tuple[Array, Array, Array]:
+        """`(final hidden, logits, values)` of one environment's sequence (a batch of one)."""
         hidden, logits, values = self.module.apply(
             self.variables, hidden[None], obs[:, None], resets[:, None]
         )
-        return hidden[0], Categorical(logits=logits[:, 0]), values[:, 0]
+        return hidden[0], logits[:, 0], values[:, 0]
+
+    def step(self, hidden: Array, obs: Array, reset: Array):
+        """One time step: `(hidden, policy, value)` (a sequence of one)."""
+        hidden, logits, value = self._sequence(hidden, obs[None], reset[None])
+        return hidden, Categorical(logits=logits[0]), value[0]
+
+    def __call__(self, hidden: Array, obs: Array, resets: Array):
+        """A whole sequence from `hidden`: `(final hidden, policies, values)`."""
+        hidden, logits, values = self._sequence(hidden, obs, resets)
+        return hidden, Categorical(logits=logits), values
 
 
 def linen_recurrent_actor_critic(config: PPORNNConfig, env: VecEnv, key: PRNGKeyArray) -> LinenRecurrent:
     """The Linen twin of `pureeqxrl.ppo_rnn.recurrent_actor_critic` (a GRU core only)."""
-    if config.cell != "gru":
-        raise ValueError(f"the Linen twin has a GRU core only, got cell={config.cell!r}")
+    check_gru(config)
     module = LinenRecurrentActorCritic(
         tuple(config.encoder_sizes),
         tuple(config.hidden_sizes),
@@ -107,8 +109,15 @@ def linen_recurrent_actor_critic(config: PPORNNConfig, env: VecEnv, key: PRNGKey
     return LinenRecurrent(variables, module, width)
 
 
+def check_gru(config: PPORNNConfig) -> None:
+    """The Linen twin's core is a GRU: an S5 config is refused."""
+    if config.cell != "gru":
+        raise ValueError(f"the Linen twin has a GRU core only, got cell={config.cell!r}")
+
+
 def make_train(config: PPORNNConfig, on_log=None) -> Callable[[PRNGKeyArray], TrainResult]:
-    """`pureeqxrl.ppo_rnn.make_train` with the Linen network."""
+    """`pureeqxrl.ppo_rnn.make_train` with the Linen network (an S5 config refused at once)."""
+    check_gru(config)
     return _make_train(config, make_network=linen_recurrent_actor_critic, on_log=on_log)
 
 
