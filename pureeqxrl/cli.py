@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from pureeqxrl import compare, registry, runs
-from pureeqxrl.envs import env_names
+from pureeqxrl.envs import env_names, make_env
 from pureeqxrl.flags import flag_value
 from pureeqxrl.training import run, sweep
 from pureeqxrl.training.run import Ending, RunOptions
@@ -96,6 +96,12 @@ def train_command(algo_name: str, argv: list[str], console: Console) -> int:
     options, config = parse_train_flags(
         argv, algo_name, (RunOptions(), base_config(algorithm.config_cls, argv))
     )
+    if algo_name == "ppo" and not make_env(config.env, 1, config.max_episode_steps).discrete:
+        console.print(
+            f"note: {escape(config.env)} has continuous actions; `pureeqxrl train ppo_continuous` starts "
+            "from PureJaxRL's continuous-control settings (this run keeps ppo's CartPole ones, with a "
+            "Gaussian policy)"
+        )
     return report(run.start(algo_name, config, options, console), console)
 
 
@@ -104,6 +110,8 @@ def resume_command(argv: list[str], console: Console) -> int:
         raise ValueError("--resume needs the run folder: pureeqxrl train --resume RUN_DIR [flags]")
     run_dir, argv = Path(argv[0]), argv[1:]
     saved, saved_options, config = run.saved_options(run_dir)
+    if flag_value(argv, "--config") is not None or flag_value(argv, "--preset") is not None:
+        config = base_config(type(config), argv)  # compared with the saved one, field by field
     options, given = parse_train_flags(argv, saved["algorithm"], (saved_options, config))
     devices_given = any(flag_value(argv, flag) is not None for flag in ("--devices", "--env-devices"))
     return report(run.resume(run_dir, options, given, devices_given, console), console)

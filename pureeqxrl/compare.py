@@ -2,10 +2,12 @@
 IQM over seeds with a 95% bootstrap band, and their final scores with intervals (`pureeqxrl.stats`).
 E.g. the Equinox DQN against its Linen twin, or DQN against Double DQN.
 
-Each run is read from its folder (`metrics.csv`, `config.json`), so runs of any age, finished or
-stopped, compare; a sweep's group folder compares as one run of all its configurations' seeds.
+Each run is read from its folder (`metrics.csv`, `config.json`, `summary.json`), so runs of any
+age, finished or stopped, compare; each run's status and environment steps are shown beside its
+scores. A sweep's group folder compares as one run of all its configurations' seeds.
 """
 
+import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +20,9 @@ from pureeqxrl.loop import final_return, last_evaluated_row
 
 CURVE_REPS = 2_000
 """Bootstrap replicates per row of a curve's band (the final scores use `stats.DEFAULT_REPS`)."""
+MIN_SEEDS_TO_DECIDE = 3
+"""Below this many seeds with a score in either run, two runs' intervals decide nothing: with one
+seed an interval is a single point, with two a bootstrap has three distinct means."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,11 @@ class RunScores:
     """`stats.summary` of the seeds' final training returns (last 5% of the rows)."""
     final_eval_return: dict
     """`stats.summary` of the seeds' last greedy evaluations (`runs: 0` if the run made none)."""
+    status: str
+    """`summary.json`'s status (finished, interrupted, diverged), or `no summary` for a run that
+    wrote none (killed, or still running)."""
+    updates_done: int | None
+    """Updates the run had done when it wrote its summary (None without one)."""
 
 
 def read_run_scores(run_dir: Path, label: str | None = None) -> RunScores:
@@ -46,12 +56,22 @@ def read_run_scores(run_dir: Path, label: str | None = None) -> RunScores:
     if label is None:
         library = "Linen" if saved["linen"] else "Equinox"
         label = f"{saved['algorithm']} ({library}) {Path(run_dir).name}"
+    status, updates_done = "no summary", None
+    summary_path = Path(run_dir) / "summary.json"
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+            status, updates_done = str(summary["status"]), int(summary["updates_done"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{summary_path} is not a pureeqxrl summary.json ({error})") from error
     return RunScores(
         label=label,
         env_steps=metrics["env_steps"][0],
         returns=metrics["episode_return"],
         final_return=stats.summary(final_return(metrics["episode_return"])),
         final_eval_return=stats.summary(greedy),
+        status=status,
+        updates_done=updates_done,
     )
 
 
@@ -67,17 +87,28 @@ def curve_band(returns: np.ndarray, reps: int = CURVE_REPS) -> tuple[np.ndarray,
 
 def table_lines(scored: list[RunScores]) -> list[str]:
     lines = [
-        "| run | seeds | final return IQM [95% CI] | mean [95% CI] | greedy eval IQM [95% CI] | mean [95% CI] |",
-        "|---|---|---|---|---|---|",
+        "| run | seeds | final return IQM [95% CI] | mean [95% CI] | greedy eval IQM [95% CI] | mean [95% CI] "
+        "| status | env steps per seed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for run in scored:
         train, greedy = run.final_return, run.final_eval_return
         lines.append(
             f"| {run.label} | {run.returns.shape[0]} | {stats.estimate_text(train, 'iqm')} "
             f"| {stats.estimate_text(train, 'mean')} | {stats.estimate_text(greedy, 'iqm')} "
-            f"| {stats.estimate_text(greedy, 'mean')} |"
+            f"| {stats.estimate_text(greedy, 'mean')} | {run.status} | {int(run.env_steps[-1]):,} |"
         )
     return lines
+
+
+def unequal_lines(scored: list[RunScores]) -> list[str]:
+    """A warning where the runs did not all finish, or stopped at different environment steps:
+    their scores are then of unequal training."""
+    ends = {(run.status, int(run.env_steps[-1])) for run in scored}
+    if len(ends) == 1 and scored[0].status == "finished":
+        return []
+    where = "; ".join(f"{run.label}: {run.status} at {int(run.env_steps[-1]):,} env steps" for run in scored)
+    return [f"not like for like: {where}"]
 
 
 def overlap_lines(scored: list[RunScores]) -> list[str]:
@@ -89,6 +120,12 @@ def overlap_lines(scored: list[RunScores]) -> list[str]:
     for key, name in (("final_return", "final training return"), ("final_eval_return", "greedy evaluation")):
         a, b = (getattr(run, key) for run in scored)
         if a["iqm"] is None or b["iqm"] is None:
+            continue
+        if min(a["runs"], b["runs"]) < MIN_SEEDS_TO_DECIDE:
+            lines.append(
+                f"{name}: IQM {a['iqm']:.1f} vs {b['iqm']:.1f}, cannot tell (fewer than "
+                f"{MIN_SEEDS_TO_DECIDE} seeds with a score in a run: {a['runs']} and {b['runs']})"
+            )
             continue
         disjoint = a["iqm_ci"][1] < b["iqm_ci"][0] or b["iqm_ci"][1] < a["iqm_ci"][0]
         verdict = (
@@ -116,7 +153,7 @@ def write_comparison(
 ) -> list[str]:
     """The comparison folder's `compare.png`, `compare.md` (the command, the table and, for two
     runs, whether their intervals overlap) and `compare.json`; the table's and verdicts' lines."""
-    table, verdicts = table_lines(scored), overlap_lines(scored)
+    table, verdicts = table_lines(scored), [*unequal_lines(scored), *overlap_lines(scored)]
     plot(out / "compare.png", scored, title)
     header = [f"# {title or 'comparison'}", "", f"`{command}`", ""]
     files.atomic_write_text(out / "compare.md", "\n".join([*header, *table, "", *verdicts]) + "\n")
@@ -125,6 +162,9 @@ def write_comparison(
             "run_dir": str(run_dir),
             "label": run.label,
             "seeds": int(run.returns.shape[0]),
+            "status": run.status,
+            "updates_done": run.updates_done,
+            "env_steps_per_seed": int(run.env_steps[-1]),
             "final_return": run.final_return,
             "final_eval_return": run.final_eval_return,
         }

@@ -6,8 +6,10 @@ and renamed into place, so an interrupted run never leaves a half-written file, 
 non-empty folder is never written into.
 """
 
+import contextlib
 import dataclasses
 import io
+import itertools
 import json
 import pickle
 import time
@@ -48,16 +50,18 @@ RENAMED_FIELDS = {"lr_linear_decay": "anneal_lr"}
 
 def prepare_run_dir(run_dir: Path | None, algorithm: str, env: str, parent: str = "runs") -> Path:
     """Create the run folder (default `parent/ALGO-ENV-TIMESTAMP`); refuse to reuse a non-empty one
-    (nothing the user had is touched)."""
-    if run_dir is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        run_dir = Path(parent) / f"{algorithm}-{env}-{stamp}"
-        suffix = 1
-        while run_dir.exists():
-            run_dir = Path(parent) / f"{algorithm}-{env}-{stamp}-{suffix}"
-            suffix += 1
-    run_dir = Path(run_dir)
+    (nothing the user had is touched). A folder is claimed by creating it, which only one process
+    can do: runs started at the same moment get distinct default folders."""
     try:
+        if run_dir is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            Path(parent).mkdir(parents=True, exist_ok=True)
+            for suffix in itertools.count():
+                run_dir = Path(parent) / f"{algorithm}-{env}-{stamp}{f'-{suffix}' if suffix else ''}"
+                with contextlib.suppress(FileExistsError):
+                    run_dir.mkdir()
+                    break
+        run_dir = Path(run_dir)
         if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
             raise FileExistsError(f"{run_dir} already exists and is not an empty folder; pick another")
         run_dir.mkdir(parents=True, exist_ok=True)

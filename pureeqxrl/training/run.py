@@ -11,6 +11,7 @@ Python API's `make_train` stays one pure program.
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shlex
 import signal
@@ -56,8 +57,11 @@ class CheckpointSchedule:
             problems.append(f"chunk_rows must be positive, got {self.chunk_rows}")
         if self.checkpoint_updates < 0:
             problems.append(f"checkpoint_updates must be >= 0, got {self.checkpoint_updates}")
-        if not self.checkpoint_minutes > 0:
-            problems.append(f"checkpoint_minutes must be positive, got {self.checkpoint_minutes}")
+        if not 0 < self.checkpoint_minutes < math.inf:
+            problems.append(
+                f"checkpoint_minutes must be a positive number of minutes, got {self.checkpoint_minutes} "
+                "(--checkpoint-updates N checkpoints by updates instead)"
+            )
         if self.keep_checkpoints < 1:
             problems.append(f"keep_checkpoints must be positive, got {self.keep_checkpoints}")
         return problems
@@ -583,6 +587,13 @@ def train_run(run: Run, learner, checkpoint, starts) -> tuple[Outcome, int] | No
         header, state, metrics = runs.load_checkpoint(checkpoint, parallel.gather(state))
         if header["config"] != json.loads(json.dumps(config.to_dict())):
             raise ValueError(f"{checkpoint} was written for another config than {run.run_dir}/config.json")
+        saved = json.loads((run.run_dir / "config.json").read_text())
+        for name in ("algorithm", "num_seeds", "seed", "linen"):
+            if name in header and header[name] != saved.get(name):
+                raise ValueError(
+                    f"{checkpoint} belongs to another run: its {name} is {header[name]!r}, "
+                    f"{run.run_dir}/config.json's is {saved.get(name)!r}"
+                )
         state, updates_done = chunks.place(state), header["updates_done"]
     if updates_done >= config.num_updates:
         run.console.print(
