@@ -54,20 +54,32 @@ def test_csv_grows_chunk_by_chunk_and_reads_back_in_any_order(tmp_path):
 
 def test_finish_leaves_a_complete_csv_alone_and_completes_any_other(tmp_path):
     path = tmp_path / "metrics.csv"
+
+    def at_once(rows):  # the file of all these rows written in one go: seed by seed
+        header, table = files.metrics_table(rows, ROW_UPDATES[: rows["episode_return"].shape[1]], 4)
+        files.write_metrics_csv(tmp_path / "at_once.csv", header, table)
+        return (tmp_path / "at_once.csv").read_bytes()
+
+    # One chunk held every row: the file is left as it is.
     live = loggers.Loggers(("csv",), tmp_path, SAVED, ROW_UPDATES, steps_per_update=4)
-    live.log(_rows(0, 2), first_row=0)
-    live.log(_rows(2, 1), first_row=2)
+    live.log(_rows(0, 3), first_row=0)
     path.write_text(path.read_text() + "# untouched\n")  # a mark: finish must not rewrite the file
     live.finish(_rows(0, 3))
     assert path.read_text().endswith("# untouched\n")
+    # Appended chunks interleave the seeds: the finished file is the one written at once.
+    live = loggers.Loggers(("csv",), tmp_path, SAVED, ROW_UPDATES, steps_per_update=4)
+    live.log(_rows(0, 2), first_row=0)
+    live.log(_rows(2, 1), first_row=2)
+    assert path.read_bytes() != at_once(_rows(0, 3))
+    live.finish(_rows(0, 3))
+    assert path.read_bytes() == at_once(_rows(0, 3))
     # A diverged chunk's rows (not logged live) are written with the others.
     live.finish(_rows(0, 4))
-    metrics = files.read_metrics_csv(path)
-    np.testing.assert_array_equal(metrics["episode_return"], [[0, 1, 2, 3], [100, NAN, 102, 103]])
+    assert path.read_bytes() == at_once(_rows(0, 4))
     # A resumed run stopped before its first chunk: the file holds its checkpoint's rows, no more.
     resumed = loggers.Loggers(("csv",), tmp_path, SAVED, ROW_UPDATES, 4, history=_rows(0, 2))
     resumed.finish(_rows(0, 2))
-    np.testing.assert_array_equal(files.read_metrics_csv(path)["episode_return"], [[0, 1], [100, NAN]])
+    assert path.read_bytes() == at_once(_rows(0, 2))
 
 
 def test_tensorboard_logs_each_seed_and_the_mean_at_their_env_steps(tmp_path):

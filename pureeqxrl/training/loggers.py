@@ -103,7 +103,7 @@ class _CSV:
     def __init__(self, path: Path, history, steps_per_update: int, row_updates: np.ndarray):
         self.path, self.history, self.started = path, history or {}, False
         self.steps_per_update, self.row_updates = steps_per_update, row_updates
-        self.rows_written = 0
+        self.rows_written, self.appended = 0, False
 
     def _table(self, rows: dict[str, np.ndarray], first_row: int) -> tuple[list[str], list[list]]:
         num_rows = next(iter(rows.values())).shape[1]
@@ -118,7 +118,7 @@ class _CSV:
             writer.writerows(self._table(rows, first_row)[1])
             with open(self.path, "a", newline="") as f:
                 f.write(buffer.getvalue())
-            self.rows_written = first_row + num_rows
+            self.rows_written, self.appended = first_row + num_rows, True
             return
         if self.history:  # rows 0 to first_row - 1, from the checkpoint
             rows = {name: np.concatenate([self.history[name], rows[name]], axis=1) for name in rows}
@@ -127,14 +127,16 @@ class _CSV:
         writer.writerow(header)
         writer.writerows(table)
         atomic_write_text(self.path, buffer.getvalue())
-        self.started, self.rows_written = True, first_row + len(table)
+        self.started, self.appended = True, False
+        self.rows_written = first_row + next(iter(rows.values())).shape[1]
 
     def finish(self, metrics: dict[str, np.ndarray]) -> None:
-        """Make the file hold exactly the rows of `metrics` (the run's, from row 0), rewriting it
-        at once unless the chunks logged are all of them: a diverged chunk's rows are not logged
+        """Make the file hold exactly the rows of `metrics` (the run's, from row 0) in the order
+        of a file written at once (seed by seed), rewriting it unless it was written at once with
+        all of them: appended chunks interleave the seeds, a diverged chunk's rows are not logged
         live, and a resumed run stopped before its first chunk keeps its checkpoint's rows."""
         num_rows = next(iter(metrics.values())).shape[1]
-        if self.started and self.rows_written == num_rows:
+        if self.started and not self.appended and self.rows_written == num_rows:
             return
         self.started, self.history = False, {}
         self.log(metrics, 0)
