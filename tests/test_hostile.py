@@ -123,3 +123,21 @@ def test_runs_started_at_the_same_moment_get_distinct_default_folders(tmp_path, 
             thread.join()
         assert len(set(claimed)) == 6, claimed
         assert sorted(p.name for p in parent.iterdir()) == sorted(p.name for p in claimed)
+
+
+def test_a_damaged_newest_checkpoint_points_to_the_older_ones(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    every_60 = ["--checkpoint-updates", "60", "--chunk-rows", "1"]
+    assert cli.main(["train", "dqn", "--run-dir", str(run_dir), *TINY, *every_60]) == 0
+    newest = runs.latest_checkpoint(run_dir)
+    assert newest.name == "update_0000000300.ckpt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # killed mid-copy
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run_dir)]) == 2
+    printed = capsys.readouterr().out
+    assert "is damaged" in printed and "move update_0000000300.ckpt out of" in printed
+    assert "to resume from update_0000000240.ckpt" in printed
+    newest.rename(tmp_path / newest.name)  # as the message says
+    assert cli.main(["train", "--resume", str(run_dir)]) == 0
+    assert "from update 240" in capsys.readouterr().out
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"

@@ -584,7 +584,16 @@ def train_run(run: Run, learner, checkpoint, starts) -> tuple[Outcome, int] | No
     chunks = make_chunk_runner(learner, config, run.layout if run.layout.num_devices > 1 else None)
     state, metrics, updates_done = chunks.init(starts), {}, 0
     if checkpoint is not None:
-        header, state, metrics = runs.load_checkpoint(checkpoint, parallel.gather(state))
+        try:
+            header, state, metrics = runs.load_checkpoint(checkpoint, parallel.gather(state))
+        except ValueError as error:
+            older = sorted(checkpoint.parent.glob("update_*.ckpt"))[:-1]
+            if not older:
+                raise
+            raise ValueError(
+                f"{error}; the older checkpoints ({', '.join(path.name for path in older)}) are kept: move "
+                f"{checkpoint.name} out of {checkpoint.parent} to resume from {older[-1].name}"
+            ) from error
         if header["config"] != json.loads(json.dumps(config.to_dict())):
             raise ValueError(f"{checkpoint} was written for another config than {run.run_dir}/config.json")
         saved = json.loads((run.run_dir / "config.json").read_text())
