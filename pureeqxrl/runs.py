@@ -33,10 +33,8 @@ from pureeqxrl.files import (
     atomic_write_bytes,
     atomic_write_text,
     curves_figure,
-    metrics_table,
     save_curves_figure,
     strict_json,
-    write_metrics_csv,
 )
 from pureeqxrl.loop import EVAL_COLUMNS, TrainResult, final_return, last_evaluated_row, rows_update_counts
 from pureeqxrl.normalize import RunningStats
@@ -145,11 +143,10 @@ def write_results(
     status: str = "finished",
     updates_done: int | None = None,
     trained_updates: int | None = None,
-    metrics_csv: bool = True,
 ) -> dict[str, Any]:
-    """Write what a run of `num_seeds` vmapped seeds produced so far (`metrics.csv` unless
-    `metrics_csv` is False, `learning_curve.png`, `agent_seed{i}.eqx`, `summary.json`) and return
-    the summary.
+    """Write what a run of `num_seeds` vmapped seeds produced so far (`learning_curve.png`,
+    `agent_seed{i}.eqx`, `summary.json`; `metrics.csv` is the csv logger's, `pureeqxrl.training.loggers`)
+    and return the summary.
 
     `status` is "finished", "interrupted" or "diverged"; `updates_done` the updates in
     `result.params` (default: all of them); `trained_updates` those that `train_seconds` timed
@@ -159,9 +156,6 @@ def write_results(
     metrics = {name: np.asarray(value) for name, value in result.metrics.items()}
     num_seeds, num_rows = metrics["episode_return"].shape
     updates = rows_update_counts(config.num_updates, config.log_interval)[:num_rows]  # at each row's end
-    if metrics_csv:
-        header, rows = metrics_table(metrics, updates, config.steps_per_update)
-        write_metrics_csv(run_dir / "metrics.csv", header, rows)
     evaluations = {name: metrics[name] for name in EVAL_COLUMNS if name in metrics}
     plot_learning_curve(
         run_dir / "learning_curve.png",

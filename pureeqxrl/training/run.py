@@ -693,5 +693,4 @@ def write_run_results(run: Run, outcome: Outcome, updates_done: int) -> dict | N
         status=outcome.status,
         updates_done=outcome.updates_done,
         trained_updates=outcome.updates_done - updates_done,
-        metrics_csv=False,  # the csv logger wrote it
     )
