@@ -9,13 +9,13 @@ returns how the run ended; this module prints it.
 
 import dataclasses
 import json
+import os
 import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import tyro
 import yaml
 from rich.console import Console
@@ -235,10 +235,16 @@ def eval_command(argv: list[str], console: Console) -> dict:
     options = tyro.cli(EvalOptions, args=argv, prog="pureeqxrl eval")
     kind = "sampled-policy" if options.sample else "greedy"
     per_seed = runs.evaluate_run(options.run_dir, options.episodes, options.sample, options.seed)
-    for seed, mean_return in enumerate(per_seed):
-        console.print(f"seed {seed}: {kind} return {mean_return:.2f} over {options.episodes} episodes")
-    console.print(f"mean over seeds {np.mean(per_seed):.2f} ± {np.std(per_seed):.2f}")
-    path = runs.write_evaluation(options.run_dir, kind, options.episodes, options.seed, per_seed)
+    configurations = runs.read_run(options.run_dir)[0].get("sweep")  # a sweep's group: per configuration
+    for part in runs.configuration_parts(per_seed, configurations):
+        if configurations:
+            console.print(f"configuration {part['configuration']} ({part['values_text']}):")
+        for seed, mean_return in enumerate(part["return_per_seed"]):
+            console.print(f"seed {seed}: {kind} return {mean_return:.2f} over {options.episodes} episodes")
+        console.print(f"mean over seeds {part['return_mean']:.2f} ± {part['return_std']:.2f}")
+    path = runs.write_evaluation(
+        options.run_dir, kind, options.episodes, options.seed, per_seed, configurations
+    )
     console.print(f"wrote {escape(str(path))}")
     return {f"{kind}_return_per_seed": per_seed}
 
@@ -262,20 +268,28 @@ def compare_command(argv: list[str], console: Console) -> None:
         raise ValueError(f"{len(options.labels)} labels for {len(options.run_dirs)} runs")
     labels = options.labels or (None,) * len(options.run_dirs)
     scored = [
-        compare.read_run_scores(run_dir, label)
+        scores
         for run_dir, label in zip(options.run_dirs, labels, strict=True)
+        for scores in compare.read_scores(run_dir, label)
     ]
     out = runs.prepare_run_dir(options.out, "compare", f"{len(scored)}-runs", parent="comparisons")
-    lines = compare.write_comparison(
-        out, options.run_dirs, scored, options.title, f"pureeqxrl compare {shlex.join(argv)}"
-    )
+    lines = compare.write_comparison(out, scored, options.title, f"pureeqxrl compare {shlex.join(argv)}")
     console.print("\n".join(lines), highlight=False, markup=False)
     console.print(f"wrote {escape(str(out))}/{{compare.png,compare.md,compare.json}}")
 
 
+class ReaderMayLeave(Console):
+    """A console whose reader may go away (`pureeqxrl train ... | head`): the command goes on and
+    prints nothing more (rich's own console exits with 1, which would end a run mid-chunk)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), self.file.fileno())  # Python's last flush too
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    console = Console(soft_wrap=True)  # a path or an error stays on one line, whatever the width
+    console = ReaderMayLeave(soft_wrap=True)  # a path or an error stays on one line, whatever the width
     usage = USAGE.format(algos=", ".join(registry.ALGORITHMS))
     if not argv or argv[0] in ("-h", "--help"):
         console.print(usage, highlight=False)
@@ -302,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileExistsError, FileNotFoundError) as error:
         console.print(f"[red]error:[/] {escape(str(error))}", highlight=False)
         return 2
+    except run.RunFailed as error:
+        console.print(f"[red]error:[/] {escape(str(error))}", highlight=False)
+        return 1
     except KeyboardInterrupt:  # before a run has started (or in `eval`): nothing to keep
         console.print("interrupted")
         return 130

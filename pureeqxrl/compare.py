@@ -4,12 +4,12 @@ E.g. the Equinox DQN against its Linen twin, or DQN against Double DQN.
 
 Each run is read from its folder (`metrics.csv`, `config.json`, `summary.json`), so runs of any
 age, finished or stopped, compare; each run's status and environment steps are shown beside its
-scores. A sweep's group folder compares as one run of all its configurations' seeds.
+scores. A sweep's group folder compares as one run per configuration (its seeds), labelled with
+its values.
 """
 
 import json
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ seed an interval is a single point, with two a bootstrap has three distinct mean
 
 @dataclass(frozen=True)
 class RunScores:
+    run_dir: Path
     label: str
     env_steps: np.ndarray
     """Environment steps per seed at the end of each logged row."""
@@ -43,12 +44,33 @@ class RunScores:
     """Updates the run had done when it wrote its summary (None without one)."""
 
 
-def read_run_scores(run_dir: Path, label: str | None = None) -> RunScores:
+def read_scores(run_dir: Path, label: str | None = None) -> list[RunScores]:
+    """The scores of a run folder (`read_run_scores`), or of a sweep's group folder one per
+    configuration, labelled with its values: a group's configurations are not seeds of one run."""
+    saved, _, _ = runs.read_run(run_dir)
+    if "sweep" not in saved:
+        return [read_run_scores(run_dir, label)]
+    per = saved["sweep"]["seeds_per_configuration"]
+    label = label or f"{saved['algorithm']} {Path(run_dir).parent.name}/{Path(run_dir).name}"
+    return [
+        read_run_scores(
+            run_dir,
+            f"{label} {runs.describe(values)}",
+            range(number * per, (number + 1) * per),
+        )
+        for number, values in enumerate(saved["sweep"]["values"])
+    ]
+
+
+def read_run_scores(run_dir: Path, label: str | None = None, seeds: range | None = None) -> RunScores:
+    """The scores of a run folder, of its `seeds` (default: all; rows of a sweep group's table)."""
     saved, config, _ = runs.read_run(run_dir)
     path = Path(run_dir) / "metrics.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {run_dir} has not logged a row yet")
     metrics = files.read_metrics_csv(path)
+    seeds = range(metrics["episode_return"].shape[0]) if seeds is None else seeds
+    metrics = {name: values[seeds.start : seeds.stop] for name, values in metrics.items()}
     row = last_evaluated_row(metrics)
     greedy = (
         np.full(metrics["episode_return"].shape[0], np.nan) if row is None else metrics["eval_return"][:, row]
@@ -62,9 +84,12 @@ def read_run_scores(run_dir: Path, label: str | None = None) -> RunScores:
         try:
             summary = json.loads(summary_path.read_text())
             status, updates_done = str(summary["status"]), int(summary["updates_done"])
+            if any(int(run) in seeds for run in summary.get("diverged_runs", {})):
+                status = "diverged"  # in a sweep's group, where the others went on
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ValueError(f"{summary_path} is not a pureeqxrl summary.json ({error})") from error
     return RunScores(
+        run_dir=Path(run_dir),
         label=label,
         env_steps=metrics["env_steps"][0],
         returns=metrics["episode_return"],
@@ -148,9 +173,7 @@ def plot(path: Path, scored: list[RunScores], title: str = "") -> None:
     files.save_curves_figure(fig, ax, path, title, "episode return (IQM over seeds, 95% CI)")
 
 
-def write_comparison(
-    out: Path, run_dirs: Sequence[Path], scored: list[RunScores], title: str, command: str
-) -> list[str]:
+def write_comparison(out: Path, scored: list[RunScores], title: str, command: str) -> list[str]:
     """The comparison folder's `compare.png`, `compare.md` (the command, the table and, for two
     runs, whether their intervals overlap) and `compare.json`; the table's and verdicts' lines."""
     table, verdicts = table_lines(scored), [*unequal_lines(scored), *overlap_lines(scored)]
@@ -159,7 +182,7 @@ def write_comparison(
     files.atomic_write_text(out / "compare.md", "\n".join([*header, *table, "", *verdicts]) + "\n")
     entries = [
         {
-            "run_dir": str(run_dir),
+            "run_dir": str(run.run_dir),
             "label": run.label,
             "seeds": int(run.returns.shape[0]),
             "status": run.status,
@@ -168,7 +191,7 @@ def write_comparison(
             "final_return": run.final_return,
             "final_eval_return": run.final_eval_return,
         }
-        for run_dir, run in zip(run_dirs, scored, strict=True)
+        for run in scored
     ]
     files.atomic_write_text(out / "compare.json", files.strict_json(entries))
     return [*table, *verdicts]

@@ -19,10 +19,13 @@ process's devices, each process feeds and runs the same program, and only proces
 """
 
 import contextlib
+import os
+import resource
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -324,3 +327,47 @@ def gather(tree: Any) -> Any:
         for value, impl in zip(host, keys, strict=True)
     ]
     return jax.tree.unflatten(treedef, restored)
+
+
+# MEMORY
+
+
+COMPILER_ADDRESS_SPACE = 2**30
+"""Address space left to XLA's compiler and threads under `ulimit -v` (`memory_limit`)."""
+
+
+def memory_limit() -> tuple[int, str]:
+    """The memory a run may use on its device and what sets it: an accelerator's own; on a CPU the
+    least of the host's physical memory, the container's or job's cgroup limit less what the
+    cgroup uses already, and the address space this process may still map (`ulimit -v`; XLA
+    stalls rather than fails when it runs out of it)."""
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]), f"the {device.platform} device has"
+    limits = [(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "the host has")]
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            limit, used = (int(Path(name).read_text().strip()) for name in (limit_file, usage_file))
+        except (OSError, ValueError):  # absent, or "max": no limit
+            continue
+        limits.append((max(limit - used, 0), f"the cgroup's limit ({limit_file}) leaves"))
+        break
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        # Compiling maps more: with 3.3 GiB of a 5 GiB limit left, a DQN run (2 cores) whose arrays
+        # needed 3.2 GiB stalled while it compiled its program, and ran with the program cached.
+        left = max(soft - mapped_bytes() - COMPILER_ADDRESS_SPACE, 0)
+        limits.append((left, "this process's address-space limit (ulimit -v) leaves"))
+    return min(limits)
+
+
+def mapped_bytes() -> int:
+    """The address space this process has mapped (`VmSize`), 0 where the kernel does not say."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        lines = Path("/proc/self/status").read_text().splitlines()
+        return 1024 * int(next(line for line in lines if line.startswith("VmSize:")).split()[1])
+    return 0

@@ -3,15 +3,18 @@
 A run folder holds `config.json`, `metrics.csv` (one row per seed and logged row), `summary.json`,
 `learning_curve.png` and one `agent_seed{i}.eqx` per seed. Every file is written to a temporary name
 and renamed into place, so an interrupted run never leaves a half-written file, and an existing
-non-empty folder is never written into.
+non-empty folder is never written into. One process writes a folder at a time: it holds the
+folder's lock (`.lock`) while it trains or resumes there.
 """
 
 import contextlib
 import dataclasses
-import io
+import fcntl
 import itertools
 import json
+import os
 import pickle
+import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -30,8 +33,8 @@ from pureeqxrl.cpu import usable_cores
 from pureeqxrl.envs import make_env
 from pureeqxrl.evaluate import evaluate
 from pureeqxrl.files import (
-    atomic_write_bytes,
     atomic_write_text,
+    atomic_writer,
     curves_figure,
     save_curves_figure,
     strict_json,
@@ -44,6 +47,73 @@ RENAMED_FIELDS = {"lr_linear_decay": "anneal_lr"}
 
 
 # FILES
+
+
+LOCK_FILE = ".lock"
+
+
+class FolderLock:
+    """The lock of a run (or sweep) folder, held by the one process that writes it. It is the
+    kernel's lock on `.lock` (flock), so the process's end releases it, kill -9 included; the file
+    names the holder for the message a second writer gets. An unacquired lock (`FolderLock(path)`)
+    stands for a folder that another process writes."""
+
+    def __init__(self, run_dir: Path | None):
+        self.run_dir = run_dir
+        self._fd: int | None = None
+
+    def acquire(self) -> "FolderLock":
+        fd = os.open(Path(self.run_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 500, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise FolderInUse(
+                f"{self.run_dir} is in use by {holder}: wait for it to end, or stop it, before writing there"
+            ) from None
+        os.ftruncate(fd, 0)
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} (since {started})\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # the kernel drops the lock with its last descriptor
+            self._fd = None
+
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class FolderInUse(ValueError):
+    """Another process holds the folder's lock."""
+
+
+def lock_run_dir(run_dir: Path) -> FolderLock:
+    """Take `run_dir`'s lock (refused, naming the holder, while another process writes there) and
+    remove the temporary files that an interrupted write left (`.NAME.*.tmp`, see
+    `files.atomic_write_bytes`): with the lock held, no other writer can own them."""
+    lock = FolderLock(Path(run_dir)).acquire()
+    for leftover in Path(run_dir).rglob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+    return lock
+
+
+def claim_run_dir(run_dir: Path | None, algorithm: str, env: str, parent: str = "runs") -> FolderLock:
+    """`prepare_run_dir`, then hold its lock: a launch that raced this one to the same empty folder
+    is refused by the lock, or finds the folder no longer empty."""
+    run_dir = prepare_run_dir(run_dir, algorithm, env, parent)
+    lock = FolderLock(run_dir).acquire()
+    if any(path.name != LOCK_FILE for path in run_dir.iterdir()):
+        lock.release()
+        raise FileExistsError(f"{run_dir} already exists and is not an empty folder; pick another")
+    return lock
 
 
 def prepare_run_dir(run_dir: Path | None, algorithm: str, env: str, parent: str = "runs") -> Path:
@@ -60,7 +130,9 @@ def prepare_run_dir(run_dir: Path | None, algorithm: str, env: str, parent: str 
                     run_dir.mkdir()
                     break
         run_dir = Path(run_dir)
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        if run_dir.exists() and (
+            not run_dir.is_dir() or any(path.name != LOCK_FILE for path in run_dir.iterdir())
+        ):
             raise FileExistsError(f"{run_dir} already exists and is not an empty folder; pick another")
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".writable"
@@ -143,6 +215,7 @@ def write_results(
     status: str = "finished",
     updates_done: int | None = None,
     trained_updates: int | None = None,
+    diverged_runs: dict[int, int] | None = None,
 ) -> dict[str, Any]:
     """Write what a run of `num_seeds` vmapped seeds produced so far (`learning_curve.png`,
     `agent_seed{i}.eqx`, `summary.json`; `metrics.csv` is the csv logger's, `pureeqxrl.training.loggers`)
@@ -150,7 +223,8 @@ def write_results(
 
     `status` is "finished", "interrupted" or "diverged"; `updates_done` the updates in
     `result.params` (default: all of them); `trained_updates` those that `train_seconds` timed
-    (default: `updates_done`; fewer after a resume)."""
+    (default: `updates_done`; fewer after a resume); `diverged_runs` the seeds (a sweep group's
+    runs) that diverged while the others went on, each with its first bad metrics row."""
     updates_done = config.num_updates if updates_done is None else updates_done
     trained_updates = updates_done if trained_updates is None else trained_updates
     metrics = {name: np.asarray(value) for name, value in result.metrics.items()}
@@ -173,6 +247,7 @@ def write_results(
         "status": status,
         "updates_done": updates_done,
         "env_steps_per_seed": updates_done * config.steps_per_update,
+        **({"diverged_runs": {str(run): row for run, row in diverged_runs.items()}} if diverged_runs else {}),
         "final_return_per_seed": [float(x) for x in finals],
         "final_return_mean": float(np.nanmean(finals)) if any_finished else None,
         "final_return_std": float(np.nanstd(finals)) if any_finished else None,
@@ -218,17 +293,50 @@ def interval_estimates(key: str, per_seed: np.ndarray) -> dict[str, Any]:
     }
 
 
-def write_evaluation(run_dir: Path, kind: str, episodes: int, seed: int, per_seed: list[float]) -> Path:
-    """`eval_{kind}.json` in the run folder: what `pureeqxrl eval` measured."""
+def describe(values: dict[str, float]) -> str:
+    """A configuration of a sweep as `learning_rate=0.001, ent_coef=0.01`."""
+    return ", ".join(f"{name}={value:g}" for name, value in values.items())
+
+
+def configuration_parts(per_seed: list[float], sweep: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A run's per-seed scores with their mean and standard deviation: one part for a run, one per
+    configuration for a sweep's group (`sweep`: its `config.json` part), whose configurations are
+    not seeds of one run."""
+    if sweep is None:
+        parts = [{"return_per_seed": per_seed}]
+    else:
+        per = sweep["seeds_per_configuration"]
+        parts = [
+            {
+                "configuration": configuration,
+                "values": values,
+                "values_text": describe(values),
+                "return_per_seed": per_seed[number * per : (number + 1) * per],
+            }
+            for number, (configuration, values) in enumerate(
+                zip(sweep["configurations"], sweep["values"], strict=True)
+            )
+        ]
+    for part in parts:
+        part["return_mean"] = float(np.mean(part["return_per_seed"]))
+        part["return_std"] = float(np.std(part["return_per_seed"]))
+    return parts
+
+
+def write_evaluation(
+    run_dir: Path, kind: str, episodes: int, seed: int, per_seed: list[float], sweep: dict | None = None
+) -> Path:
+    """`eval_{kind}.json` in the run folder: what `pureeqxrl eval` measured; for a sweep's group
+    (`sweep`, its `config.json` part), per configuration."""
     path = Path(run_dir) / f"eval_{kind.replace('-', '_')}.json"
-    result = {
-        "policy": kind,
-        "episodes_per_seed": episodes,
-        "seed": seed,
-        "return_per_seed": per_seed,
-        "return_mean": float(np.mean(per_seed)),
-        "return_std": float(np.std(per_seed)),
-    }
+    parts = configuration_parts(per_seed, sweep)
+    result = {"policy": kind, "episodes_per_seed": episodes, "seed": seed}
+    if sweep is None:
+        result.update(parts[0])
+    else:
+        result["configurations"] = [
+            {name: value for name, value in part.items() if name != "values_text"} for part in parts
+        ]
     atomic_write_text(path, strict_json(result))
     return path
 
@@ -291,13 +399,12 @@ def save_checkpoint(run_dir: Path, header: dict[str, Any], state: Any, metrics: 
     folder.mkdir(parents=True, exist_ok=True)
     header = {"format": CHECKPOINT_FORMAT, "pureeqxrl": pureeqxrl.__version__, **header}
     header["metric_names"] = sorted(metrics)
-    buffer = io.BytesIO()
-    buffer.write((json.dumps(header, allow_nan=False) + "\n").encode())
-    eqx.tree_serialise_leaves(
-        buffer, (keys_as_data(state), {name: np.asarray(v) for name, v in metrics.items()})
-    )
     path = folder / f"update_{header['updates_done']:010d}.ckpt"
-    atomic_write_bytes(path, buffer.getvalue())
+    with atomic_writer(path) as f:  # streamed: a large replay buffer is not copied in memory
+        f.write((json.dumps(header, allow_nan=False) + "\n").encode())
+        eqx.tree_serialise_leaves(
+            f, (keys_as_data(state), {name: np.asarray(v) for name, v in metrics.items()})
+        )
     for old in sorted(folder.glob("update_*.ckpt"))[:-keep]:
         old.unlink()
     return path
@@ -354,9 +461,8 @@ def load_checkpoint(path: Path, like_state: Any) -> tuple[dict[str, Any], Any, d
 def save_agent(path: Path, params: Any, obs_stats: RunningStats | None = None) -> None:
     """Write one trained agent: its network and, if it was trained on normalised observations,
     the normalisation statistics (without them the network would see the wrong inputs)."""
-    buffer = io.BytesIO()
-    eqx.tree_serialise_leaves(buffer, (params, obs_stats))
-    atomic_write_bytes(path, buffer.getvalue())
+    with atomic_writer(path) as f:
+        eqx.tree_serialise_leaves(f, (params, obs_stats))
 
 
 def load_agent(run_dir: Path | str, seed: int = 0) -> Any:
@@ -416,6 +522,15 @@ def evaluate_run(run_dir: Path | str, episodes: int, sample: bool = False, seed:
     if sample and not algorithm.stochastic:
         raise ValueError(f"{saved['algorithm']} has no stochastic policy to sample from")
     env = make_env(config.env, episodes, config.max_episode_steps)
+    needed = sum(
+        x.size * x.dtype.itemsize for x in jax.tree.leaves(jax.eval_shape(env.reset, jax.random.key(0)))
+    )
+    limit, source = parallel.memory_limit()
+    if needed > limit:
+        raise ValueError(
+            f"{episodes:,} episodes at once need at least {needed / 2**30:,.1f} GiB for their environments; "
+            f"{source} {limit / 2**30:,.1f} GiB: ask for fewer --episodes"
+        )
 
     @jax.jit
     def mean_return(network, obs_stats, key):

@@ -45,6 +45,7 @@ def run_dir(tmp_path_factory):
 def test_train_writes_the_run_folder(run_dir):
     names = {p.name for p in run_dir.iterdir()}
     assert names == {
+        ".lock",
         "config.json",
         "metrics.csv",
         "summary.json",
@@ -140,7 +141,10 @@ def test_existing_run_folder_is_never_overwritten(run_dir, capsys):
             "--config and --preset both set the starting config",
         ),
         # 1000 replay buffers of 1e8 transitions: about 3.7 TiB; 2e9 evaluation episodes x 1000 seeds.
-        (["--buffer-size", "100000000", "--num-seeds", "1000"], "needs at least 3.7 TiB (training state 3.7"),
+        (
+            ["--buffer-size", "100000000", "--num-seeds", "1000"],
+            "needs at least 7.5 TiB (training state 3.7 TiB",
+        ),
         (["--eval-episodes", "2000000000", "--num-seeds", "1000"], "evaluation environments 80.0 TiB"),
     ],
 )

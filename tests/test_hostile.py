@@ -1,12 +1,17 @@
 """What a careless or hostile user does, kept so that it cannot come back: each case ends with one
 line and exit code 2 before anything is written, or with what the user needs to know."""
 
+import errno
 import json
+import resource
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from test_cli import TINY
+from test_training_sweep import PPO_FLAGS
 
 from pureeqxrl import cli, dqn, files, runs
 
@@ -140,4 +145,177 @@ def test_a_damaged_newest_checkpoint_points_to_the_older_ones(tmp_path, capsys):
     newest.rename(tmp_path / newest.name)  # as the message says
     assert cli.main(["train", "--resume", str(run_dir)]) == 0
     assert "from update 240" in capsys.readouterr().out
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+
+
+# Takes the locks of the folders it is given, says so, and keeps them until it is killed.
+HOLDER = """
+import sys, time
+from pureeqxrl import runs
+locks = [runs.lock_run_dir(folder) for folder in sys.argv[1:]]
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_folder_in_use_is_refused_to_a_second_writer_until_its_holder_dies(finished_run, tmp_path, capsys):
+    run_dir, empty, sweep_dir = tmp_path / "run", tmp_path / "empty", tmp_path / "sweep"
+    shutil.copytree(finished_run, run_dir)
+    empty.mkdir()
+    sweep_dir.mkdir()
+    (sweep_dir / "sweep.json").write_text("{}")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(run_dir), str(empty), str(sweep_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        # What kill -9 during a checkpoint write leaves: cleaned by the next writer, not by a refused one.
+        leftover = run_dir / "checkpoints" / ".update_0000000300.ckpt.x1y2.tmp"
+        leftover.write_bytes(b"half a checkpoint")
+        before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+        capsys.readouterr()
+        for command in (
+            ["train", "--resume", str(run_dir)],
+            ["train", "dqn", "--run-dir", str(empty), *TINY],
+            ["sweep", "--resume", str(sweep_dir)],
+        ):
+            assert cli.main(command) == 2
+            printed = capsys.readouterr().out.strip()
+            assert f"is in use by process {holder.pid} on " in printed and len(printed.splitlines()) == 1
+        assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    finally:
+        holder.kill()  # kill -9: the kernel drops its locks with it
+        holder.wait()
+    assert cli.main(["train", "--resume", str(run_dir)]) == 0
+    assert "nothing to resume" in capsys.readouterr().out
+    assert not leftover.exists()
+    assert cli.main(["train", "dqn", "--run-dir", str(empty), *TINY]) == 0
+
+
+@pytest.mark.slow
+def test_a_diverging_configuration_is_isolated_and_not_run_again(tmp_path, capsys):
+    # Configurations 0 and 1 train in one program, 2 in a second; a learning rate of 1e30 makes the
+    # parameters overflow within the first updates.
+    sweep_dir = tmp_path / "sweep"
+    args = ["sweep", "ppo", *PPO_FLAGS, "--learning-rate", "3e-3", "1e30", "3e30", "--max-group-configs", "2"]
+    assert cli.main([*args, "--sweep-dir", str(sweep_dir)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "2 of 3 configurations diverged" in out and "best: learning_rate=0.003" in out
+    results = json.loads((sweep_dir / "results.json").read_text())
+    assert [(e["configuration"], e["rank"], e["status"]) for e in results] == [
+        (0, 1, "finished"),
+        (1, None, "diverged"),
+        (2, None, "diverged"),
+    ]
+    assert all(e["first_bad_row"] <= 1 for e in results[1:])
+    assert np.isfinite(results[0]["final_return_per_seed"]).all()
+    assert "| diverged (row " in (sweep_dir / "table.md").read_text()
+    best = json.loads((sweep_dir / "best_config.json").read_text())
+    assert best["config"]["learning_rate"] == 3e-3
+    summaries = [json.loads((sweep_dir / f"group_{g}" / "summary.json").read_text()) for g in (0, 1)]
+    assert summaries[0]["status"] == "finished" and set(summaries[0]["diverged_runs"]) == {"2", "3"}
+    assert summaries[1]["status"] == "diverged" and set(summaries[1]["diverged_runs"]) == {"0", "1"}
+
+    # Resuming trains nothing again: the diverged group stays as it was, the results are the same.
+    group_files = {p: p.read_bytes() for p in (sweep_dir / "group_1").rglob("*") if p.is_file()}
+    assert cli.main(["sweep", "--resume", str(sweep_dir)]) == 0
+    assert "resuming" not in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in (sweep_dir / "group_1").rglob("*") if p.is_file()} == group_files
+    assert json.loads((sweep_dir / "results.json").read_text()) == results
+
+    # A group is evaluated and compared per configuration, never as seeds of one run.
+    group = sweep_dir / "group_0"
+    assert cli.main(["eval", str(group), "--episodes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "configuration 0 (learning_rate=0.003):" in out and "configuration 1 (learning_rate=1e+30):" in out
+    assert out.count("mean over seeds") == 2
+    written = json.loads((group / "eval_greedy.json").read_text())
+    assert [part["values"] for part in written["configurations"]] == [
+        {"learning_rate": 3e-3},
+        {"learning_rate": 1e30},
+    ]
+    assert all(len(part["return_per_seed"]) == 2 for part in written["configurations"])
+    assert cli.main(["compare", str(group), "--out", str(tmp_path / "compared")]) == 0
+    rows = json.loads((tmp_path / "compared" / "compare.json").read_text())
+    assert [(row["label"].split()[-1], row["seeds"], row["status"]) for row in rows] == [
+        ("learning_rate=0.003", 2, "finished"),
+        ("learning_rate=1e+30", 2, "diverged"),
+    ]
+
+
+@pytest.mark.slow
+def test_a_reader_that_goes_away_does_not_end_the_run(tmp_path):
+    # `pureeqxrl train ... | head -1`: the run goes on to its end, printing nothing more.
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "pureeqxrl", "train", "dqn", "--run-dir", str(run_dir), *TINY]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline()
+    process.stdout.close()
+    assert process.wait(timeout=600) == 0
+    errors = process.stderr.read().decode()
+    assert "Traceback" not in errors and "BrokenPipe" not in errors
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+
+
+def test_the_memory_check_counts_the_evaluation_and_the_address_space_limit(finished_run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", "ppo", "--eval-episodes", "300000000", "--run-dir", str(run_dir)]) == 2
+    printed = capsys.readouterr().out.strip()
+    assert "evaluation's largest value" in printed and len(printed.splitlines()) == 1
+    assert not run_dir.exists()
+    before = {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()}
+    assert cli.main(["eval", str(finished_run), "--episodes", "3000000000"]) == 2
+    assert "3,000,000,000 episodes at once need at least" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file()} == before
+    # Under `ulimit -v`, a run that fits in the host's memory but not in the address space the
+    # process may still map is refused (XLA:CPU would stall at its first chunk).
+    limit = 5 * 2**30
+    command = [
+        sys.executable,
+        "-m",
+        "pureeqxrl",
+        "train",
+        "dqn",
+        "--buffer-size",
+        "50000000",
+        "--run-dir",
+        str(run_dir),
+    ]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)),
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert (
+        "address-space limit (ulimit -v) leaves" in done.stdout and len(done.stdout.strip().splitlines()) == 1
+    )
+    assert not run_dir.exists()
+
+
+def test_a_full_disk_is_one_line_that_names_the_checkpoint_kept(tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "run"
+    save, calls = runs.save_checkpoint, []
+
+    def disk_fills_at_the_third(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(run_dir / "checkpoints" / ".x.tmp"))
+        return save(*args, **kwargs)
+
+    args = ["--run-dir", str(run_dir), "--chunk-rows", "1", "--checkpoint-updates", "60", *TINY]
+    with monkeypatch.context() as patch:
+        patch.setattr(runs, "save_checkpoint", disk_fills_at_the_third)
+        assert cli.main(["train", "dqn", *args]) == 1
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-1].startswith("error: No space left on device (") and "Traceback" not in "".join(printed)
+    assert (
+        "its newest checkpoint, update_0000000120.ckpt, is whole: once this is fixed, pureeqxrl train --resume"
+        in printed[-1]
+    )
+    assert cli.main(["train", "--resume", str(run_dir)]) == 0
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"

@@ -228,7 +228,13 @@ def test_memory_estimate_counts_the_replay_buffer_and_the_evaluation_from_shapes
     assert grown == 3 * 10_000 * transition
     evaluation = estimate(eval_episodes=32)["evaluation environments"]
     assert evaluation == 2 * estimate()["evaluation environments"] > 0
+    # The evaluation's largest value (its batch of observations or activations) grows with its episodes.
+    largest = estimate(eval_episodes=32_000)["evaluation's largest value"]
+    assert largest >= 3 * 32_000 * 64 * 4 > 100 * estimate()["evaluation's largest value"]
     learner = dqn.make_learner(dqn.DQNConfig())
-    check_memory(learner, num_seeds=3, eval_on=True, limit=sum(estimate().values()))  # fits exactly
-    with pytest.raises(ValueError, match=r"needs at least 1.7 MiB \(training state 1.7 MiB, .*has 1.0 MiB"):
+    state = estimate()["training state"]  # held twice: a chunk's input and its output
+    check_memory(learner, num_seeds=3, eval_on=True, limit=sum(estimate().values()) + state)  # fits exactly
+    with pytest.raises(ValueError, match=r"needs at least 3.4 MiB \(training state 1.7 MiB, .*has 1.0 MiB"):
         check_memory(learner, num_seeds=3, eval_on=True, limit=2**20)
+    with pytest.raises(ValueError, match="needs at least"):
+        check_memory(learner, num_seeds=3, eval_on=True, limit=sum(estimate().values()) + state - 1)

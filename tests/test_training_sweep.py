@@ -135,6 +135,7 @@ def test_sweep_folder_ranks_configurations_and_its_best_config_reruns(tmp_path, 
     assert "2 programs of up to 3 configurations" in out and "| rank | learning_rate | ent_coef |" in out
     names = {p.name for p in sweep_dir.iterdir()}
     assert names == {
+        ".lock",
         "sweep.json",
         "results.json",
         "table.md",
@@ -255,7 +256,9 @@ def test_a_sweep_that_does_not_fit_runs_in_groups_and_says_so(monkeypatch, capsy
     per_configuration = sum(estimate_bytes(learner, 4).values())
     # Room for 3 configurations in half the memory: 10 configurations run as 3 + 3 + 3 + 1 (one
     # configuration is still checked against the device's real memory, where it fits).
-    monkeypatch.setattr(sweep, "memory_limit_bytes", lambda: 2 * 3 * per_configuration + 1)
+    monkeypatch.setattr(
+        sweep.parallel, "memory_limit", lambda: (2 * 3 * per_configuration + 1, "the cpu device has")
+    )
     groups = sweep.sweep_groups(learner, PPO_TINY, options, 10, Console(soft_wrap=True))
     assert groups == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]
     assert "10 configurations x 4 seeds need about" in capsys.readouterr().out

@@ -2,7 +2,6 @@
 report, checkpoint and stop between them (the updates inside a chunk stay in one `lax.scan`), and
 what such a run needs in memory, from shapes alone."""
 
-import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -160,19 +159,22 @@ def _nbytes(tree: Any) -> int:
     return int(total)
 
 
-def _largest_stacked_output(jaxpr: Any) -> int:
+def _largest_stacked_output(jaxpr: Any, stacked_only: bool = True) -> int:
     """Bytes of the largest stacked output of the loops (`lax.scan`s) of a traced program, nested
-    ones included: an update's rollout, the experience it learns from."""
+    ones included: an update's rollout, the experience it learns from. Not `stacked_only`: of the
+    largest value any step of it makes (an evaluation's batch of activations)."""
     largest = 0
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "scan":
             stacked = eqn.outvars[eqn.params["num_carry"] :]
             largest = max(largest, _nbytes([var.aval for var in stacked]))
+        elif not stacked_only:
+            largest = max([largest, *(_nbytes(var.aval) for var in eqn.outvars)])
         for value in eqn.params.values():
             for sub in value if isinstance(value, tuple | list) else (value,):
                 inner = getattr(sub, "jaxpr", sub)
                 if hasattr(inner, "eqns"):
-                    largest = max(largest, _largest_stacked_output(inner))
+                    largest = max(largest, _largest_stacked_output(inner, stacked_only))
     return largest
 
 
@@ -180,7 +182,7 @@ def estimate_bytes(learner: Learner, num_seeds: int) -> dict[str, int]:
     """What a run of `num_seeds` vmapped seeds holds in memory, from shapes alone (nothing is
     allocated or compiled): the training state (networks, optimizer, environments, replay buffer),
     one update's collected experience (the largest stacked output of its loops: a rollout), and the
-    evaluation's environments."""
+    evaluation's environments and largest value (a batch of activations)."""
     key = jax.random.key(0)
     state = jax.eval_shape(learner.init, key)
     experience = _largest_stacked_output(jax.make_jaxpr(learner.update)(state).jaxpr)
@@ -188,33 +190,31 @@ def estimate_bytes(learner: Learner, num_seeds: int) -> dict[str, int]:
     eval_env = getattr(learner.evaluate, "env", None)
     if eval_env is not None:
         estimate["evaluation environments"] = _nbytes(jax.eval_shape(eval_env.reset, key)) * num_seeds
+        largest = _largest_stacked_output(jax.make_jaxpr(learner.evaluate)(state).jaxpr, stacked_only=False)
+        estimate["evaluation's largest value"] = largest * num_seeds
     return estimate
-
-
-def memory_limit_bytes() -> int:
-    """Memory of the device a run trains on: an accelerator's own, or the host's physical memory."""
-    device = jax.devices()[0]
-    stats = device.memory_stats() if device.platform != "cpu" else None
-    if stats and stats.get("bytes_limit"):
-        return int(stats["bytes_limit"])
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def check_memory(
     learner: Learner, num_seeds: int, eval_on: bool, limit: int | None = None, seed_devices: int = 1
 ) -> dict[str, int]:
     """A `ValueError` with the numbers if a run of `num_seeds` seeds, split over `seed_devices`
-    devices, cannot fit in one device's memory (`estimate_bytes`, against `limit`, default
-    `memory_limit_bytes()`); else the estimate for one device's seeds."""
+    devices, cannot fit in one device's memory (`estimate_bytes`, with the training state twice,
+    against `limit`, default `parallel.memory_limit()`); else the estimate for one device's seeds."""
     per_device = -(-num_seeds // seed_devices)
     estimate = estimate_bytes(learner if eval_on else learner._replace(evaluate=None), per_device)
-    limit = memory_limit_bytes() if limit is None else limit
-    if sum(estimate.values()) > limit:
-        parts = ", ".join(f"{name} {size_text(size)}" for name, size in estimate.items())
+    limit, source = (
+        parallel.memory_limit() if limit is None else (limit, f"the {jax.devices()[0].platform} device has")
+    )
+    # A chunk's program holds the state it was given and the one it returns (not donated: a chunk
+    # that diverges leaves the last good state to keep).
+    needed = {**estimate, "the chunk's new state": estimate["training state"]}
+    if sum(needed.values()) > limit:
+        parts = ", ".join(f"{name} {size_text(size)}" for name, size in needed.items())
         where = f"{per_device} seed(s) per device" if seed_devices > 1 else f"{num_seeds} seed(s)"
         raise ValueError(
-            f"this run needs at least {size_text(sum(estimate.values()))} ({parts}, for {where}); "
-            f"the {jax.devices()[0].platform} device has {size_text(limit)}"
+            f"this run needs at least {size_text(sum(needed.values()))} ({parts}, for {where}); "
+            f"{source} {size_text(limit)}"
         )
     return estimate
 

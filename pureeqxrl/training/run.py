@@ -135,6 +135,17 @@ def first_bad_row(rows: dict[str, np.ndarray], row_offset: int) -> str | None:
     )
 
 
+def diverged_runs(metrics: dict[str, np.ndarray], params: Any) -> dict[int, int]:
+    """The runs (seeds; a sweep's configurations x seeds) that diverged, each with its first bad
+    metrics row: the first row that logged a non-finite value or, for a run whose parameters alone
+    are not finite (at its very last update), its last row."""
+    flagged = np.asarray(metrics["nonfinite_stats"]) > 0
+    first = {int(run): int(np.argmax(flagged[run])) for run in np.flatnonzero(flagged.any(axis=1))}
+    for run in np.flatnonzero(~np.asarray(parallel.gather(_finite_per_seed(params)))):
+        first.setdefault(int(run), flagged.shape[1] - 1)
+    return dict(sorted(first.items()))
+
+
 def run_chunks(
     runner: ChunkRunner,
     state: Any,
@@ -149,6 +160,7 @@ def run_chunks(
     stop: StopSignals,
     on_compiled: Callable[[], None] = lambda: None,
     on_chunk: Callable[[dict[str, np.ndarray], int], None] = lambda rows, first_row: None,
+    isolate: bool = False,
 ) -> Outcome:
     """Train from `state` (`updates_done` updates in, a chunk boundary, with its `metrics` rows)
     to `num_updates`, in chunks, checkpointing `header` + state + metrics into `run_dir`.
@@ -156,7 +168,9 @@ def run_chunks(
     Compiles the chunk programs first (`on_compiled` is called after), then runs them, calling
     `on_chunk(rows, first_row)` with each chunk's good rows (the live loggers' row callback). Stops
     early, after the chunk in progress, when `stop` has caught a signal (a checkpoint is written)
-    or a loss or parameter is not finite (the last good checkpoint is kept).
+    or a loss or parameter is not finite (the last good checkpoint is kept). With `isolate` (a
+    sweep's configurations), a run that diverges goes on beside the others (its values stay
+    non-finite, `diverged_runs` finds it) and only a chunk after which every run has diverged stops.
 
     In a run of several processes every process calls this: they decide together when to save or
     stop (a signal to any of them stops all), the state is gathered for each checkpoint, and only
@@ -217,6 +231,9 @@ def run_chunks(
         finite = np.asarray(parallel.gather(_finite_per_seed(new_state.params)))
         if bad is None and not finite.all():
             bad = f"the parameters of seed {int(np.flatnonzero(~finite)[0])} are not finite"
+        if bad is not None and isolate:
+            every_run = len(diverged_runs(all_rows, new_state.params)) == finite.size
+            bad = "every run has a value that is not finite" if every_run else None
         if bad is not None:
             message = (
                 f"training diverged between updates {updates_done + 1} and {updates_done + length}: {bad}"
@@ -361,21 +378,23 @@ def on_devices(layout: parallel.Layout, options: RunOptions) -> str:
     return "" if layout.num_devices == 1 else f" on {layout.describe(options.num_seeds)}"
 
 
-def main_process_prepares(prepare, run_dir: Path | None) -> Path:
-    """`prepare()` the run folder in process 0 only; every process learns whether it worked (a
-    collective, so that no process goes on to train alone), the others get process 0's error."""
+def main_process_prepares(prepare, run_dir: Path | None) -> runs.FolderLock:
+    """`prepare()` the run folder in process 0 only, which then holds its lock; every process learns
+    whether it worked (a collective, so that no process goes on to train alone), the others get
+    process 0's error and an unacquired lock."""
     if jax.process_count() == 1:
         return prepare()
-    result = run_dir
+    lock = runs.FolderLock(run_dir)
     if parallel.is_main_process():
         try:
-            result = prepare()
+            lock = prepare()
         except (ValueError, FileExistsError):
             parallel.any_process(True)
             raise
     if parallel.any_process(False):
+        lock.release()
         raise ValueError("process 0 could not prepare the run folder (its error says why)")
-    return result
+    return lock
 
 
 def run_options_of(options: RunOptions) -> dict[str, Any]:
@@ -448,6 +467,8 @@ class Run(NamedTuple):
     console: Console
     stop: StopSignals
     layout: parallel.Layout = parallel.Layout()
+    isolate: bool = False
+    """Runs diverge alone (`run_chunks`): a sweep's configurations."""
 
 
 def start(algo_name: str, config: Any, options: RunOptions, console: Console) -> Ending:
@@ -459,25 +480,26 @@ def start(algo_name: str, config: Any, options: RunOptions, console: Console) ->
     learner = algorithm.make_learner(config, algorithm.network(options.linen))
     layout = run_layout(options, config)
     check_memory(learner, options.num_seeds, config.eval_every > 0, seed_devices=layout.seed_devices)
-    run_dir = main_process_prepares(
-        lambda: runs.prepare_run_dir(options.run_dir, algo_name, config.env), options.run_dir
-    )
-    if parallel.is_main_process():
-        runs.write_config(
-            run_dir,
-            algo_name,
-            config,
-            options.linen,
-            options.num_seeds,
-            options.seed,
-            run_options_of(options),
-            layout=(layout.seed_devices, layout.env_devices),
+    with main_process_prepares(
+        lambda: runs.claim_run_dir(options.run_dir, algo_name, config.env), options.run_dir
+    ) as lock:
+        run_dir = lock.run_dir
+        if parallel.is_main_process():
+            runs.write_config(
+                run_dir,
+                algo_name,
+                config,
+                options.linen,
+                options.num_seeds,
+                options.seed,
+                run_options_of(options),
+                layout=(layout.seed_devices, layout.env_devices),
+            )
+        started = (
+            f"[bold]{algo_name}[/] on {escape(config.env)}, {options.num_seeds} seed(s)"
+            f"{on_devices(layout, options)} -> {escape(str(run_dir))}"
         )
-    started = (
-        f"[bold]{algo_name}[/] on {escape(config.env)}, {options.num_seeds} seed(s){on_devices(layout, options)}"
-        f" -> {escape(str(run_dir))}"
-    )
-    return train_chunks(algo_name, config, learner, options, run_dir, console, None, started, layout)
+        return train_chunks(algo_name, config, learner, options, run_dir, console, None, started, layout)
 
 
 def saved_options(run_dir: Path) -> tuple[dict, RunOptions, Any]:
@@ -525,19 +547,24 @@ def resume(run_dir: Path, options: RunOptions, given: Any, devices_given: bool, 
             f"resume refused: {', '.join(changed)} would change the run; start a new one instead"
         )
     algo_name = saved["algorithm"]
-    checkpoint = runs.latest_checkpoint(run_dir)
     algorithm = registry.get(algo_name)
     learner = algorithm.make_learner(config, algorithm.network(options.linen))
     options = keep_saved_layout(options, saved.get("layout"), devices_given)
     layout = run_layout(options, config)
-    where = f"update {runs.read_checkpoint_header(checkpoint)['updates_done']}" if checkpoint else "the start"
-    started = (
-        f"[bold]{algo_name}[/] on {escape(config.env)}: resuming {escape(str(run_dir))} from {where}"
-        f"{on_devices(layout, options)}"
-    )
-    if checkpoint:
-        started += not_bit_for_bit(saved, layout)
-    return train_chunks(algo_name, config, learner, options, run_dir, console, checkpoint, started, layout)
+    with main_process_prepares(lambda: runs.lock_run_dir(run_dir), run_dir):
+        checkpoint = runs.latest_checkpoint(run_dir)
+        where = (
+            f"update {runs.read_checkpoint_header(checkpoint)['updates_done']}" if checkpoint else "the start"
+        )
+        started = (
+            f"[bold]{algo_name}[/] on {escape(config.env)}: resuming {escape(str(run_dir))} from {where}"
+            f"{on_devices(layout, options)}"
+        )
+        if checkpoint:
+            started += not_bit_for_bit(saved, layout)
+        return train_chunks(
+            algo_name, config, learner, options, run_dir, console, checkpoint, started, layout
+        )
 
 
 def train_chunks(
@@ -558,17 +585,50 @@ def train_chunks(
     if not parallel.is_main_process():  # process 0 shows the progress and writes the folder
         console = Console(quiet=True)
     run = Run(algo_name, config, options, run_dir, console, StopSignals(), layout)
-    with run.stop.caught():  # from here on, Ctrl-C and SIGTERM stop the run between compiled pieces
-        console.print(started)
-        keys = jax.random.split(jax.random.key(options.seed), options.num_seeds)
-        trained = train_run(run, learner, checkpoint, keys)
     resume_command = f"pureeqxrl train --resume {shlex.quote(str(run_dir))}"
-    if trained is None:
-        return Ending(run_dir, None, None, resume_command, 0)
-    outcome, updates_done = trained
-    outcome = outcome._replace(state=parallel.gather(outcome.state))  # every process takes part
-    summary = write_run_results(run, outcome, updates_done) if parallel.is_main_process() else None
+    with failures_said(run_dir, resume_command):
+        with run.stop.caught():  # from here on, Ctrl-C and SIGTERM stop the run between compiled pieces
+            console.print(started)
+            keys = jax.random.split(jax.random.key(options.seed), options.num_seeds)
+            trained = train_run(run, learner, checkpoint, keys)
+        if trained is None:
+            return Ending(run_dir, None, None, resume_command, 0)
+        outcome, updates_done = trained
+        outcome = outcome._replace(state=parallel.gather(outcome.state))  # every process takes part
+        summary = write_run_results(run, outcome, updates_done) if parallel.is_main_process() else None
     return Ending(run_dir, outcome, summary, resume_command, exit_code(run, outcome))
+
+
+class RunFailed(RuntimeError):
+    """A run stopped by its machine (a full disk, a read-only folder, out of memory): the message
+    says what happened and what the run folder keeps."""
+
+
+@contextlib.contextmanager
+def failures_said(run_dir: Path, resume_command: str) -> Iterator[None]:
+    """Turn what the machine may do to a run in progress (no space or no permission to write, out
+    of host or device memory) into a `RunFailed` that says it in one line with what is kept."""
+    try:
+        yield
+    except (OSError, MemoryError, jax.errors.JaxRuntimeError) as error:
+        if isinstance(error, FileNotFoundError | FileExistsError) or (
+            isinstance(error, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" not in str(error)
+        ):
+            raise  # a missing or existing file is the command's own error
+        what = (
+            f"{error.strerror} ({error.filename})"
+            if isinstance(error, OSError) and error.strerror
+            else "out of device memory"
+            if isinstance(error, jax.errors.JaxRuntimeError)
+            else "out of memory"
+        )
+        checkpoint = runs.latest_checkpoint(run_dir)
+        kept = (
+            f"its newest checkpoint, {checkpoint.name}, is whole: once this is fixed, {resume_command}"
+            if checkpoint
+            else "no checkpoint had been written"
+        )
+        raise RunFailed(f"{what} while training {run_dir}; {kept}") from error
 
 
 def exit_code(run: Run, outcome: Outcome) -> int:
@@ -667,6 +727,7 @@ def _run_with_progress(run: Run, chunks, state, metrics, updates_done) -> Outcom
                     bar, description="training", total=len(row_updates), completed=rows_done
                 ),
                 on_chunk=on_chunk,
+                isolate=run.isolate,
             )
         if live is not None and outcome.metrics and next(iter(outcome.metrics.values())).shape[1]:
             live.finish(outcome.metrics)  # metrics.csv has one writer: the csv logger
@@ -676,9 +737,11 @@ def _run_with_progress(run: Run, chunks, state, metrics, updates_done) -> Outcom
             live.close()
 
 
-def write_run_results(run: Run, outcome: Outcome, updates_done: int) -> dict | None:
-    """The run folder's results of `outcome` (`runs.write_results`); its summary, or None if not
-    one row was logged."""
+def write_run_results(
+    run: Run, outcome: Outcome, updates_done: int, diverged: dict[int, int] | None = None
+) -> dict | None:
+    """The run folder's results of `outcome` (`runs.write_results`), with the runs that `diverged`
+    (run -> first bad row; a sweep's groups); its summary, or None if not one row was logged."""
     if not outcome.metrics or not next(iter(outcome.metrics.values())).shape[1]:
         return None
     library = "Linen" if run.options.linen else "Equinox"
@@ -693,4 +756,5 @@ def write_run_results(run: Run, outcome: Outcome, updates_done: int) -> dict | N
         status=outcome.status,
         updates_done=outcome.updates_done,
         trained_updates=outcome.updates_done - updates_done,
+        diverged_runs=diverged,
     )

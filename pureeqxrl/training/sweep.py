@@ -38,7 +38,7 @@ from jaxtyping import Array, PRNGKeyArray
 from rich.console import Console
 from rich.markup import escape
 
-from pureeqxrl import files, registry, runs, stats
+from pureeqxrl import files, parallel, registry, runs, stats
 from pureeqxrl.loop import (
     Learner,
     LogCallback,
@@ -48,14 +48,16 @@ from pureeqxrl.loop import (
     make_train,
     rows_update_counts,
 )
-from pureeqxrl.training.chunks import check_memory, memory_limit_bytes, size_text
+from pureeqxrl.training.chunks import check_memory, size_text
 from pureeqxrl.training.run import (
     CheckpointSchedule,
     Ending,
     Run,
     RunOptions,
     StopSignals,
+    diverged_runs,
     exit_code,
+    failures_said,
     keep_saved_layout,
     not_bit_for_bit,
     run_layout,
@@ -116,10 +118,6 @@ def random_configurations(
     return [{name: float(draws[name][i]) for name in ranges} for i in range(count)]
 
 
-def describe(configuration: Configuration) -> str:
-    return ", ".join(f"{name}={value:g}" for name, value in configuration.items())
-
-
 def check_configurations(config: Any, configurations: Sequence[Configuration]) -> list[Any]:
     """Each configuration's full config, checked by the config's own `validate`, before any tracing.
     One `ValueError` names every bad configuration with the config's own messages."""
@@ -146,7 +144,7 @@ def check_configurations(config: Any, configurations: Sequence[Configuration]) -
         try:
             full.validate()
         except ValueError as error:
-            problems.append(f"configuration {index} ({describe(values)}): {error}")
+            problems.append(f"configuration {index} ({runs.describe(values)}): {error}")
         configs.append(full)
     if problems:
         raise ValueError("; ".join(problems))
@@ -268,15 +266,21 @@ def flat_starts(configurations: Sequence[Configuration], keys: PRNGKeyArray) -> 
 # learning curves and the best configuration as a config file `pureeqxrl train --config` reads.
 
 
-def configuration_scores(metrics: dict[str, np.ndarray], num_seeds: int) -> list[dict[str, np.ndarray]]:
+def configuration_scores(
+    metrics: dict[str, np.ndarray], num_seeds: int, diverged: dict[int, int] | None = None
+) -> list[dict[str, np.ndarray]]:
     """Per configuration (of a flat `(configurations * seeds, rows)` metrics table): the final
     training return of each seed (`final_return`), the greedy evaluation at the last row that has
-    one (NaN per seed if none), and the training-return curves `(seeds, rows)`."""
+    one (NaN per seed if none), and the training-return curves `(seeds, rows)`. A configuration in
+    `diverged` (configuration -> its first bad row) is scored on its rows before that one."""
     total = metrics["episode_return"].shape[0]
     scores = []
     for start in range(0, total, num_seeds):
-        part = {name: values[start : start + num_seeds] for name, values in metrics.items()}
-        entry = {"final_return": final_return(part["episode_return"]), "curves": part["episode_return"]}
+        good_rows = (diverged or {}).get(start // num_seeds)
+        part = {name: values[start : start + num_seeds, :good_rows] for name, values in metrics.items()}
+        curves = np.full_like(metrics["episode_return"][start : start + num_seeds], np.nan)
+        curves[:, : part["episode_return"].shape[1]] = part["episode_return"]
+        entry = {"final_return": final_return(part["episode_return"]), "curves": curves}
         row = last_evaluated_row(part)
         entry["final_eval_return"] = (
             np.full(num_seeds, np.nan) if row is None else part["eval_return"][:, row]
@@ -286,26 +290,35 @@ def configuration_scores(metrics: dict[str, np.ndarray], num_seeds: int) -> list
 
 
 def ranked_results(
-    configurations: Sequence[Configuration], scores: Sequence[dict[str, np.ndarray]], rank_by: str
+    configurations: Sequence[Configuration],
+    scores: Sequence[dict[str, np.ndarray]],
+    rank_by: str,
+    diverged: dict[int, int] | None = None,
 ) -> list[dict]:
     """One entry per configuration, best first: its values, `stats.summary` of the final return and
     of the final greedy evaluation, and the per-seed scores. Ranked by the IQM of the greedy
-    evaluation (`rank_by="eval"`, where the run evaluated) or of the final training return."""
+    evaluation (`rank_by="eval"`, where the run evaluated) or of the final training return. The
+    configurations in `diverged` (configuration -> first bad row) come last, unranked (`rank`
+    None), with the first row at which one of their seeds logged a value that is not finite."""
+    diverged = diverged or {}
     entries = []
     for index, (values, score) in enumerate(zip(configurations, scores, strict=True)):
         entries.append(
             {
                 "configuration": index,
                 "values": dict(values),
+                "status": "diverged" if index in diverged else "finished",
+                **({"first_bad_row": diverged[index]} if index in diverged else {}),
                 "final_return": stats.summary(score["final_return"]),
                 "final_eval_return": stats.summary(score["final_eval_return"]),
                 "final_return_per_seed": score["final_return"].tolist(),
                 "final_eval_return_per_seed": score["final_eval_return"].tolist(),
             }
         )
+    healthy = [entry for entry in entries if entry["status"] == "finished"] or entries
     key = (
         "final_eval_return"
-        if rank_by == "eval" and entries[0]["final_eval_return"]["runs"]
+        if rank_by == "eval" and healthy[0]["final_eval_return"]["runs"]
         else "final_return"
     )
 
@@ -318,9 +331,9 @@ def ranked_results(
             for name in ("iqm", "mean")
         )
 
-    entries.sort(key=order, reverse=True)
+    entries.sort(key=lambda entry: (entry["status"] == "finished", *order(entry)), reverse=True)
     for rank, entry in enumerate(entries, 1):
-        entry["rank"] = rank
+        entry["rank"] = rank if entry["status"] == "finished" else None
         entry["ranked_by"] = key
     return entries
 
@@ -336,8 +349,9 @@ def table_lines(entries: Sequence[dict]) -> list[str]:
     for entry in entries:
         cells = [f"{entry['values'][name]:.4g}" for name in names]
         train, greedy = entry["final_return"], entry["final_eval_return"]
+        rank = entry["rank"] or f"diverged (row {entry['first_bad_row']})"
         lines.append(
-            f"| {entry['rank']} | "
+            f"| {rank} | "
             + " | ".join(cells)
             + f" | {stats.estimate_text(train, 'iqm')} | {stats.estimate_text(train, 'mean')} "
             f"| {stats.estimate_text(greedy, 'iqm')} | {stats.estimate_text(greedy, 'mean')} |"
@@ -349,12 +363,13 @@ def plot_curves(
     path: Path, env_steps: np.ndarray, entries: Sequence[dict], scores: Sequence[dict], title: str
 ) -> None:
     """Training-return curves, one per configuration (the IQM over its seeds at each row): the
-    five best in colour and labelled, the others thin and grey."""
+    five best in colour and labelled, the others (and the diverged, up to their last good row)
+    thin and grey."""
     fig, ax = files.curves_figure((7.2, 4.4))
     for entry in reversed(entries):  # the best drawn last, on top
         curve = stats.iqm_per_row(scores[entry["configuration"]]["curves"])
-        if entry["rank"] <= 5:
-            ax.plot(env_steps, curve, lw=1.8, label=f"#{entry['rank']}: {describe(entry['values'])}")
+        if entry["rank"] is not None and entry["rank"] <= 5:
+            ax.plot(env_steps, curve, lw=1.8, label=f"#{entry['rank']}: {runs.describe(entry['values'])}")
         else:
             ax.plot(env_steps, curve, lw=0.7, color="0.6", alpha=0.7)
     files.save_curves_figure(fig, ax, path, title, "episode return (IQM over seeds)", best_last=True)
@@ -369,12 +384,14 @@ def write_results(
     num_seeds: int,
     rank_by: str,
     title: str,
+    diverged: dict[int, int] | None = None,
 ) -> list[dict]:
     """The sweep folder's `results.json` (ranked entries), `table.md`, `learning_curves.png` and
     `best_config.json` (the best configuration's whole config, as `pureeqxrl train --config` reads
-    it), from the flat metrics of every group. Returns the ranked entries."""
-    scores = configuration_scores(metrics, num_seeds)
-    entries = ranked_results(configurations, scores, rank_by)
+    it; none if every configuration diverged), from the flat metrics of every group and the
+    configurations that `diverged` (configuration -> first bad row). Returns the ranked entries."""
+    scores = configuration_scores(metrics, num_seeds, diverged)
+    entries = ranked_results(configurations, scores, rank_by, diverged)
     files.atomic_write_text(sweep_dir / "results.json", files.strict_json(entries))
     ranked_by = (
         "greedy evaluation" if entries[0]["ranked_by"] == "final_eval_return" else "final training return"
@@ -391,10 +408,10 @@ def write_results(
         : metrics["episode_return"].shape[1]
     ]
     plot_curves(sweep_dir / "learning_curves.png", updates * config.steps_per_update, entries, scores, title)
-    best = dataclasses.replace(config, **entries[0]["values"])
-    files.atomic_write_text(
-        sweep_dir / "best_config.json", files.strict_json({"algorithm": algorithm, "config": best.to_dict()})
-    )
+    if entries[0]["rank"] is not None:
+        best = dataclasses.replace(config, **entries[0]["values"])
+        best_config = {"algorithm": algorithm, "config": best.to_dict()}
+        files.atomic_write_text(sweep_dir / "best_config.json", files.strict_json(best_config))
     return entries
 
 
@@ -459,7 +476,6 @@ def start(
     groups = sweep_groups(learner, base, options, len(configurations), console)
     for group in groups:  # every group can be laid out on the devices
         run_layout(group_options(options, len(group) * options.num_seeds, None), base)
-    sweep_dir = runs.prepare_run_dir(options.sweep_dir, algo_name, base.env, parent="sweeps")
     saved = {
         "algorithm": algo_name,
         "linen": options.linen,
@@ -468,8 +484,9 @@ def start(
         "groups": groups,
         "options": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(options).items()},
     }
-    files.atomic_write_text(sweep_dir / "sweep.json", files.strict_json(saved))
-    return run_sweep(sweep_dir, saved, console)
+    with runs.claim_run_dir(options.sweep_dir, algo_name, base.env, parent="sweeps") as lock:
+        files.atomic_write_text(lock.run_dir / "sweep.json", files.strict_json(saved))
+        return run_sweep(lock.run_dir, saved, console)
 
 
 def resume(sweep_dir: Path, console: Console) -> Ending:
@@ -477,7 +494,8 @@ def resume(sweep_dir: Path, console: Console) -> Ending:
     path = sweep_dir / "sweep.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {sweep_dir} is not a folder of `pureeqxrl sweep`")
-    return run_sweep(sweep_dir, json.loads(path.read_text()), console)
+    with runs.lock_run_dir(sweep_dir):
+        return run_sweep(sweep_dir, json.loads(path.read_text()), console)
 
 
 # What `run_sweep` reads back of a sweep's saved options (the rest chose the configurations).
@@ -537,7 +555,7 @@ def sweep_groups(
     """Configurations per compiled program: as many as fit in half the device's memory (the rest for
     XLA's temporaries), at most `--max-group-configs`; a `ValueError` if one does not fit at all."""
     estimate = check_memory(learner, options.num_seeds, config.eval_every > 0)
-    per_configuration, limit = sum(estimate.values()), memory_limit_bytes()
+    per_configuration, limit = sum(estimate.values()), parallel.memory_limit()[0]
     seed_devices = max((options.devices or jax.device_count()) // max(options.env_devices, 1), 1)
     per_group = max(1, limit // 2 // max(per_configuration, 1)) * seed_devices
     if options.max_group_configs:
@@ -568,15 +586,15 @@ def run_sweep(sweep_dir: Path, saved: dict, console: Console) -> Ending:
     use_compile_cache(options.compile_cache)
     stop = StopSignals()
     resume_command = f"pureeqxrl sweep --resume {shlex.quote(str(sweep_dir))}"
-    with stop.caught():
+    with stop.caught(), failures_said(sweep_dir, resume_command):
         console.print(
             f"[bold]sweep of {algo_name}[/] on {escape(config.env)}: {len(configurations)} configurations x "
             f"{num_seeds} seeds in {len(saved['groups'])} program(s) -> {escape(str(sweep_dir))}"
         )
         for number, group in enumerate(saved["groups"]):
             group_dir = sweep_dir / f"group_{number}"
-            if (group_dir / "summary.json").is_file():
-                if json.loads((group_dir / "summary.json").read_text())["status"] == "finished":
+            if (group_dir / "summary.json").is_file():  # a group whose every run diverged is not run again
+                if json.loads((group_dir / "summary.json").read_text())["status"] in ("finished", "diverged"):
                     continue
             group_dir.mkdir(exist_ok=True)
             values = [configurations[i] for i in group]
@@ -603,7 +621,7 @@ def run_sweep(sweep_dir: Path, saved: dict, console: Console) -> Ending:
                     sweep={"configurations": group, "values": values, "seeds_per_configuration": num_seeds},
                     layout=(layout.seed_devices, layout.env_devices),
                 )
-            run = Run(algo_name, config, run_options, group_dir, console, stop, layout)
+            run = Run(algo_name, config, run_options, group_dir, console, stop, layout, isolate=True)
             starts = flat_starts(values, keys)
             if len(saved["groups"]) > 1:
                 console.print(
@@ -618,28 +636,54 @@ def run_sweep(sweep_dir: Path, saved: dict, console: Console) -> Ending:
             trained = train_run(run, learner, checkpoint, starts)
             if trained is not None:
                 outcome, updates_done = trained
-                write_run_results(run, outcome, updates_done)
-                if outcome.status != "finished":
+                diverged = diverged_runs(outcome.metrics, outcome.state.params)
+                write_run_results(run, outcome, updates_done, diverged)
+                if outcome.status == "interrupted":
                     return Ending(group_dir, outcome, None, resume_command, exit_code(run, outcome))
-    metrics = {}
-    for number in range(len(saved["groups"])):
-        part = files.read_metrics_csv(sweep_dir / f"group_{number}" / "metrics.csv")
-        metrics = {
-            name: np.concatenate([metrics[name], part[name]]) if metrics else part[name] for name in part
-        }
+    metrics, diverged = sweep_metrics(sweep_dir, saved["groups"], num_seeds, config)
     library = "Linen" if options.linen else "Equinox"
     title = f"sweep of {algo_name.upper().replace('_', ' ')} ({library}) on {config.env}"
     entries = write_results(
-        sweep_dir, algo_name, config, configurations, metrics, num_seeds, options.rank_by, title
+        sweep_dir, algo_name, config, configurations, metrics, num_seeds, options.rank_by, title, diverged
     )
     lines = table_lines(entries[:10])
     if len(entries) > 10:
         lines.append(f"(the top 10 of {len(entries)}; all of them in {sweep_dir}/table.md)")
+    if diverged:
+        lines.append(
+            f"{len(diverged)} of {len(configurations)} configurations diverged (a seed logged a value that "
+            "is not finite at the row given): scored on their rows before it, not ranked"
+        )
+    if entries[0]["rank"] is None:
+        lines.append(f"every configuration diverged: no best configuration; wrote {sweep_dir}/results.json")
+        return Ending(sweep_dir, None, None, resume_command, 1, tuple(lines))
     lines.append(
-        f"best: {describe(entries[0]['values'])}. Train it: pureeqxrl train {algo_name} --config "
+        f"best: {runs.describe(entries[0]['values'])}. Train it: pureeqxrl train {algo_name} --config "
         f"{shlex.quote(str(sweep_dir / 'best_config.json'))}"
     )
     lines.append(
         f"wrote {sweep_dir}/{{sweep.json,results.json,table.md,learning_curves.png,best_config.json,group_*/}}"
     )
     return Ending(sweep_dir, None, None, resume_command, 0, tuple(lines))
+
+
+def sweep_metrics(
+    sweep_dir: Path, groups: Sequence[Sequence[int]], num_seeds: int, config: Any
+) -> tuple[dict[str, np.ndarray], dict[int, int]]:
+    """Every group's metrics rows as one flat `(configurations * seeds, rows)` table (the rows that
+    a group whose every run diverged did not reach are NaN), and the configurations that diverged,
+    each with the first bad row of its seeds (from the groups' `summary.json`)."""
+    num_rows = len(rows_update_counts(config.num_updates, config.log_interval))
+    metrics: dict[str, list[np.ndarray]] = {}
+    diverged: dict[int, int] = {}
+    for number, group in enumerate(groups):
+        group_dir = sweep_dir / f"group_{number}"
+        for name, values in files.read_metrics_csv(group_dir / "metrics.csv").items():
+            padded = np.full((values.shape[0], num_rows), np.nan)
+            padded[:, : values.shape[1]] = values
+            metrics.setdefault(name, []).append(padded)
+        summary = json.loads((group_dir / "summary.json").read_text())
+        for run, row in summary.get("diverged_runs", {}).items():
+            configuration = group[int(run) // num_seeds]
+            diverged[configuration] = min(row, diverged.get(configuration, row))
+    return {name: np.concatenate(parts) for name, parts in metrics.items()}, dict(sorted(diverged.items()))
