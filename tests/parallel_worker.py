@@ -92,8 +92,10 @@ def compare(algo: str) -> dict:
     start, state, rows = _train(learner, config, keys, None)
     result = train_result(state, rows)
     out = {}
-    # The recurrent network's layouts cost the most to compile: the combined one covers both splits.
-    for name, layout in LAYOUTS.items() if algo != "ppo_rnn" else [("both", LAYOUTS["both"])]:
+    # Every layout for DQN; PPO without the seeds alone (DQN's and the sweeps' tests have it);
+    # the others on the combined layout, which splits both ways (each layout is a compile).
+    names = {"dqn": ("seeds", "envs", "both"), "ppo": ("envs", "both")}.get(algo, ("both",))
+    for name, layout in ((name, LAYOUTS[name]) for name in names):
         their_start, their_state, their_rows = _train(learner, config, keys, layout)
         theirs = train_result(their_state, their_rows)
         env_leaf = jax.tree.leaves(their_state.env_state)[0]

@@ -319,3 +319,66 @@ def test_a_full_disk_is_one_line_that_names_the_checkpoint_kept(tmp_path, capsys
     )
     assert cli.main(["train", "--resume", str(run_dir)]) == 0
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_a_sweeps_run_is_the_train_run_that_trains_as_many_runs_at_once(tmp_path, capsys):
+    # XLA compiles a vmapped program for the number of runs it trains at once, and another number
+    # may round otherwise (the README says so). At the same number, a sweep's configuration is the
+    # `train` run of its seeds' keys bit for bit: whatever the other runs of its program are.
+    flags = ["--total-timesteps", "4096", "--log-interval", "2", "--seed", "3"]
+    both = tmp_path / "both"  # two configurations x 1 seed: 2 runs at once
+    assert (
+        cli.main(
+            [
+                "sweep",
+                "ppo",
+                *flags,
+                "--learning-rate",
+                "2.5e-4",
+                "1e-3",
+                "--num-seeds",
+                "1",
+                "--sweep-dir",
+                str(both),
+            ]
+        )
+        == 0
+    )
+    assert "--num-seeds 1 --seed 3" in capsys.readouterr().out
+    alone = tmp_path / "alone"  # one configuration x 2 seeds: 2 runs at once
+    assert (
+        cli.main(
+            ["sweep", "ppo", *flags, "--learning-rate", "1e-3", "--num-seeds", "2", "--sweep-dir", str(alone)]
+        )
+        == 0
+    )
+    best = json.loads((alone / "best_config.json").read_text())
+    assert (best["num_seeds"], best["seed"], best["runs_per_program"]) == (2, 3, 2)
+    trained = tmp_path / "trained"
+    assert (
+        cli.main(
+            [
+                "train",
+                "ppo",
+                "--config",
+                str(alone / "best_config.json"),
+                *flags,
+                "--num-seeds",
+                "2",
+                "--run-dir",
+                str(trained),
+            ]
+        )
+        == 0
+    )
+    ours = files.read_metrics_csv(trained / "metrics.csv")
+    for folder, runs_of_it in ((alone, slice(0, 2)), (both, slice(1, 2))):
+        theirs = files.read_metrics_csv(folder / "group_0" / "metrics.csv")
+        for name, values in ours.items():
+            np.testing.assert_array_equal(
+                theirs[name][runs_of_it], values[: runs_of_it.stop - runs_of_it.start], err_msg=name
+            )
+    for seed in (0, 1):
+        mine = (trained / f"agent_seed{seed}.eqx").read_bytes()
+        assert (alone / "group_0" / f"agent_seed{seed}.eqx").read_bytes() == mine

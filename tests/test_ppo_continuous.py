@@ -75,7 +75,9 @@ def test_dpo_actor_loss_on_a_minibatch():
 
 @pytest.mark.slow
 def test_pendulum_beats_minus_250_and_statistics_are_used_at_evaluation():
-    result = _train(ppo.PPOContinuousConfig(), seeds=2, key=0)
+    # PureJaxRL's continuous settings with layers of 64 units instead of 256: a sixth of the time
+    # on a CPU (the default's reference run is the benchmarks').
+    result = _train(ppo.PPOContinuousConfig(hidden_sizes=(64, 64)), seeds=2, key=0)
     finals = final_return(np.asarray(result.metrics["episode_return"]))
     assert finals.mean() > -250, finals
     assert result.obs_stats.mean.shape == (2, 3)  # per seed, one observation's shape

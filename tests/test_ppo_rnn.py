@@ -122,6 +122,8 @@ def test_seeds_are_independent_and_reproducible():
 
 @pytest.mark.slow
 def test_cartpole_reaches_the_reference_return():
-    result = _train(ppo_rnn.PPORNNConfig())  # PureJaxRL's ppo_rnn.py settings, 5e5 steps
+    result = _train(
+        ppo_rnn.PPORNNConfig(total_timesteps=250_000)
+    )  # PureJaxRL's ppo_rnn.py settings, half the steps
     finals = final_return(np.asarray(result.metrics["episode_return"]))
     assert finals.mean() >= 475, finals

@@ -201,7 +201,8 @@ def test_train_and_eval_through_the_command_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_pendulum_beats_minus_200_within_2e4_steps_on_two_seeds():
-    """The default config but 1,000 random steps instead of 5,000 and 2e4 steps in all (the issue's
-    bar is 5e4): the greedy evaluation at the end (16 episodes per seed) beats -200 on both seeds."""
-    result = _train(sac.SACConfig(total_timesteps=20_000, learning_starts=1_000))
+    """The default config but 1,000 random steps instead of 5,000, 2e4 steps in all and layers of 64
+    units instead of 256 (a seventh of the time on a CPU; the default's reference run is the
+    benchmarks'): the greedy evaluation at the end (16 episodes per seed) beats -200 on both seeds."""
+    result = _train(sac.SACConfig(total_timesteps=20_000, learning_starts=1_000, hidden_sizes=(64, 64)))
     np.testing.assert_array_less(-200.0, result.metrics["eval_return"][:, -1])

@@ -385,11 +385,14 @@ def write_results(
     rank_by: str,
     title: str,
     diverged: dict[int, int] | None = None,
+    seed: int = 0,
+    runs_per_program: dict[int, int] | None = None,
 ) -> list[dict]:
     """The sweep folder's `results.json` (ranked entries), `table.md`, `learning_curves.png` and
     `best_config.json` (the best configuration's whole config, as `pureeqxrl train --config` reads
-    it; none if every configuration diverged), from the flat metrics of every group and the
-    configurations that `diverged` (configuration -> first bad row). Returns the ranked entries."""
+    it, with the seeds it ran and the runs its program trained at once; none if every configuration
+    diverged), from the flat metrics of every group and the configurations that `diverged`
+    (configuration -> first bad row). Returns the ranked entries."""
     scores = configuration_scores(metrics, num_seeds, diverged)
     entries = ranked_results(configurations, scores, rank_by, diverged)
     files.atomic_write_text(sweep_dir / "results.json", files.strict_json(entries))
@@ -410,7 +413,13 @@ def write_results(
     plot_curves(sweep_dir / "learning_curves.png", updates * config.steps_per_update, entries, scores, title)
     if entries[0]["rank"] is not None:
         best = dataclasses.replace(config, **entries[0]["values"])
-        best_config = {"algorithm": algorithm, "config": best.to_dict()}
+        best_config = {
+            "algorithm": algorithm,
+            "config": best.to_dict(),
+            "num_seeds": num_seeds,
+            "seed": seed,
+            "runs_per_program": (runs_per_program or {}).get(entries[0]["configuration"], num_seeds),
+        }
         files.atomic_write_text(sweep_dir / "best_config.json", files.strict_json(best_config))
     return entries
 
@@ -643,8 +652,19 @@ def run_sweep(sweep_dir: Path, saved: dict, console: Console) -> Ending:
     metrics, diverged = sweep_metrics(sweep_dir, saved["groups"], num_seeds, config)
     library = "Linen" if options.linen else "Equinox"
     title = f"sweep of {algo_name.upper().replace('_', ' ')} ({library}) on {config.env}"
+    runs_per_program = {c: len(group) * num_seeds for group in saved["groups"] for c in group}
     entries = write_results(
-        sweep_dir, algo_name, config, configurations, metrics, num_seeds, options.rank_by, title, diverged
+        sweep_dir,
+        algo_name,
+        config,
+        configurations,
+        metrics,
+        num_seeds,
+        options.rank_by,
+        title,
+        diverged,
+        options.seed,
+        runs_per_program,
     )
     lines = table_lines(entries[:10])
     if len(entries) > 10:
@@ -658,8 +678,8 @@ def run_sweep(sweep_dir: Path, saved: dict, console: Console) -> Ending:
         lines.append(f"every configuration diverged: no best configuration; wrote {sweep_dir}/results.json")
         return Ending(sweep_dir, None, None, resume_command, 1, tuple(lines))
     lines.append(
-        f"best: {runs.describe(entries[0]['values'])}. Train it: pureeqxrl train {algo_name} --config "
-        f"{shlex.quote(str(sweep_dir / 'best_config.json'))}"
+        f"best: {runs.describe(entries[0]['values'])}. Train it on its seeds: pureeqxrl train {algo_name} --config "
+        f"{shlex.quote(str(sweep_dir / 'best_config.json'))} --num-seeds {num_seeds} --seed {options.seed}"
     )
     lines.append(
         f"wrote {sweep_dir}/{{sweep.json,results.json,table.md,learning_curves.png,best_config.json,group_*/}}"
