@@ -8,6 +8,7 @@ starts its backend, and importing the environments (gymnax builds arrays at impo
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -46,6 +47,24 @@ def join_processes(argv: list[str]) -> str | None:
     return None
 
 
+def backend_error() -> str | None:
+    """Why JAX cannot start its backend (JAX_PLATFORMS names a platform that this machine or this
+    jax cannot run: jax's own error is then a bare AssertionError), or None."""
+    import jax
+
+    try:
+        jax.devices()
+    except Exception as error:  # jaxlib's error types differ by platform and version
+        platforms = os.environ.get("JAX_PLATFORMS")
+        return (
+            f"JAX could not start {f'the platform JAX_PLATFORMS={platforms}' if platforms else 'its backend'} "
+            f"({type(error).__name__}{f': {str(error).splitlines()[0]}' if str(error).strip() else ''}); "
+            "for a GPU, install jax with its CUDA plugin (pip install -U 'jax[cuda12]'); to train on the CPU, "
+            "unset JAX_PLATFORMS"
+        )
+    return None
+
+
 def algorithm_of(argv: list[str]) -> str | None:
     """The algorithm a `train` or `sweep` command line runs (read from the folder it resumes), if
     it names one; what is wrong with it is left to the command line to say."""
@@ -67,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not joins_processes(argv):
         cpu.use_cpu_cores()  # each process of a multi-process run keeps JAX's own count
-    error = join_processes(argv)
+    error = join_processes(argv) or backend_error()
     if error is not None:
         print(f"error: {error}", file=sys.stderr)
         return 2

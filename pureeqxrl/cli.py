@@ -65,6 +65,8 @@ def config_from_file(path: Path, config_cls: type) -> Any:
         values = yaml.safe_load(text) if Path(path).suffix in (".yaml", ".yml") else json.loads(text)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
         raise ValueError(f"cannot read the config file {path}: {error}") from error
+    except RecursionError:
+        raise ValueError(f"cannot read the config file {path}: nested too deeply") from None
     if isinstance(values, dict) and isinstance(values.get("config"), dict):
         values = values["config"]
     if not isinstance(values, dict):
@@ -318,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except run.RunFailed as error:
         console.print(f"[red]error:[/] {escape(str(error))}", highlight=False)
+        return 1
+    except OSError as error:  # writing a file (eval, compare) to a full or read-only disk
+        console.print(
+            f"[red]error:[/] {escape(error.strerror or str(error))} ({error.filename})", highlight=False
+        )
         return 1
     except KeyboardInterrupt:  # before a run has started (or in `eval`): nothing to keep
         console.print("interrupted")

@@ -66,6 +66,9 @@ def initialize(
     if timeout_seconds < 1:
         raise ValueError(f"the distributed timeout must be at least 1 second, got {timeout_seconds}")
     if coordinator is not None:
+        host, _, port = coordinator.rpartition(":")
+        if not (host and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(f"--coordinator must be HOST:PORT with a port in 1-65535, got {coordinator!r}")
         check_in(coordinator, num_processes, process_id, timeout_seconds)
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
@@ -146,10 +149,16 @@ def any_process(flag: bool) -> bool:
 
 def any_process_each(*flags: bool) -> tuple[bool, ...]:
     """`any_process` of several flags in one collective (one round trip between the processes)."""
+    return tuple(bool(value) for value in largest_over_processes(*(bool(flag) for flag in flags)))
+
+
+def largest_over_processes(*values: int) -> tuple[int, ...]:
+    """The largest of each value over the processes, in one collective (every process calls it and
+    gets the same answer): a stop signal's number, so that every process names the one received."""
     if jax.process_count() == 1:
-        return tuple(bool(flag) for flag in flags)
-    gathered = multihost_utils.process_allgather(np.array(flags, dtype=bool)).reshape(-1, len(flags))
-    return tuple(bool(column) for column in gathered.any(axis=0))
+        return tuple(int(value) for value in values)
+    gathered = multihost_utils.process_allgather(np.array(values, dtype=np.int32)).reshape(-1, len(values))
+    return tuple(int(column) for column in gathered.max(axis=0))
 
 
 # LAYOUT: how a run's runs and environments lie on the devices

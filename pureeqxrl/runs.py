@@ -28,7 +28,7 @@ import numpy as np
 
 import pureeqxrl
 from pureeqxrl import parallel, registry, stats
-from pureeqxrl.config import typed_values
+from pureeqxrl.config import INT32_MAX, typed_values
 from pureeqxrl.cpu import usable_cores
 from pureeqxrl.envs import make_env
 from pureeqxrl.evaluate import evaluate
@@ -63,7 +63,10 @@ class FolderLock:
         self._fd: int | None = None
 
     def acquire(self) -> "FolderLock":
-        fd = os.open(Path(self.run_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(Path(self.run_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as error:  # a read-only folder or disk, no permission: nothing can be written
+            raise ValueError(f"cannot write to {self.run_dir}: {error.strerror or error}") from error
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -517,6 +520,8 @@ def evaluate_run(run_dir: Path | str, episodes: int, sample: bool = False, seed:
     needs the registry, which imports the algorithms."""
     if episodes < 1:
         raise ValueError(f"episodes must be positive, got {episodes}")
+    if not abs(seed) <= INT32_MAX:
+        raise ValueError(f"seed ({seed}) is past {INT32_MAX:,}")
     saved, config, _ = read_run(Path(run_dir))
     algorithm = registry.get(saved["algorithm"])
     if sample and not algorithm.stochastic:

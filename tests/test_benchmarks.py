@@ -95,7 +95,7 @@ def test_sweep_benchmark_trains_the_same_runs_both_ways(tmp_path, monkeypatch):
 def test_scaling_benchmark_measures_every_layout_of_four_devices(tmp_path):
     out = tmp_path / "scaling_test"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    command = [sys.executable, str(BENCHMARKS / "scaling.py"), "--algo", "ppo", "--seeds-per-device", "1"]
+    command = [sys.executable, str(BENCHMARKS / "scaling.py"), "--algo", "dqn", "--seeds-per-device", "1"]
     command += ["--envs-per-device", "4", "--updates", "2", "--repeats", "1", "--out", str(out)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -141,19 +141,19 @@ def test_throughput_variants_are_presets_with_changed_fields(monkeypatch):
 def test_versions_benchmark_times_a_commit_against_this_tree(tmp_path, monkeypatch):
     out = tmp_path / "versions_test"
     run_script(
-        monkeypatch, "versions", "--baseline", "HEAD", "--algos", "ppo", "--seeds", "2",
-        "--repeats", "2", "--total-timesteps", "2048", "--out", str(out),
-    )  # fmt: skip  # one row, two repeats: each version runs first once
+        monkeypatch, "versions", "--baseline", "HEAD", "--algos", "dqn", "--seeds", "2",
+        "--repeats", "2", "--total-timesteps", "12000", "--out", str(out),
+    )  # fmt: skip  # one row, two repeats: each version runs first once (DQN: the quickest compile)
     data = json.loads(out.with_suffix(".json").read_text())
-    assert [(row["algo"], row["num_seeds"]) for row in data["rows"]] == [("ppo", 2)]
+    assert [(row["algo"], row["num_seeds"]) for row in data["rows"]] == [("dqn", 2)]
     assert all(len(samples) == 2 for samples in data["samples"].values())  # both versions, each repeat
     last = data["rows"][-1]
     assert last["old_returns"]["runs"] == last["new_returns"]["runs"] == 4  # 2 seeds x 2 repeats
     assert "intervals overlap" in out.with_suffix(".md").read_text()
     # --compile-only: the compile columns alone, no run trained (no train time, no returns)
     run_script(
-        monkeypatch, "versions", "--baseline", "HEAD", "--algos", "ppo", "--seeds", "2",
-        "--repeats", "1", "--total-timesteps", "2048", "--compile-only", "--out", str(out),
+        monkeypatch, "versions", "--baseline", "HEAD", "--algos", "dqn", "--seeds", "2",
+        "--repeats", "1", "--total-timesteps", "12000", "--compile-only", "--out", str(out),
     )  # fmt: skip
     data = json.loads(out.with_suffix(".json").read_text())
     assert [set(sample) for samples in data["samples"].values() for sample in samples] == [

@@ -3,6 +3,7 @@ line and exit code 2 before anything is written, or with what the user needs to 
 
 import errno
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -196,18 +197,30 @@ def test_a_folder_in_use_is_refused_to_a_second_writer_until_its_holder_dies(fin
 
 @pytest.mark.slow
 def test_a_diverging_configuration_is_isolated_and_not_run_again(tmp_path, capsys):
-    # Configurations 0 and 1 train in one program, 2 in a second; a learning rate of 1e30 makes the
-    # parameters overflow within the first updates.
+    # Configurations 0 and 1 train in one program, 2 and 3 in a second (compiled once for both); a
+    # learning rate of 1e30 makes the parameters overflow within the first updates.
     sweep_dir = tmp_path / "sweep"
-    args = ["sweep", "ppo", *PPO_FLAGS, "--learning-rate", "3e-3", "1e30", "3e30", "--max-group-configs", "2"]
+    args = [
+        "sweep",
+        "ppo",
+        *PPO_FLAGS,
+        "--learning-rate",
+        "3e-3",
+        "1e30",
+        "2e30",
+        "3e30",
+        "--max-group-configs",
+        "2",
+    ]
     assert cli.main([*args, "--sweep-dir", str(sweep_dir)]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "2 of 3 configurations diverged" in out and "best: learning_rate=0.003" in out
+    assert "3 of 4 configurations diverged" in out and "best: learning_rate=0.003" in out
     results = json.loads((sweep_dir / "results.json").read_text())
     assert [(e["configuration"], e["rank"], e["status"]) for e in results] == [
         (0, 1, "finished"),
         (1, None, "diverged"),
         (2, None, "diverged"),
+        (3, None, "diverged"),
     ]
     assert all(e["first_bad_row"] <= 1 for e in results[1:])
     assert np.isfinite(results[0]["final_return_per_seed"]).all()
@@ -216,7 +229,7 @@ def test_a_diverging_configuration_is_isolated_and_not_run_again(tmp_path, capsy
     assert best["config"]["learning_rate"] == 3e-3
     summaries = [json.loads((sweep_dir / f"group_{g}" / "summary.json").read_text()) for g in (0, 1)]
     assert summaries[0]["status"] == "finished" and set(summaries[0]["diverged_runs"]) == {"2", "3"}
-    assert summaries[1]["status"] == "diverged" and set(summaries[1]["diverged_runs"]) == {"0", "1"}
+    assert summaries[1]["status"] == "diverged" and set(summaries[1]["diverged_runs"]) == {"0", "1", "2", "3"}
 
     # Resuming trains nothing again: the diverged group stays as it was, the results are the same.
     group_files = {p: p.read_bytes() for p in (sweep_dir / "group_1").rglob("*") if p.is_file()}
@@ -325,60 +338,72 @@ def test_a_full_disk_is_one_line_that_names_the_checkpoint_kept(tmp_path, capsys
 def test_a_sweeps_run_is_the_train_run_that_trains_as_many_runs_at_once(tmp_path, capsys):
     # XLA compiles a vmapped program for the number of runs it trains at once, and another number
     # may round otherwise (the README says so). At the same number, a sweep's configuration is the
-    # `train` run of its seeds' keys bit for bit: whatever the other runs of its program are.
+    # `train` run of its seed's key bit for bit, whatever the other runs of its program are.
     flags = ["--total-timesteps", "4096", "--log-interval", "2", "--seed", "3"]
-    both = tmp_path / "both"  # two configurations x 1 seed: 2 runs at once
-    assert (
-        cli.main(
-            [
-                "sweep",
-                "ppo",
-                *flags,
-                "--learning-rate",
-                "2.5e-4",
-                "1e-3",
-                "--num-seeds",
-                "1",
-                "--sweep-dir",
-                str(both),
-            ]
+    swept = tmp_path / "swept"  # two configurations x 1 seed: 2 runs at once
+    args = [
+        "sweep",
+        "ppo",
+        *flags,
+        "--learning-rate",
+        "2.5e-4",
+        "1e-3",
+        "--num-seeds",
+        "1",
+        "--rank-by",
+        "train",
+    ]
+    assert cli.main([*args, "--sweep-dir", str(swept)]) == 0
+    assert "--num-seeds 1 --seed 3" in capsys.readouterr().out  # the printed command keeps its seeds
+    best = json.loads((swept / "best_config.json").read_text())
+    assert (best["num_seeds"], best["seed"], best["runs_per_program"]) == (1, 3, 2)
+    trained = tmp_path / "trained"  # learning rate 1e-3, 2 seeds: 2 runs at once, seed 0 has the key
+    args = ["train", "ppo", *flags, "--learning-rate", "1e-3", "--num-seeds", "2", "--run-dir", str(trained)]
+    assert cli.main(args) == 0
+    ours, theirs = (files.read_metrics_csv(folder / "metrics.csv") for folder in (trained, swept / "group_0"))
+    for name, values in ours.items():
+        np.testing.assert_array_equal(theirs[name][1], values[0], err_msg=name)
+    assert (swept / "group_0" / "agent_seed1.eqx").read_bytes() == (trained / "agent_seed0.eqx").read_bytes()
+
+
+def test_odd_inputs_are_one_line_and_exit_2(finished_run, tmp_path, capsys):
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 100_000 + "]" * 100_000)
+    assert cli.main(["train", "dqn", "--config", str(nested), "--run-dir", str(tmp_path / "never")]) == 2
+    assert "nested too deeply" in capsys.readouterr().out
+    assert cli.main(["eval", str(finished_run), "--seed", str(10**20)]) == 2
+    assert "seed (100000000000000000000) is past 2,147,483,647" in capsys.readouterr().out
+    # A folder whose lock cannot be made (read-only; here a folder stands where the lock goes,
+    # since the tests may run as root, whom permissions do not stop).
+    stuck = tmp_path / "stuck"
+    shutil.copytree(finished_run, stuck)
+    (stuck / runs.LOCK_FILE).unlink()
+    (stuck / runs.LOCK_FILE).mkdir()
+    assert cli.main(["train", "--resume", str(stuck)]) == 2
+    assert f"cannot write to {stuck}: Is a directory" in capsys.readouterr().out
+    assert not (tmp_path / "never").exists()
+    for environment, flags, expected in (
+        ({"JAX_PLATFORMS": "cuda"}, [], "JAX could not start the platform JAX_PLATFORMS=cuda"),
+        (
+            {},
+            ["--coordinator", "127.0.0.1:99999", "--num-processes", "2", "--process-id", "0"],
+            "a port in 1-65535",
+        ),
+    ):
+        command = [
+            sys.executable,
+            "-m",
+            "pureeqxrl",
+            "train",
+            "dqn",
+            *flags,
+            "--run-dir",
+            str(tmp_path / "never"),
+        ]
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=120, env={**os.environ, **environment}
         )
-        == 0
-    )
-    assert "--num-seeds 1 --seed 3" in capsys.readouterr().out
-    alone = tmp_path / "alone"  # one configuration x 2 seeds: 2 runs at once
-    assert (
-        cli.main(
-            ["sweep", "ppo", *flags, "--learning-rate", "1e-3", "--num-seeds", "2", "--sweep-dir", str(alone)]
-        )
-        == 0
-    )
-    best = json.loads((alone / "best_config.json").read_text())
-    assert (best["num_seeds"], best["seed"], best["runs_per_program"]) == (2, 3, 2)
-    trained = tmp_path / "trained"
-    assert (
-        cli.main(
-            [
-                "train",
-                "ppo",
-                "--config",
-                str(alone / "best_config.json"),
-                *flags,
-                "--num-seeds",
-                "2",
-                "--run-dir",
-                str(trained),
-            ]
-        )
-        == 0
-    )
-    ours = files.read_metrics_csv(trained / "metrics.csv")
-    for folder, runs_of_it in ((alone, slice(0, 2)), (both, slice(1, 2))):
-        theirs = files.read_metrics_csv(folder / "group_0" / "metrics.csv")
-        for name, values in ours.items():
-            np.testing.assert_array_equal(
-                theirs[name][runs_of_it], values[: runs_of_it.stop - runs_of_it.start], err_msg=name
-            )
-    for seed in (0, 1):
-        mine = (trained / f"agent_seed{seed}.eqx").read_bytes()
-        assert (alone / "group_0" / f"agent_seed{seed}.eqx").read_bytes() == mine
+        assert (
+            done.returncode == 2 and expected in done.stderr and len(done.stderr.strip().splitlines()) == 1
+        ), done.stderr
+    assert not (tmp_path / "never").exists()

@@ -285,9 +285,10 @@ def test_a_signal_to_one_process_stops_both_and_they_resume_bit_for_bit(tmp_path
     deadline = time.monotonic() + 300
     while not list((run_dir / "checkpoints").glob("*.ckpt")) and time.monotonic() < deadline:
         time.sleep(0.1)
-    processes[1].send_signal(signal.SIGTERM)  # process 1 is stopped; process 0 must stop with it
+    processes[1].send_signal(signal.SIGINT)  # process 1 is stopped; process 0 must stop with it
     outputs = [process.communicate(timeout=300) for process in processes]
-    assert [process.returncode for process in processes] == [143, 143], [err[-2000:] for _, err in outputs]
+    assert [process.returncode for process in processes] == [130, 130], [err[-2000:] for _, err in outputs]
+    assert "SIGINT after update" in outputs[0][0]  # process 0 names the signal process 1 received
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and 0 < summary["updates_done"] < 120
     saved = json.loads((run_dir / "config.json").read_text())

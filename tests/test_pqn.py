@@ -124,8 +124,8 @@ def test_pqn_has_no_linen_twin(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_cartpole_reaches_475_with_the_default_config():
-    result = _train(pqn.PQNConfig())  # purejaxql's CartPole settings, 5e5 steps
+def test_cartpole_reaches_475_with_the_default_config_in_half_its_steps():
+    result = _train(pqn.PQNConfig(total_timesteps=250_000))  # purejaxql's CartPole settings, 2.5e5 steps
     # The greedy evaluation at the end of training, 16 episodes per seed.
     np.testing.assert_array_less(474.9, result.metrics["eval_return"][:, -1])
 

@@ -1,6 +1,7 @@
 import json
 import struct
 import sys
+import time
 import types
 
 import numpy as np
@@ -153,3 +154,38 @@ def test_cli_run_logs_to_tensorboard_and_to_wandb_offline(tmp_path):
     (record,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
     data = record.read_bytes()
     assert b"seed1/episode_return" in data and b"mean/eval_return" in data and b"CartPole-v1" in data
+
+
+def _read_as_tensorboard(folder) -> dict[str, list[tuple[int, float]]]:
+    """The scalars TensorBoard shows of a folder of event files, read in the order they were
+    written: a session that starts at step P (`purge_step`) drops what earlier files hold from P on."""
+    from tensorboardX.proto import event_pb2
+
+    shown: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+                shown = {tag: [(s, v) for s, v in points if s < event.step] for tag, points in shown.items()}
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    shown.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return shown
+
+
+def test_a_resumed_run_replaces_the_steps_a_killed_run_logged_after_its_checkpoint(tmp_path):
+    killed = loggers.Loggers(("csv", "tensorboard"), tmp_path, SAVED, ROW_UPDATES, steps_per_update=4)
+    killed.log(_rows(0, 4), first_row=0)  # then killed: its checkpoint holds rows 0-1 only
+    killed.close()
+    time.sleep(1.1)  # event files are named by the second they were opened in
+    history = _rows(0, 2)
+    resumed = loggers.Loggers(("csv", "tensorboard"), tmp_path, SAVED, ROW_UPDATES, 4, history=history)
+    again = _rows(2, 2)
+    again["episode_return"] += 1000  # rows 2-3 trained again (with other numbers, to tell them apart)
+    resumed.log(again, first_row=2)
+    resumed.close()
+    shown = _read_as_tensorboard(tmp_path / "tensorboard" / "seed0")["episode_return"]
+    assert shown == [(40, 0.0), (80, 1.0), (120, 1002.0), (140, 1003.0)]  # each step once, the resumed values

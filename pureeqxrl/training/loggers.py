@@ -67,7 +67,14 @@ class Loggers:
         config_text = json.dumps(saved_config, indent=2)
         num_seeds = int(saved_config["num_seeds"])
         if "tensorboard" in names:
-            self.others.append(_TensorBoard(run_dir / "tensorboard", num_seeds, config_text))
+            rows_kept = next(iter(history.values())).shape[1] if history else 0
+            # A resumed run logs again the rows after its checkpoint that a killed run had logged:
+            # TensorBoard drops what the folder holds from the first of those steps on.
+            purge = int(row_updates[rows_kept - 1] * steps_per_update) + 1 if rows_kept else 0
+            folder = run_dir / "tensorboard"
+            self.others.append(
+                _TensorBoard(folder, num_seeds, config_text, purge if folder.exists() else None)
+            )
         if "wandb" in names:
             self.others.append(_WandB(run_dir, saved_config, wandb_mode, wandb_project))
 
@@ -143,15 +150,16 @@ class _CSV:
 
 
 class _TensorBoard:
-    def __init__(self, folder: Path, num_seeds: int, config_text: str):
+    def __init__(self, folder: Path, num_seeds: int, config_text: str, purge_step: int | None = None):
         from tensorboardX import SummaryWriter
 
         self.writers = {
-            name: SummaryWriter(str(folder / name))
+            name: SummaryWriter(str(folder / name), purge_step=purge_step)
             for name in [*(f"seed{i}" for i in range(num_seeds)), "mean"]
         }
-        for writer in self.writers.values():
-            writer.add_text("config", f"```\n{config_text}\n```")
+        if purge_step is None:  # a resumed run's writers find the config there already
+            for writer in self.writers.values():
+                writer.add_text("config", f"```\n{config_text}\n```")
 
     def log(self, step: int, per_seed: dict[str, np.ndarray], mean: dict[str, float]) -> None:
         for name, values in per_seed.items():

@@ -215,8 +215,9 @@ def run_chunks(
         )
 
     train_start = time.perf_counter()
-    if parallel.any_process(stop.received is not None):
-        stop.received = stop.received or signal.SIGTERM  # another process was stopped
+    (received,) = parallel.largest_over_processes(stop.received or 0)
+    if received:
+        stop.received = stop.received or received  # the signal another process was stopped by
         checkpoint = save() if checkpoint is None else checkpoint
         return outcome("interrupted", f"{stop.name} while compiling: no update was run", train_start)
     for length in lengths:
@@ -245,11 +246,12 @@ def run_chunks(
             schedule.checkpoint_updates and updates_done - last_saved_updates >= schedule.checkpoint_updates
         ) or (time.monotonic() - last_saved_time >= 60 * schedule.checkpoint_minutes)
         # both flags in one collective: all processes stop, and save, after the same chunk
-        stopped, save_due = parallel.any_process_each(
-            stop.received is not None, bool(updates_done == num_updates or due)
+        received, save_due = parallel.largest_over_processes(
+            stop.received or 0, int(updates_done == num_updates or due)
         )
+        stopped = bool(received)
         if stopped:
-            stop.received = stop.received or signal.SIGTERM
+            stop.received = stop.received or received  # the signal another process was stopped by
         if stopped or save_due:
             checkpoint = save()
         if stopped and updates_done < num_updates:  # a later signal stops all after the next chunk
