@@ -7,6 +7,7 @@ which checks everything that can reject the run before it writes the run folder,
 returns how the run ended; this module prints it.
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -238,9 +239,13 @@ def eval_command(argv: list[str], console: Console) -> dict:
     kind = "sampled-policy" if options.sample else "greedy"
     per_seed = runs.evaluate_run(options.run_dir, options.episodes, options.sample, options.seed)
     configurations = runs.read_run(options.run_dir)[0].get("sweep")  # a sweep's group: per configuration
-    for part in runs.configuration_parts(per_seed, configurations):
+    for part in runs.configuration_parts(per_seed, configurations, runs.diverged_runs_of(options.run_dir)):
         if configurations:
-            console.print(f"configuration {part['configuration']} ({part['values_text']}):")
+            row = part["first_bad_row"]
+            diverged = (
+                "" if row is None else f" diverged in training (a value not finite at metrics row {row})"
+            )
+            console.print(f"configuration {part['configuration']} ({part['values_text']}):{diverged}")
         for seed, mean_return in enumerate(part["return_per_seed"]):
             console.print(f"seed {seed}: {kind} return {mean_return:.2f} over {options.episodes} episodes")
         console.print(f"mean over seeds {part['return_mean']:.2f} ± {part['return_std']:.2f}")
@@ -286,7 +291,10 @@ class ReaderMayLeave(Console):
 
     def on_broken_pipe(self) -> None:
         self.quiet = True
-        os.dup2(os.open(os.devnull, os.O_WRONLY), self.file.fileno())  # Python's last flush too
+        with contextlib.suppress(OSError, ValueError):  # a stream without a descriptor: nothing to redirect
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.file.fileno())  # Python's last flush goes there too
+            os.close(devnull)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,9 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]error:[/] {escape(str(error))}", highlight=False)
         return 1
     except OSError as error:  # writing a file (eval, compare) to a full or read-only disk
-        console.print(
-            f"[red]error:[/] {escape(error.strerror or str(error))} ({error.filename})", highlight=False
-        )
+        console.print(f"[red]error:[/] {escape(run.os_error_text(error))}", highlight=False)
         return 1
     except KeyboardInterrupt:  # before a run has started (or in `eval`): nothing to keep
         console.print("interrupted")

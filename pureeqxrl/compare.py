@@ -71,6 +71,13 @@ def read_run_scores(run_dir: Path, label: str | None = None, seeds: range | None
     metrics = files.read_metrics_csv(path)
     seeds = range(metrics["episode_return"].shape[0]) if seeds is None else seeds
     metrics = {name: values[seeds.start : seeds.stop] for name, values in metrics.items()}
+    nonfinite = metrics.get("nonfinite_stats", np.zeros_like(metrics["episode_return"]))  # older runs: none
+    bad_rows = np.flatnonzero((nonfinite > 0).any(axis=0))
+    if bad_rows.size:  # a diverged run: scored on its rows before the first that logged a value not finite
+        metrics = {name: values[:, : max(int(bad_rows[0]), 1)] for name, values in metrics.items()}
+        if bad_rows[0] == 0:
+            metrics = {**metrics, "episode_return": np.full_like(metrics["episode_return"], np.nan)}
+            metrics.pop("eval_return", None)
     row = last_evaluated_row(metrics)
     greedy = (
         np.full(metrics["episode_return"].shape[0], np.nan) if row is None else metrics["eval_return"][:, row]
@@ -84,7 +91,7 @@ def read_run_scores(run_dir: Path, label: str | None = None, seeds: range | None
         try:
             summary = json.loads(summary_path.read_text())
             status, updates_done = str(summary["status"]), int(summary["updates_done"])
-            if any(int(run) in seeds for run in summary.get("diverged_runs", {})):
+            if bad_rows.size or any(int(run) in seeds for run in summary.get("diverged_runs", {})):
                 status = "diverged"  # in a sweep's group, where the others went on
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ValueError(f"{summary_path} is not a pureeqxrl summary.json ({error})") from error

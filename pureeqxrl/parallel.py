@@ -152,6 +152,17 @@ def any_process_each(*flags: bool) -> tuple[bool, ...]:
     return tuple(bool(value) for value in largest_over_processes(*(bool(flag) for flag in flags)))
 
 
+def broadcast_text(text: str, size: int = 4096) -> str:
+    """Process 0's `text` (at most `size` bytes of UTF-8), in every process: a collective."""
+    if jax.process_count() == 1:
+        return text
+    data = np.zeros(size, np.uint8)
+    encoded = np.frombuffer(text.encode()[:size], np.uint8)
+    data[: encoded.size] = encoded
+    received = np.asarray(multihost_utils.broadcast_one_to_all(data))
+    return bytes(received).rstrip(b"\0").decode()
+
+
 def largest_over_processes(*values: int) -> tuple[int, ...]:
     """The largest of each value over the processes, in one collective (every process calls it and
     gets the same answer): a stop signal's number, so that every process names the one received."""
@@ -355,16 +366,9 @@ def memory_limit() -> tuple[int, str]:
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"]), f"the {device.platform} device has"
     limits = [(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "the host has")]
-    for limit_file, usage_file in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
-        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
-    ):
-        try:
-            limit, used = (int(Path(name).read_text().strip()) for name in (limit_file, usage_file))
-        except (OSError, ValueError):  # absent, or "max": no limit
-            continue
-        limits.append((max(limit - used, 0), f"the cgroup's limit ({limit_file}) leaves"))
-        break
+    cgroup = cgroup_memory_left()
+    if cgroup is not None:
+        limits.append(cgroup)
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
         # Compiling maps more: with 3.3 GiB of a 5 GiB limit left, a DQN run (2 cores) whose arrays
@@ -372,6 +376,35 @@ def memory_limit() -> tuple[int, str]:
         left = max(soft - mapped_bytes() - COMPILER_ADDRESS_SPACE, 0)
         limits.append((left, "this process's address-space limit (ulimit -v) leaves"))
     return min(limits)
+
+
+def cgroup_memory_left(
+    membership: Path = Path("/proc/self/cgroup"), cgroups: Path = Path("/sys/fs/cgroup")
+) -> tuple[int, str] | None:
+    """What the memory limit of this process's own cgroup (a container's, a SLURM job's) leaves:
+    the limit less the memory used, not counting the page cache the kernel reclaims first
+    (`inactive_file`); None without a limit. cgroup v2, then v1."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in membership.read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controllers == "":  # v2: "0::/path"
+                root, names, cache = cgroups, ("memory.max", "memory.current"), "inactive_file"
+            elif "memory" in controllers.split(","):  # v1
+                root = cgroups / "memory"
+                names, cache = ("memory.limit_in_bytes", "memory.usage_in_bytes"), "total_inactive_file"
+            else:
+                continue
+            for folder in (root / path.lstrip("/"), root):  # its own, or the root a container shows
+                try:
+                    limit, used = (int((folder / name).read_text().strip()) for name in names)
+                except (OSError, ValueError):  # absent, or "max": no limit
+                    continue
+                if limit >= 2**60:  # v1's "no limit"
+                    return None
+                stat = dict(line.split() for line in (folder / "memory.stat").read_text().splitlines())
+                left = limit - used + int(stat.get(cache, 0))
+                return max(left, 0), f"the cgroup's memory limit ({folder / names[0]}) leaves"
+    return None
 
 
 def mapped_bytes() -> int:

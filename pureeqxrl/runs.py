@@ -75,10 +75,14 @@ class FolderLock:
             raise FolderInUse(
                 f"{self.run_dir} is in use by {holder}: wait for it to end, or stop it, before writing there"
             ) from None
-        os.ftruncate(fd, 0)
-        started = time.strftime("%Y-%m-%d %H:%M:%S")
-        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} (since {started})\n".encode(), 0)
+        except OSError as error:  # a file system without locks
+            os.close(fd)
+            raise ValueError(f"cannot lock {self.run_dir}: {error.strerror or error}") from error
         self._fd = fd
+        with contextlib.suppress(OSError):  # the holder's name is for the message a second writer gets
+            os.ftruncate(fd, 0)
+            started = time.strftime("%Y-%m-%d %H:%M:%S")
+            os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()} (since {started})\n".encode(), 0)
         return self
 
     def release(self) -> None:
@@ -301,10 +305,13 @@ def describe(values: dict[str, float]) -> str:
     return ", ".join(f"{name}={value:g}" for name, value in values.items())
 
 
-def configuration_parts(per_seed: list[float], sweep: dict[str, Any] | None) -> list[dict[str, Any]]:
+def configuration_parts(
+    per_seed: list[float], sweep: dict[str, Any] | None, diverged: dict[int, int] | None = None
+) -> list[dict[str, Any]]:
     """A run's per-seed scores with their mean and standard deviation: one part for a run, one per
     configuration for a sweep's group (`sweep`: its `config.json` part), whose configurations are
-    not seeds of one run."""
+    not seeds of one run; a configuration with a run in `diverged` (run -> first bad metrics row)
+    has that row as its `first_bad_row`."""
     if sweep is None:
         parts = [{"return_per_seed": per_seed}]
     else:
@@ -315,6 +322,14 @@ def configuration_parts(per_seed: list[float], sweep: dict[str, Any] | None) -> 
                 "values": values,
                 "values_text": describe(values),
                 "return_per_seed": per_seed[number * per : (number + 1) * per],
+                "first_bad_row": min(
+                    (
+                        row
+                        for run, row in (diverged or {}).items()
+                        if number * per <= run < (number + 1) * per
+                    ),
+                    default=None,
+                ),
             }
             for number, (configuration, values) in enumerate(
                 zip(sweep["configurations"], sweep["values"], strict=True)
@@ -326,13 +341,22 @@ def configuration_parts(per_seed: list[float], sweep: dict[str, Any] | None) -> 
     return parts
 
 
+def diverged_runs_of(run_dir: Path) -> dict[int, int]:
+    """The runs of a sweep's group that diverged while the others went on (its `summary.json`), each
+    with its first bad metrics row."""
+    path = Path(run_dir) / "summary.json"
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return {int(run): row for run, row in json.loads(path.read_text()).get("diverged_runs", {}).items()}
+    return {}
+
+
 def write_evaluation(
     run_dir: Path, kind: str, episodes: int, seed: int, per_seed: list[float], sweep: dict | None = None
 ) -> Path:
     """`eval_{kind}.json` in the run folder: what `pureeqxrl eval` measured; for a sweep's group
     (`sweep`, its `config.json` part), per configuration."""
     path = Path(run_dir) / f"eval_{kind.replace('-', '_')}.json"
-    parts = configuration_parts(per_seed, sweep)
+    parts = configuration_parts(per_seed, sweep, diverged_runs_of(run_dir))
     result = {"policy": kind, "episodes_per_seed": episodes, "seed": seed}
     if sweep is None:
         result.update(parts[0])

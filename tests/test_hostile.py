@@ -16,6 +16,8 @@ from test_training_sweep import PPO_FLAGS
 
 from pureeqxrl import cli, dqn, files, runs
 
+PUREEQXRL = [sys.executable, "-m", "pureeqxrl"]  # the command, in a process of its own
+
 
 @pytest.mark.parametrize("minutes", ["inf", "nan", "-1"])
 def test_checkpoint_minutes_must_be_a_finite_positive_number(minutes, tmp_path, capsys):
@@ -242,7 +244,11 @@ def test_a_diverging_configuration_is_isolated_and_not_run_again(tmp_path, capsy
     group = sweep_dir / "group_0"
     assert cli.main(["eval", str(group), "--episodes", "2"]) == 0
     out = capsys.readouterr().out
-    assert "configuration 0 (learning_rate=0.003):" in out and "configuration 1 (learning_rate=1e+30):" in out
+    assert "configuration 0 (learning_rate=0.003):\n" in out
+    assert (
+        "configuration 1 (learning_rate=1e+30): diverged in training (a value not finite at metrics row"
+        in out
+    )
     assert out.count("mean over seeds") == 2
     written = json.loads((group / "eval_greedy.json").read_text())
     assert [part["values"] for part in written["configurations"]] == [
@@ -250,6 +256,8 @@ def test_a_diverging_configuration_is_isolated_and_not_run_again(tmp_path, capsy
         {"learning_rate": 1e30},
     ]
     assert all(len(part["return_per_seed"]) == 2 for part in written["configurations"])
+    assert written["configurations"][0]["first_bad_row"] is None
+    assert written["configurations"][1]["first_bad_row"] == results[1]["first_bad_row"]
     assert cli.main(["compare", str(group), "--out", str(tmp_path / "compared")]) == 0
     rows = json.loads((tmp_path / "compared" / "compare.json").read_text())
     assert [(row["label"].split()[-1], row["seeds"], row["status"]) for row in rows] == [
@@ -262,7 +270,7 @@ def test_a_diverging_configuration_is_isolated_and_not_run_again(tmp_path, capsy
 def test_a_reader_that_goes_away_does_not_end_the_run(tmp_path):
     # `pureeqxrl train ... | head -1`: the run goes on to its end, printing nothing more.
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "pureeqxrl", "train", "dqn", "--run-dir", str(run_dir), *TINY]
+    command = [*PUREEQXRL, "train", "dqn", "--run-dir", str(run_dir), *TINY]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdout.readline()
     process.stdout.close()
@@ -286,9 +294,7 @@ def test_the_memory_check_counts_the_evaluation_and_the_address_space_limit(fini
     # process may still map is refused (XLA:CPU would stall at its first chunk).
     limit = 5 * 2**30
     command = [
-        sys.executable,
-        "-m",
-        "pureeqxrl",
+        *PUREEQXRL,
         "train",
         "dqn",
         "--buffer-size",
@@ -391,9 +397,7 @@ def test_odd_inputs_are_one_line_and_exit_2(finished_run, tmp_path, capsys):
         ),
     ):
         command = [
-            sys.executable,
-            "-m",
-            "pureeqxrl",
+            *PUREEQXRL,
             "train",
             "dqn",
             *flags,

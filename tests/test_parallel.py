@@ -306,3 +306,26 @@ def _is_gloo_log(line: str) -> bool:
     """Whether a line of a process's output is gloo's own log: "[Gloo] Rank 3 is connected to 3 peer
     ranks. ...", which gloo's threads may print split in two, the second part without the prefix."""
     return line.startswith("[Gloo]") or "peer ranks" in line
+
+
+@pytest.mark.parametrize("version", ["v2", "v1"])
+def test_the_memory_left_by_a_cgroup_counts_its_reclaimable_cache_as_free(tmp_path, version):
+    membership, root = tmp_path / "cgroup", tmp_path / "fs"
+    gib = 2**30
+    if version == "v2":
+        membership.write_text("0::/job/42\n")
+        folder, files_ = root / "job" / "42", {"memory.max": 8 * gib, "memory.current": 5 * gib}
+        stat = f"anon 1\ninactive_file {gib}\n"
+    else:
+        membership.write_text("5:cpu:/x\n4:memory:/job/42\n")
+        folder = root / "memory" / "job" / "42"
+        files_ = {"memory.limit_in_bytes": 8 * gib, "memory.usage_in_bytes": 5 * gib}
+        stat = f"cache 3\ntotal_inactive_file {gib}\n"
+    folder.mkdir(parents=True)
+    for name, value in files_.items():
+        (folder / name).write_text(f"{value}\n")
+    (folder / "memory.stat").write_text(stat)
+    left, source = parallel.cgroup_memory_left(membership, root)
+    assert left == 4 * gib and str(folder) in source  # 8 - 5 used + 1 of cache the kernel reclaims
+    (folder / next(iter(files_))).write_text("max\n" if version == "v2" else f"{2**63 - 4096}\n")
+    assert parallel.cgroup_memory_left(membership, root) is None  # no limit

@@ -123,7 +123,7 @@ def test_seeds_are_independent_and_reproducible():
 @pytest.mark.slow
 def test_cartpole_reaches_the_reference_return():
     result = _train(
-        ppo_rnn.PPORNNConfig(total_timesteps=250_000)
-    )  # PureJaxRL's ppo_rnn.py settings, half the steps
+        ppo_rnn.PPORNNConfig(total_timesteps=200_000)
+    )  # PureJaxRL's ppo_rnn.py settings, 2e5 steps
     finals = final_return(np.asarray(result.metrics["episode_return"]))
     assert finals.mean() >= 475, finals

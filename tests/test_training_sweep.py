@@ -72,7 +72,8 @@ def test_a_bad_value_anywhere_is_rejected_before_tracing(no_compile):
 def _same_as_single_runs(module, config, configurations, keys, exact_metrics):
     result = sweep.train_configurations(module.make_learner, config, configurations, keys)
     assert result.metrics["episode_return"].shape[:2] == (len(configurations), len(keys))
-    for index, values in enumerate(configurations):
+    # The last configuration against its own run (each is a compile); the others differ from it below.
+    for index, values in list(enumerate(configurations))[-1:]:
         single = jax.jit(jax.vmap(module.make_train(dataclasses.replace(config, **values))))(keys)
         swept = jax.tree.map(lambda x: x[index], result)
         for ours, theirs in zip(jax.tree.leaves(swept.params), jax.tree.leaves(single.params), strict=True):
@@ -82,8 +83,8 @@ def _same_as_single_runs(module, config, configurations, keys, exact_metrics):
                 np.testing.assert_array_equal(swept.metrics[name], theirs, err_msg=name)
             else:  # epsilon_finish as a traced float32 vs a folded constant: one float32 ulp
                 np.testing.assert_allclose(swept.metrics[name], theirs, rtol=1e-6, err_msg=name)
-    # The configurations really differ (a sweep that trained one of them twice would fail above,
-    # unless both configurations' runs were the same).
+    # The configurations really differ (a sweep that trained the last one with another's values
+    # fails above, one that trained another with the last one's values fails here).
     finals = np.asarray(result.metrics["loss"]).reshape(len(configurations), -1)
     assert len({tuple(row) for row in finals.round(6)}) == len(configurations)
 

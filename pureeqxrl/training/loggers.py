@@ -157,7 +157,7 @@ class _TensorBoard:
             name: SummaryWriter(str(folder / name), purge_step=purge_step)
             for name in [*(f"seed{i}" for i in range(num_seeds)), "mean"]
         }
-        if purge_step is None:  # a resumed run's writers find the config there already
+        if not purge_step:  # a resumed run's writers find the config there already (step 0)
             for writer in self.writers.values():
                 writer.add_text("config", f"```\n{config_text}\n```")
 

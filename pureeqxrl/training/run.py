@@ -139,6 +139,8 @@ def diverged_runs(metrics: dict[str, np.ndarray], params: Any) -> dict[int, int]
     """The runs (seeds; a sweep's configurations x seeds) that diverged, each with its first bad
     metrics row: the first row that logged a non-finite value or, for a run whose parameters alone
     are not finite (at its very last update), its last row."""
+    if not metrics:  # stopped before its first chunk
+        return {}
     flagged = np.asarray(metrics["nonfinite_stats"]) > 0
     first = {int(run): int(np.argmax(flagged[run])) for run in np.flatnonzero(flagged.any(axis=1))}
     for run in np.flatnonzero(~np.asarray(parallel.gather(_finite_per_seed(params)))):
@@ -383,20 +385,20 @@ def on_devices(layout: parallel.Layout, options: RunOptions) -> str:
 def main_process_prepares(prepare, run_dir: Path | None) -> runs.FolderLock:
     """`prepare()` the run folder in process 0 only, which then holds its lock; every process learns
     whether it worked (a collective, so that no process goes on to train alone), the others get
-    process 0's error and an unacquired lock."""
+    process 0's error, or the folder (its default name included) with an unacquired lock."""
     if jax.process_count() == 1:
         return prepare()
     lock = runs.FolderLock(run_dir)
     if parallel.is_main_process():
         try:
             lock = prepare()
-        except (ValueError, FileExistsError):
+        except Exception:
             parallel.any_process(True)
             raise
     if parallel.any_process(False):
-        lock.release()
         raise ValueError("process 0 could not prepare the run folder (its error says why)")
-    return lock
+    folder = Path(parallel.broadcast_text(str(lock.run_dir)))
+    return lock if parallel.is_main_process() else runs.FolderLock(folder)
 
 
 def run_options_of(options: RunOptions) -> dict[str, Any]:
@@ -606,10 +608,17 @@ class RunFailed(RuntimeError):
     says what happened and what the run folder keeps."""
 
 
+def os_error_text(error: OSError) -> str:
+    """`No space left on device (PATH)`: an OSError in words, with its file where it names one."""
+    text = error.strerror or str(error) or type(error).__name__
+    return f"{text} ({error.filename})" if error.filename else text
+
+
 @contextlib.contextmanager
-def failures_said(run_dir: Path, resume_command: str) -> Iterator[None]:
+def failures_said(run_dir: Path, resume_command: str, kept: str | None = None) -> Iterator[None]:
     """Turn what the machine may do to a run in progress (no space or no permission to write, out
-    of host or device memory) into a `RunFailed` that says it in one line with what is kept."""
+    of host or device memory) into a `RunFailed` that says it in one line with what is kept: `kept`,
+    or else the run folder's newest checkpoint."""
     try:
         yield
     except (OSError, MemoryError, jax.errors.JaxRuntimeError) as error:
@@ -618,18 +627,19 @@ def failures_said(run_dir: Path, resume_command: str) -> Iterator[None]:
         ):
             raise  # a missing or existing file is the command's own error
         what = (
-            f"{error.strerror} ({error.filename})"
-            if isinstance(error, OSError) and error.strerror
+            os_error_text(error)
+            if isinstance(error, OSError)
             else "out of device memory"
             if isinstance(error, jax.errors.JaxRuntimeError)
             else "out of memory"
         )
-        checkpoint = runs.latest_checkpoint(run_dir)
-        kept = (
-            f"its newest checkpoint, {checkpoint.name}, is whole: once this is fixed, {resume_command}"
-            if checkpoint
-            else "no checkpoint had been written"
-        )
+        if kept is None:
+            checkpoint = runs.latest_checkpoint(run_dir)
+            kept = (
+                f"its newest checkpoint, {checkpoint.name}, is whole: once this is fixed, {resume_command}"
+                if checkpoint
+                else "no checkpoint had been written"
+            )
         raise RunFailed(f"{what} while training {run_dir}; {kept}") from error
 
 
@@ -667,6 +677,11 @@ def train_run(run: Run, learner, checkpoint, starts) -> tuple[Outcome, int] | No
                 )
         state, updates_done = chunks.place(state), header["updates_done"]
     if updates_done >= config.num_updates:
+        if not (
+            run.run_dir / "summary.json"
+        ).is_file():  # stopped between its last checkpoint and its results
+            run.console.print(f"{escape(str(run.run_dir))} has done all its updates: writing its results")
+            return Outcome("finished", state, metrics, updates_done, 0.0, 0.0, "", checkpoint), updates_done
         run.console.print(
             f"{escape(str(run.run_dir))} has finished all {config.num_updates} updates: nothing to resume"
         )

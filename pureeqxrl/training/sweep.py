@@ -595,7 +595,8 @@ def run_sweep(sweep_dir: Path, saved: dict, console: Console) -> Ending:
     use_compile_cache(options.compile_cache)
     stop = StopSignals()
     resume_command = f"pureeqxrl sweep --resume {shlex.quote(str(sweep_dir))}"
-    with stop.caught(), failures_said(sweep_dir, resume_command):
+    kept = f"every group's checkpoints are kept: once this is fixed, {resume_command}"
+    with stop.caught(), failures_said(sweep_dir, resume_command, kept):
         console.print(
             f"[bold]sweep of {algo_name}[/] on {escape(config.env)}: {len(configurations)} configurations x "
             f"{num_seeds} seeds in {len(saved['groups'])} program(s) -> {escape(str(sweep_dir))}"
@@ -642,11 +643,18 @@ def run_sweep(sweep_dir: Path, saved: dict, console: Console) -> Ending:
                     f"{escape(str(group_dir))}: resuming from update {updates_done}"
                     f"{escape(not_bit_for_bit(group_saved, layout))}"
                 )
-            trained = train_run(run, learner, checkpoint, starts)
+            with failures_said(group_dir, resume_command):
+                trained = train_run(run, learner, checkpoint, starts)
             if trained is not None:
                 outcome, updates_done = trained
                 diverged = diverged_runs(outcome.metrics, outcome.state.params)
-                write_run_results(run, outcome, updates_done, diverged)
+                if outcome.status == "diverged":  # every run (the last chunk's bad state is not kept)
+                    rows = next(iter(outcome.metrics.values())).shape[1]
+                    diverged = {
+                        index: diverged.get(index, rows - 1) for index in range(run_options.num_seeds)
+                    }
+                with failures_said(group_dir, resume_command):
+                    write_run_results(run, outcome, updates_done, diverged)
                 if outcome.status == "interrupted":
                     return Ending(group_dir, outcome, None, resume_command, exit_code(run, outcome))
     metrics, diverged = sweep_metrics(sweep_dir, saved["groups"], num_seeds, config)
@@ -692,7 +700,8 @@ def sweep_metrics(
 ) -> tuple[dict[str, np.ndarray], dict[int, int]]:
     """Every group's metrics rows as one flat `(configurations * seeds, rows)` table (the rows that
     a group whose every run diverged did not reach are NaN), and the configurations that diverged,
-    each with the first bad row of its seeds (from the groups' `summary.json`)."""
+    each with the first bad row of its seeds (from the groups' `summary.json` and the rows that
+    logged a value that is not finite)."""
     num_rows = len(rows_update_counts(config.num_updates, config.log_interval))
     metrics: dict[str, list[np.ndarray]] = {}
     diverged: dict[int, int] = {}
@@ -703,7 +712,11 @@ def sweep_metrics(
             padded[:, : values.shape[1]] = values
             metrics.setdefault(name, []).append(padded)
         summary = json.loads((group_dir / "summary.json").read_text())
-        for run, row in summary.get("diverged_runs", {}).items():
+        flagged = (
+            metrics["nonfinite_stats"][-1] > 0 if "nonfinite_stats" in metrics else np.zeros((1, 1), bool)
+        )
+        logged = {int(run): int(np.argmax(flagged[run])) for run in np.flatnonzero(flagged.any(axis=1))}
+        for run, row in [*logged.items(), *summary.get("diverged_runs", {}).items()]:
             configuration = group[int(run) // num_seeds]
             diverged[configuration] = min(row, diverged.get(configuration, row))
     return {name: np.concatenate(parts) for name, parts in metrics.items()}, dict(sorted(diverged.items()))
