@@ -96,5 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     return cli.main(argv)
 
 
+def run() -> int:
+    """`main`, with Ctrl-C before the command has started (while JAX loads) said in one word."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

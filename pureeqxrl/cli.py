@@ -12,7 +12,10 @@ import dataclasses
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -234,10 +237,39 @@ class EvalOptions:
     seed: int = 0
 
 
+@contextlib.contextmanager
+def ctrl_c_stops_at_once(console: Console) -> Iterator[None]:
+    """Ctrl-C ends the command at once, also inside a compiled computation, where Python would see
+    it only at the end: a thread woken by the signal (`signal.set_wakeup_fd`) exits with 130. For
+    commands that write nothing before they finish (`eval`)."""
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+
+    def watch() -> None:
+        if os.read(read, 1):  # a signal's byte; b"" once the command has finished
+            console.print("interrupted")
+            os._exit(130)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    previous = signal.set_wakeup_fd(write)
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(write)
+        watcher.join()
+        os.close(read)
+
+
 def eval_command(argv: list[str], console: Console) -> dict:
     options = tyro.cli(EvalOptions, args=argv, prog="pureeqxrl eval")
     kind = "sampled-policy" if options.sample else "greedy"
-    per_seed = runs.evaluate_run(options.run_dir, options.episodes, options.sample, options.seed)
+    console.print(
+        f"evaluating {escape(str(options.run_dir))}: {options.episodes} episodes per seed, {kind} policy"
+    )
+    with ctrl_c_stops_at_once(console):
+        per_seed = runs.evaluate_run(options.run_dir, options.episodes, options.sample, options.seed)
     configurations = runs.read_run(options.run_dir)[0].get("sweep")  # a sweep's group: per configuration
     for part in runs.configuration_parts(per_seed, configurations, runs.diverged_runs_of(options.run_dir)):
         if configurations:

@@ -6,8 +6,10 @@ import json
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -411,3 +413,19 @@ def test_odd_inputs_are_one_line_and_exit_2(finished_run, tmp_path, capsys):
             done.returncode == 2 and expected in done.stderr and len(done.stderr.strip().splitlines()) == 1
         ), done.stderr
     assert not (tmp_path / "never").exists()
+
+
+def test_ctrl_c_stops_eval_at_once(finished_run, tmp_path):
+    # Twenty million episodes take minutes in one compiled computation, where Python alone would
+    # see the Ctrl-C only at its end.
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    command = [*PUREEQXRL, "eval", str(run_dir), "--episodes", "20000000"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().startswith("evaluating ")
+    time.sleep(3)
+    stopped = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 130 and "interrupted" in out and time.monotonic() - stopped < 30
+    assert not (run_dir / "eval_greedy.json").exists()
