@@ -421,9 +421,13 @@ def test_ctrl_c_stops_eval_at_once(finished_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)
     command = [*PUREEQXRL, "eval", str(run_dir), "--episodes", "20000000"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    unbuffered = {**os.environ, "PYTHONUNBUFFERED": "1"}  # the line below comes when printed
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=unbuffered
+    )
     assert process.stdout.readline().startswith("evaluating ")
-    time.sleep(3)
+    time.sleep(1)  # into the compile or the evaluation
+    assert process.poll() is None
     stopped = time.monotonic()
     process.send_signal(signal.SIGINT)
     out, _ = process.communicate(timeout=120)
