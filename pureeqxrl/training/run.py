@@ -135,16 +135,22 @@ def first_bad_row(rows: dict[str, np.ndarray], row_offset: int) -> str | None:
     )
 
 
+def first_logged_bad_rows(nonfinite_stats: np.ndarray) -> dict[int, int]:
+    """Each run (row of `nonfinite_stats`, `(runs, rows)`) that logged a value that is not finite,
+    with the first metrics row where it did (NaN counts nothing: a row not reached)."""
+    flagged = np.asarray(nonfinite_stats) > 0
+    return {int(run): int(np.argmax(flagged[run])) for run in np.flatnonzero(flagged.any(axis=1))}
+
+
 def diverged_runs(metrics: dict[str, np.ndarray], params: Any) -> dict[int, int]:
     """The runs (seeds; a sweep's configurations x seeds) that diverged, each with its first bad
     metrics row: the first row that logged a non-finite value or, for a run whose parameters alone
     are not finite (at its very last update), its last row."""
     if not metrics:  # stopped before its first chunk
         return {}
-    flagged = np.asarray(metrics["nonfinite_stats"]) > 0
-    first = {int(run): int(np.argmax(flagged[run])) for run in np.flatnonzero(flagged.any(axis=1))}
+    first = first_logged_bad_rows(metrics["nonfinite_stats"])
     for run in np.flatnonzero(~np.asarray(parallel.gather(_finite_per_seed(params)))):
-        first.setdefault(int(run), flagged.shape[1] - 1)
+        first.setdefault(int(run), metrics["nonfinite_stats"].shape[1] - 1)
     return dict(sorted(first.items()))
 
 

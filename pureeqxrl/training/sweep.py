@@ -58,6 +58,7 @@ from pureeqxrl.training.run import (
     diverged_runs,
     exit_code,
     failures_said,
+    first_logged_bad_rows,
     keep_saved_layout,
     not_bit_for_bit,
     run_layout,
@@ -712,10 +713,7 @@ def sweep_metrics(
             padded[:, : values.shape[1]] = values
             metrics.setdefault(name, []).append(padded)
         summary = json.loads((group_dir / "summary.json").read_text())
-        flagged = (
-            metrics["nonfinite_stats"][-1] > 0 if "nonfinite_stats" in metrics else np.zeros((1, 1), bool)
-        )
-        logged = {int(run): int(np.argmax(flagged[run])) for run in np.flatnonzero(flagged.any(axis=1))}
+        logged = first_logged_bad_rows(metrics["nonfinite_stats"][-1]) if "nonfinite_stats" in metrics else {}
         for run, row in [*logged.items(), *summary.get("diverged_runs", {}).items()]:
             configuration = group[int(run) // num_seeds]
             diverged[configuration] = min(row, diverged.get(configuration, row))
